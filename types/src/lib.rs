@@ -1,0 +1,1 @@
+//! The custom resources of group `sigil.dev`, version `v1`, shared by every Sigil program.
