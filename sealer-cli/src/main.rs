@@ -1,1 +1,41 @@
-fn main() {}
+//! `sigil`: seal Kubernetes Secrets so they are safe to commit to Git, open them offline
+//! in an emergency, and manage sealing keys. A thin binary over `sigil-core`.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod document;
+mod failure;
+mod keys;
+mod output;
+mod seal;
+mod unseal;
+
+use cli::{Cli, Command, KeysCommand};
+use failure::Failure;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Seal(args) => seal::run(&args),
+        Command::Unseal(args) => unseal::run(&args),
+        Command::Keys {
+            command: KeysCommand::Generate(args),
+        } => keys::generate(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if failure::is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            let mut stderr = io::stderr().lock();
+            let _ = writeln!(stderr, "error: {err:#}");
+            if let Some(hint) = err.downcast_ref::<Failure>().and_then(Failure::hint) {
+                let _ = writeln!(stderr, "hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,116 @@
-//! The custom resources of group `sigil.dev`, version `v1`, shared by every Sigil program.
+//! The custom resources of group `sigil.dev`, version `v1`: the single source from which
+//! the chart's CRD YAML is generated, shared by the CLI, the controller and the API.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every Sigil resource.
+pub const GROUP: &str = "sigil.dev";
+/// `apiVersion` of every Sigil resource.
+pub const API_VERSION: &str = "sigil.dev/v1";
+
+/// How much of its identity a sealed value is bound to (see `sigil_core::Scope`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Bound to namespace, Secret name and data key.
+    #[default]
+    Strict,
+    /// Bound to namespace and data key.
+    Namespace,
+    /// Bound to the data key only.
+    Cluster,
+}
+
+impl Scope {
+    fn is_default(&self) -> bool {
+        *self == Scope::Strict
+    }
+}
+
+impl From<Scope> for sigil_core::Scope {
+    fn from(scope: Scope) -> Self {
+        match scope {
+            Scope::Strict => sigil_core::Scope::Strict,
+            Scope::Namespace => sigil_core::Scope::Namespace,
+            Scope::Cluster => sigil_core::Scope::Cluster,
+        }
+    }
+}
+
+impl From<sigil_core::Scope> for Scope {
+    fn from(scope: sigil_core::Scope) -> Self {
+        match scope {
+            sigil_core::Scope::Strict => Scope::Strict,
+            sigil_core::Scope::Namespace => Scope::Namespace,
+            sigil_core::Scope::Cluster => Scope::Cluster,
+        }
+    }
+}
+
+/// A Kubernetes Secret encrypted so that only the cluster can open it, and only under
+/// the namespace, name and keys it was sealed for. Safe to commit to Git.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "sigil.dev",
+    version = "v1",
+    kind = "SealedSecret",
+    namespaced,
+    shortname = "sls",
+    status = "SealedSecretStatus"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SealedSecretSpec {
+    /// What each value is bound to; `strict` unless set.
+    #[serde(default, skip_serializing_if = "Scope::is_default")]
+    pub scope: Scope,
+    /// Data key → sealed value (base64 of the v1 binary format).
+    pub encrypted_data: BTreeMap<String, String>,
+    /// What the unsealed Secret looks like besides its data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<SecretTemplate>,
+}
+
+/// The Secret's type, immutability, labels and annotations.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretTemplate {
+    /// The Secret `type`; `Opaque` when unset.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Whether the Secret is immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub immutable: Option<bool>,
+    /// Labels and annotations of the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateMetadata>,
+}
+
+/// Labels and annotations carried onto the Secret.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TemplateMetadata {
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// What the controller last did with a SealedSecret.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SealedSecretStatus {
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The key IDs that opened the values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_ids: Vec<String>,
+    /// Conditions; `Synced` says whether the Secret matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}

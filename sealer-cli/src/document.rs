@@ -1,0 +1,370 @@
+//! Reading Kubernetes documents (YAML or JSON, several per file, `List`s flattened) and
+//! the Secrets among them, with every error naming the file, document and field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Map, Value};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::failure::{Failure, fail};
+
+/// Where a document came from: file (or stdin), document number, and `List` item.
+#[derive(Clone, Debug)]
+pub(crate) struct Origin {
+    source: String,
+    document: usize,
+    item: Option<usize>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, document {}", self.source, self.document)?;
+        if let Some(item) = self.item {
+            write!(f, ", items[{item}]")?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed document whose strings are wiped from memory when it is dropped, since a
+/// Secret's `stringData` holds plaintext.
+pub(crate) struct Document {
+    pub(crate) origin: Origin,
+    pub(crate) value: Value,
+}
+
+impl Drop for Document {
+    fn drop(&mut self) {
+        wipe(&mut self.value);
+    }
+}
+
+/// Documents holding plaintext (unsealed Secrets), wiped when dropped.
+pub(crate) struct Wiped(pub(crate) Vec<Value>);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(wipe);
+    }
+}
+
+fn wipe(value: &mut Value) {
+    match value {
+        Value::String(s) => s.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(wipe),
+        Value::Object(map) => map.values_mut().for_each(wipe),
+        _ => {}
+    }
+}
+
+/// The display name of an input path (`<stdin>` for `-`).
+pub(crate) fn source_name(path: &Path) -> String {
+    if path == Path::new("-") {
+        "<stdin>".to_owned()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// Reads a file, or stdin for `-`, into memory that is wiped when dropped.
+pub(crate) fn read_input(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+    let mut text = Zeroizing::new(String::new());
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read stdin")?;
+    } else {
+        let mut file =
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        file.read_to_string(&mut text)
+            .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
+    }
+    Ok(text)
+}
+
+/// Whether text is JSON rather than YAML (judged by its first character).
+pub(crate) fn looks_like_json(text: &str) -> bool {
+    matches!(text.trim_start().chars().next(), Some('{' | '['))
+}
+
+/// Parses every document in `text`; empty YAML documents are skipped and `List`s are
+/// flattened into their items.
+pub(crate) fn parse_documents(text: &str, source: &str) -> anyhow::Result<Vec<Document>> {
+    let raw: Vec<Value> = if looks_like_json(text) {
+        let mut values = Vec::new();
+        for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+            // serde_json's messages give line and column, never the text itself.
+            values.push(value.map_err(|err| {
+                Failure::new(format!("{source}: invalid JSON: {err}"))
+                    .with_hint("check the file with `jq . FILE`")
+            })?);
+        }
+        values
+    } else {
+        serde_saphyr::from_multiple::<Value>(text).map_err(|err| {
+            // Rendered without a source snippet: the snippet could show a secret value.
+            let options = serde_saphyr::render_options! {
+                snippets: serde_saphyr::SnippetMode::Off,
+            };
+            Failure::new(format!(
+                "{source}: invalid YAML: {}",
+                err.render_with_options(options)
+            ))
+            .with_hint("check indentation and quoting around the position given")
+        })?
+    };
+    let mut documents = Vec::new();
+    for (index, value) in raw.into_iter().enumerate() {
+        let origin = |item| Origin {
+            source: source.to_owned(),
+            document: index + 1,
+            item,
+        };
+        match value {
+            Value::Null => {}
+            Value::Object(mut map) if map.get("kind") == Some(&Value::from("List")) => {
+                let items = match map.remove("items") {
+                    Some(Value::Array(items)) => items,
+                    _ => Vec::new(),
+                };
+                for (item, value) in items.into_iter().enumerate() {
+                    documents.push(Document {
+                        origin: origin(Some(item)),
+                        value,
+                    });
+                }
+            }
+            value => documents.push(Document {
+                origin: origin(None),
+                value,
+            }),
+        }
+    }
+    Ok(documents)
+}
+
+/// The parts of a Secret that sealing keeps. Holds plaintext: no `Debug`.
+pub(crate) struct PlainSecret {
+    pub(crate) origin: Origin,
+    pub(crate) name: Option<String>,
+    pub(crate) namespace: Option<String>,
+    pub(crate) type_: Option<String>,
+    pub(crate) immutable: Option<bool>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) annotations: BTreeMap<String, String>,
+    pub(crate) data: BTreeMap<String, Zeroizing<Vec<u8>>>,
+}
+
+/// Annotations that describe an object's history on a server, not the Secret itself.
+const DROPPED_ANNOTATIONS: [&str; 1] = ["kubectl.kubernetes.io/last-applied-configuration"];
+
+fn string_map(
+    map: Option<&Value>,
+    field: &str,
+    origin: &Origin,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let Some(map) = map.filter(|v| !v.is_null()) else {
+        return Ok(BTreeMap::new());
+    };
+    let Value::Object(map) = map else {
+        return fail(
+            format!("{origin}: field `{field}` is not a map"),
+            format!("write `{field}` as `key: value` lines"),
+        );
+    };
+    map.iter()
+        .map(|(key, value)| match value {
+            Value::String(s) => Ok((key.clone(), s.clone())),
+            _ => fail(
+                format!("{origin}: field `{field}.{key}` is not a string"),
+                "quote the value, e.g. \"true\" or \"5432\"",
+            ),
+        })
+        .collect()
+}
+
+fn optional_string(
+    object: &Map<String, Value>,
+    field: &str,
+    origin: &Origin,
+) -> anyhow::Result<Option<String>> {
+    match object.get(field.rsplit('.').next().unwrap_or(field)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => fail(
+            format!("{origin}: field `{field}` is not a string"),
+            format!("set `{field}` to a quoted string"),
+        ),
+    }
+}
+
+/// Data keys Kubernetes accepts: `[-._a-zA-Z0-9]+`, at most 253 characters.
+pub(crate) fn check_data_key(
+    key: &str,
+    field: &str,
+    origin: &dyn fmt::Display,
+) -> anyhow::Result<()> {
+    let valid = !key.is_empty()
+        && key.len() <= 253
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if valid {
+        Ok(())
+    } else {
+        fail(
+            format!(
+                "{origin}: `{field}` has key `{}`, which Kubernetes does not accept",
+                key.escape_debug()
+            ),
+            "data keys are 1 to 253 characters of letters, digits, `-`, `.` and `_`",
+        )
+    }
+}
+
+impl PlainSecret {
+    /// Reads a Secret from a document, keeping only what the sealed form carries.
+    pub(crate) fn from_document(doc: &Document) -> anyhow::Result<Self> {
+        let origin = &doc.origin;
+        let Value::Object(object) = &doc.value else {
+            return fail(
+                format!("{origin}: not a Kubernetes object"),
+                "give a Secret manifest (apiVersion: v1, kind: Secret)",
+            );
+        };
+        let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+        let api_version = object
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if kind != "Secret" || api_version != "v1" {
+            let found = if kind.is_empty() {
+                "an object without `kind`".to_owned()
+            } else {
+                format!("a {kind} ({api_version})")
+            };
+            return fail(
+                format!("{origin}: is {found}, not a Secret"),
+                "sigil seal takes Secret manifests (apiVersion: v1, kind: Secret); generate one with `kubectl create secret generic NAME --from-literal=KEY=VALUE --dry-run=client -o yaml`",
+            );
+        }
+        let empty = Map::new();
+        let metadata = match object.get("metadata") {
+            None | Some(Value::Null) => &empty,
+            Some(Value::Object(m)) => m,
+            Some(_) => {
+                return fail(
+                    format!("{origin}: field `metadata` is not a map"),
+                    "write metadata as `name: ...` and `namespace: ...` lines",
+                );
+            }
+        };
+        let mut annotations =
+            string_map(metadata.get("annotations"), "metadata.annotations", origin)?;
+        for dropped in DROPPED_ANNOTATIONS {
+            annotations.remove(dropped);
+        }
+        let immutable = match object.get("immutable") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                return fail(
+                    format!("{origin}: field `immutable` is not true or false"),
+                    "write `immutable: true` or remove the field",
+                );
+            }
+        };
+        let mut data = BTreeMap::new();
+        if let Some(encoded) = object.get("data").filter(|v| !v.is_null()) {
+            let Value::Object(encoded) = encoded else {
+                return fail(
+                    format!("{origin}: field `data` is not a map"),
+                    "write data as `key: base64-value` lines",
+                );
+            };
+            for (key, value) in encoded {
+                check_data_key(key, "data", origin)?;
+                let decoded = value.as_str().and_then(|s| STANDARD.decode(s.trim()).ok());
+                let Some(decoded) = decoded else {
+                    return fail(
+                        format!("{origin}: field `data.{key}` is not valid base64"),
+                        format!(
+                            "encode the value with `base64 -w0`, or move `{key}` under stringData as plain text"
+                        ),
+                    );
+                };
+                data.insert(key.clone(), Zeroizing::new(decoded));
+            }
+        }
+        // As in Kubernetes, stringData wins over data for the same key.
+        if let Some(plain) = object.get("stringData").filter(|v| !v.is_null()) {
+            let Value::Object(plain) = plain else {
+                return fail(
+                    format!("{origin}: field `stringData` is not a map"),
+                    "write stringData as `key: value` lines",
+                );
+            };
+            for (key, value) in plain {
+                check_data_key(key, "stringData", origin)?;
+                let Value::String(text) = value else {
+                    return fail(
+                        format!("{origin}: field `stringData.{key}` is not a string"),
+                        "quote the value, e.g. \"5432\" or \"true\"",
+                    );
+                };
+                data.insert(key.clone(), Zeroizing::new(text.as_bytes().to_vec()));
+            }
+        }
+        if data.is_empty() {
+            return fail(
+                format!(
+                    "{origin}: the Secret has no data: `data` and `stringData` are empty or missing"
+                ),
+                "add at least one key under `data` (base64) or `stringData` (plain text)",
+            );
+        }
+        Ok(Self {
+            origin: origin.clone(),
+            name: optional_string(metadata, "metadata.name", origin)?,
+            namespace: optional_string(metadata, "metadata.namespace", origin)?,
+            type_: optional_string(object, "type", origin)?,
+            immutable,
+            labels: string_map(metadata.get("labels"), "metadata.labels", origin)?,
+            annotations,
+            data,
+        })
+    }
+}
+
+/// Every input file under a directory that holds manifests, sorted, as paths relative
+/// to the directory.
+pub(crate) fn manifest_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let full = dir.join(&relative);
+        let entries =
+            std::fs::read_dir(&full).with_context(|| format!("cannot list {}", full.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list {}", full.display()))?;
+            let path = relative.join(entry.file_name());
+            let file_type = entry.file_type()?;
+            if file_type.is_dir() {
+                pending.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}

@@ -1,0 +1,421 @@
+//! `sigil seal`: Secrets in, SealedSecrets out.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde_json::Value;
+use sigil_core::{Binding, PublicKey, Scope, keyfile};
+use sigil_types::{SealedSecret, SealedSecretSpec, SecretTemplate, TemplateMetadata};
+use zeroize::Zeroizing;
+
+use crate::cli::{Format, SealArgs};
+use crate::document::{self, Document, Origin, PlainSecret, check_data_key};
+use crate::failure::{Failure, fail};
+use crate::output;
+
+/// The public keys to seal to: for each `cluster=` name in a file, the first key listed
+/// (the cluster's active key); every key without a cluster name.
+pub(crate) fn load_recipients(paths: &[PathBuf]) -> anyhow::Result<Vec<PublicKey>> {
+    let mut recipients = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            Failure::new(format!("cannot read key file {}: {err}", path.display()))
+                .with_hint("pass the public key file written by `sigil keys generate` (or fetched from the cluster)")
+        })?;
+        let entries = keyfile::parse_public(&text).map_err(|err| {
+            Failure::new(format!("key file {}: {err}", path.display())).with_hint(
+                "a public key file has lines `sigil.pub.v1 <key-id> <base64 key> [cluster=NAME]`; fetch a fresh copy",
+            )
+        })?;
+        let mut clusters_seen = Vec::new();
+        for entry in entries {
+            if let Some(cluster) = &entry.attributes.cluster {
+                if clusters_seen.contains(cluster) {
+                    continue;
+                }
+                clusters_seen.push(cluster.clone());
+            }
+            recipients.push(entry.key);
+        }
+    }
+    if recipients.len() > sigil_core::sealed::MAX_RECIPIENTS {
+        return fail(
+            format!(
+                "the --cert files name {} keys; a value is sealed to at most {}",
+                recipients.len(),
+                sigil_core::sealed::MAX_RECIPIENTS
+            ),
+            "seal for fewer clusters at a time",
+        );
+    }
+    Ok(recipients)
+}
+
+/// One field from a document and one from the command line: either may be missing,
+/// but they must agree.
+fn resolve(
+    from_document: Option<String>,
+    from_flag: Option<&String>,
+    field: &str,
+    flag: &str,
+    origin: &Origin,
+) -> anyhow::Result<Option<String>> {
+    match (from_document, from_flag) {
+        (Some(doc), Some(flag_value)) if &doc != flag_value => fail(
+            format!("{origin}: {field} is `{doc}` but {flag} says `{flag_value}`"),
+            format!("drop {flag}, or change {field} to match it"),
+        ),
+        (doc, flag_value) => Ok(doc.or_else(|| flag_value.cloned())),
+    }
+}
+
+fn require_namespace(
+    namespace: Option<String>,
+    scope: Scope,
+    origin: &dyn std::fmt::Display,
+) -> anyhow::Result<String> {
+    match namespace.filter(|ns| !ns.is_empty()) {
+        Some(ns) => Ok(ns),
+        None if scope == Scope::Cluster => Ok(String::new()),
+        None => fail(
+            format!(
+                "{origin}: no namespace given, and scope {scope} binds each value to its namespace"
+            ),
+            "set metadata.namespace, pass -n NAMESPACE, or seal with --scope cluster",
+        ),
+    }
+}
+
+struct Target {
+    name: String,
+    namespace: String,
+    scope: Scope,
+}
+
+impl Target {
+    fn of(
+        secret: &PlainSecret,
+        name_flag: Option<&String>,
+        namespace_flag: Option<&String>,
+        scope: Scope,
+    ) -> anyhow::Result<Self> {
+        let origin = &secret.origin;
+        let name = resolve(
+            secret.name.clone(),
+            name_flag,
+            "metadata.name",
+            "--name",
+            origin,
+        )?
+        .filter(|n| !n.is_empty());
+        let Some(name) = name else {
+            return fail(
+                format!("{origin}: the Secret has no metadata.name"),
+                "set metadata.name, or pass --name NAME",
+            );
+        };
+        let namespace = resolve(
+            secret.namespace.clone(),
+            namespace_flag,
+            "metadata.namespace",
+            "-n",
+            origin,
+        )?;
+        Ok(Self {
+            namespace: require_namespace(namespace, scope, origin)?,
+            name,
+            scope,
+        })
+    }
+
+    fn seal_data(
+        &self,
+        secret: &PlainSecret,
+        recipients: &[PublicKey],
+    ) -> anyhow::Result<BTreeMap<String, String>> {
+        secret
+            .data
+            .iter()
+            .map(|(key, value)| {
+                let binding = Binding::new(self.scope, &self.namespace, &self.name, key)
+                    .with_context(|| format!("{}: cannot seal key `{key}`", secret.origin))?;
+                let sealed = sigil_core::seal(recipients, &binding, value)
+                    .with_context(|| format!("{}: cannot seal key `{key}`", secret.origin))?;
+                Ok((key.clone(), sealed))
+            })
+            .collect()
+    }
+}
+
+fn template(secret: &PlainSecret) -> Option<SecretTemplate> {
+    let metadata =
+        (!secret.labels.is_empty() || !secret.annotations.is_empty()).then(|| TemplateMetadata {
+            labels: secret.labels.clone(),
+            annotations: secret.annotations.clone(),
+        });
+    let template = SecretTemplate {
+        type_: secret.type_.clone(),
+        immutable: secret.immutable,
+        metadata,
+    };
+    (template != SecretTemplate::default()).then_some(template)
+}
+
+fn sealed_secret(
+    secret: &PlainSecret,
+    args: &SealArgs,
+    recipients: &[PublicKey],
+) -> anyhow::Result<Value> {
+    let scope = args.scope.map_or(Scope::Strict, Scope::from);
+    let target = Target::of(secret, args.name.as_ref(), args.namespace.as_ref(), scope)?;
+    let mut sealed = SealedSecret::new(
+        &target.name,
+        SealedSecretSpec {
+            scope: scope.into(),
+            encrypted_data: target.seal_data(secret, recipients)?,
+            template: template(secret),
+        },
+    );
+    if !target.namespace.is_empty() {
+        sealed.metadata.namespace = Some(target.namespace.clone());
+    }
+    Ok(serde_json::to_value(&sealed)?)
+}
+
+fn seal_text(
+    text: &str,
+    source: &str,
+    args: &SealArgs,
+    recipients: &[PublicKey],
+) -> anyhow::Result<Vec<Value>> {
+    let documents = document::parse_documents(text, source)?;
+    if documents.is_empty() {
+        return fail(
+            format!("{source}: holds no document"),
+            "give a Secret manifest (apiVersion: v1, kind: Secret)",
+        );
+    }
+    documents
+        .iter()
+        .map(|doc| sealed_secret(&PlainSecret::from_document(doc)?, args, recipients))
+        .collect()
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+pub(crate) fn run(args: &SealArgs) -> anyhow::Result<()> {
+    let recipients = load_recipients(&args.certs)?;
+    if args.raw {
+        return seal_raw(args, &recipients);
+    }
+    if let Some(target) = &args.merge_into {
+        return merge_into(target, args, &recipients);
+    }
+    if args.input.is_dir() {
+        return seal_directory(args, &recipients);
+    }
+    if let Some(out) = &args.out
+        && same_file(out, &args.input)
+    {
+        return fail(
+            format!("-w {} is the input file", out.display()),
+            "write the SealedSecret to another file; sigil never overwrites its input",
+        );
+    }
+    let text = document::read_input(&args.input)?;
+    let sealed = seal_text(
+        &text,
+        &document::source_name(&args.input),
+        args,
+        &recipients,
+    )?;
+    output::emit(args.out.as_deref(), &output::render(&sealed, args.format)?)
+}
+
+fn seal_directory(args: &SealArgs, recipients: &[PublicKey]) -> anyhow::Result<()> {
+    let Some(out_dir) = &args.out else {
+        return fail(
+            format!(
+                "{} is a directory, and no -w OUTDIR was given",
+                args.input.display()
+            ),
+            "pass -w OUTDIR: each file is sealed into the same relative path under OUTDIR",
+        );
+    };
+    if same_file(out_dir, &args.input) {
+        return fail(
+            format!("-w {} is the input directory", out_dir.display()),
+            "write the SealedSecrets to another directory; sigil never overwrites its input",
+        );
+    }
+    let files = document::manifest_files(&args.input)?;
+    if files.is_empty() {
+        return fail(
+            format!(
+                "{} holds no .yaml, .yml or .json file",
+                args.input.display()
+            ),
+            "point -f at the directory of Secret manifests",
+        );
+    }
+    // Seal everything before writing anything, so one bad file leaves no partial tree.
+    let mut outputs = Vec::with_capacity(files.len());
+    for relative in files {
+        let path = args.input.join(&relative);
+        let text = document::read_input(&path)?;
+        let sealed = seal_text(&text, &path.display().to_string(), args, recipients)?;
+        outputs.push((
+            out_dir.join(relative),
+            output::render(&sealed, args.format)?,
+        ));
+    }
+    for (path, text) in &outputs {
+        output::write_atomic(path, text)?;
+    }
+    eprintln!("sealed {} files into {}", outputs.len(), out_dir.display());
+    Ok(())
+}
+
+fn seal_raw(args: &SealArgs, recipients: &[PublicKey]) -> anyhow::Result<()> {
+    let scope = args.scope.map_or(Scope::Strict, Scope::from);
+    let key = args.key.clone().unwrap_or_default();
+    let origin = "--raw";
+    let namespace = require_namespace(args.namespace.clone(), scope, &origin)?;
+    let name = args.name.clone().unwrap_or_default();
+    if scope == Scope::Strict && name.is_empty() {
+        return fail(
+            "--raw: no --name given, and scope strict binds the value to the Secret name",
+            "pass --name NAME, or seal with --scope namespace",
+        );
+    }
+    check_data_key(&key, "--key", &origin)?;
+    let mut value = Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .read_to_end(&mut value)
+        .context("cannot read the value from stdin")?;
+    if value.ends_with(b"\n") {
+        eprintln!(
+            "note: the value ends with a newline, which is sealed too; use `printf %s` or `echo -n` if that is not intended"
+        );
+    }
+    let binding = Binding::new(scope, &namespace, &name, &key)?;
+    let sealed = sigil_core::seal(recipients, &binding, &value)?;
+    output::emit(args.out.as_deref(), &format!("{sealed}\n"))
+}
+
+fn merge_into(target: &Path, args: &SealArgs, recipients: &[PublicKey]) -> anyhow::Result<()> {
+    let existing_text = std::fs::read_to_string(target).map_err(|err| {
+        Failure::new(format!(
+            "cannot read --merge-into file {}: {err}",
+            target.display()
+        ))
+        .with_hint(
+            "--merge-into takes an existing SealedSecret file; seal without it to create one",
+        )
+    })?;
+    let source = target.display().to_string();
+    let mut existing = document::parse_documents(&existing_text, &source)?;
+    let mut existing = match existing.len() {
+        1 => existing.remove(0),
+        n => {
+            return fail(
+                format!("--merge-into file {source} holds {n} documents"),
+                "merge into a file that holds exactly one SealedSecret",
+            );
+        }
+    };
+    let current: SealedSecret = serde_json::from_value(existing.value.clone()).map_err(|err| {
+        Failure::new(format!("{}: not a SealedSecret: {err}", existing.origin)).with_hint(
+            "--merge-into takes a SealedSecret written by `sigil seal` (apiVersion: sigil.dev/v1)",
+        )
+    })?;
+    if existing.value.get("apiVersion") != Some(&Value::from(sigil_types::API_VERSION)) {
+        return fail(
+            format!(
+                "{}: apiVersion is not {}",
+                existing.origin,
+                sigil_types::API_VERSION
+            ),
+            "--merge-into takes a SealedSecret written by `sigil seal`",
+        );
+    }
+    let scope: Scope = current.spec.scope.into();
+    if let Some(flag) = args.scope
+        && Scope::from(flag) != scope
+    {
+        return fail(
+            format!(
+                "{}: spec.scope is {scope} but --scope says {}",
+                existing.origin,
+                Scope::from(flag)
+            ),
+            "a SealedSecret has one scope: drop --scope, or seal a new file",
+        );
+    }
+    let text = document::read_input(&args.input)?;
+    let source_name = document::source_name(&args.input);
+    let documents = document::parse_documents(&text, &source_name)?;
+    let [doc]: [Document; 1] = documents.try_into().map_err(|docs: Vec<Document>| {
+        Failure::new(format!(
+            "{source_name}: holds {} documents; --merge-into takes one Secret",
+            docs.len()
+        ))
+        .with_hint("merge one Secret at a time")
+    })?;
+    let secret = PlainSecret::from_document(&doc)?;
+    let name_flag = args.name.clone().or(current.metadata.name.clone());
+    let namespace_flag = args
+        .namespace
+        .clone()
+        .or(current.metadata.namespace.clone());
+    let target_identity = Target::of(&secret, name_flag.as_ref(), namespace_flag.as_ref(), scope)?;
+    for (field, theirs, ours) in [
+        (
+            "metadata.name",
+            current.metadata.name.as_deref(),
+            Some(target_identity.name.as_str()),
+        ),
+        (
+            "metadata.namespace",
+            current.metadata.namespace.as_deref(),
+            Some(target_identity.namespace.as_str()).filter(|ns| !ns.is_empty()),
+        ),
+    ] {
+        if theirs != ours {
+            return fail(
+                format!(
+                    "{}: {field} is `{}` but the Secret's is `{}`",
+                    existing.origin,
+                    theirs.unwrap_or_default(),
+                    ours.unwrap_or_default()
+                ),
+                "merge a Secret into the SealedSecret of the same name and namespace",
+            );
+        }
+    }
+    let sealed = target_identity.seal_data(&secret, recipients)?;
+    let encrypted = existing
+        .value
+        .pointer_mut("/spec/encryptedData")
+        .and_then(Value::as_object_mut)
+        .context("spec.encryptedData is missing")?;
+    let merged: Vec<String> = sealed.keys().cloned().collect();
+    for (key, value) in sealed {
+        encrypted.insert(key, Value::String(value));
+    }
+    let format = if document::looks_like_json(&existing_text) {
+        Format::Json
+    } else {
+        Format::Yaml
+    };
+    output::write_atomic(target, &output::render(&[existing.value.take()], format)?)?;
+    eprintln!("re-sealed {} into {}", merged.join(", "), target.display());
+    Ok(())
+}
