@@ -129,6 +129,20 @@ pub enum Error {
     Randomness,
 }
 
+impl Error {
+    /// How to fix the cause, for errors a user can act on.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Error::UnknownKey { .. } => "open it with the private key of one of those IDs (`sigil keys backup` copies them out of the cluster that sealed it), or re-seal the Secret with the current public key".to_owned(),
+            Error::WrongBinding { .. } => "a sealed value opens only in the namespace, name and key it was sealed for: move the SealedSecret back, or re-seal the Secret for its new place (`sigil seal -n NAMESPACE`)".to_owned(),
+            Error::ScopeMismatch { sealed, declared } => format!("set spec.scope back to `{sealed}`, or re-seal the Secret with `--scope {declared}`"),
+            Error::Empty | Error::Base64(_) | Error::NotSealed | Error::Truncated { .. } | Error::StanzaCount(_) | Error::Tampered | Error::LowOrderPoint => "the sealed value was damaged or edited: take it from Git history, or re-seal the Secret".to_owned(),
+            Error::UnsupportedVersion(_) => "upgrade sigil to a version that reads this format".to_owned(),
+            _ => return None,
+        })
+    }
+}
+
 fn join_ids(ids: &[KeyId]) -> String {
     ids.iter()
         .map(KeyId::to_string)

@@ -107,7 +107,16 @@ pub(crate) fn parse_documents(text: &str, source: &str) -> anyhow::Result<Vec<Do
         }
         values
     } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|err| {
+        // The default budget (1,024 documents, 250,000 nodes) guards against hostile
+        // input from the network; a local file the user chose may be one large stream.
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_documents: usize::MAX,
+                max_nodes: usize::MAX,
+                max_events: usize::MAX,
+            },
+        };
+        serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|err| {
             // Rendered without a source snippet: the snippet could show a secret value.
             let options = serde_saphyr::render_options! {
                 snippets: serde_saphyr::SnippetMode::Off,

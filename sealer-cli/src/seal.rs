@@ -75,6 +75,7 @@ fn require_namespace(
     namespace: Option<String>,
     scope: Scope,
     origin: &dyn std::fmt::Display,
+    hint: &str,
 ) -> anyhow::Result<String> {
     match namespace.filter(|ns| !ns.is_empty()) {
         Some(ns) => Ok(ns),
@@ -83,7 +84,7 @@ fn require_namespace(
             format!(
                 "{origin}: no namespace given, and scope {scope} binds each value to its namespace"
             ),
-            "set metadata.namespace, pass -n NAMESPACE, or seal with --scope cluster",
+            hint,
         ),
     }
 }
@@ -124,7 +125,12 @@ impl Target {
             origin,
         )?;
         Ok(Self {
-            namespace: require_namespace(namespace, scope, origin)?,
+            namespace: require_namespace(
+                namespace,
+                scope,
+                origin,
+                "set metadata.namespace, pass -n NAMESPACE, or seal with --scope cluster",
+            )?,
             name,
             scope,
         })
@@ -287,7 +293,12 @@ fn seal_raw(args: &SealArgs, recipients: &[PublicKey]) -> anyhow::Result<()> {
     let scope = args.scope.map_or(Scope::Strict, Scope::from);
     let key = args.key.clone().unwrap_or_default();
     let origin = "--raw";
-    let namespace = require_namespace(args.namespace.clone(), scope, &origin)?;
+    let namespace = require_namespace(
+        args.namespace.clone(),
+        scope,
+        &origin,
+        "pass -n NAMESPACE, or seal with --scope cluster",
+    )?;
     let name = args.name.clone().unwrap_or_default();
     if scope == Scope::Strict && name.is_empty() {
         return fail(
@@ -369,13 +380,15 @@ fn merge_into(target: &Path, args: &SealArgs, recipients: &[PublicKey]) -> anyho
         ))
         .with_hint("merge one Secret at a time")
     })?;
-    let secret = PlainSecret::from_document(&doc)?;
-    let name_flag = args.name.clone().or(current.metadata.name.clone());
-    let namespace_flag = args
-        .namespace
-        .clone()
-        .or(current.metadata.namespace.clone());
-    let target_identity = Target::of(&secret, name_flag.as_ref(), namespace_flag.as_ref(), scope)?;
+    let mut secret = PlainSecret::from_document(&doc)?;
+    // A Secret that names neither itself nor its namespace belongs to the file it merges into.
+    if secret.name.is_none() && args.name.is_none() {
+        secret.name.clone_from(&current.metadata.name);
+    }
+    if secret.namespace.is_none() && args.namespace.is_none() {
+        secret.namespace.clone_from(&current.metadata.namespace);
+    }
+    let target_identity = Target::of(&secret, args.name.as_ref(), args.namespace.as_ref(), scope)?;
     for (field, theirs, ours) in [
         (
             "metadata.name",

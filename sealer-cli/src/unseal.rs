@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
@@ -64,7 +63,13 @@ fn open_document(doc: &Document, args: &UnsealArgs, keyring: &Keyring) -> anyhow
     for (key, value) in &sealed.spec.encrypted_data {
         let opened = Binding::new(scope, &namespace, &name, key)
             .and_then(|binding| sigil_core::open(value, &binding, keyring))
-            .with_context(|| format!("{origin}: spec.encryptedData.{key}"))?;
+            .map_err(|err| {
+                let failure = Failure::new(format!("{origin}: spec.encryptedData.{key}: {err}"));
+                match err.hint() {
+                    Some(hint) => failure.with_hint(hint),
+                    None => failure,
+                }
+            })?;
         data.insert(
             key.clone(),
             Value::String(STANDARD.encode(opened.as_slice())),
