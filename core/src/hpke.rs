@@ -105,14 +105,15 @@ pub fn encap(pk_r: &[u8; KEY_LEN], sk_e: &StaticSecret) -> Result<([u8; KEY_LEN]
     Ok((enc, shared_secret))
 }
 
-/// `Decap(enc, skR)`: the shared secret the sender derived.
+/// `Decap(enc, skR)`: the shared secret the sender derived. `pk_r` is `skR`'s public
+/// key, passed in because the caller already holds it and deriving it again would
+/// double the cost of opening.
 ///
 /// # Errors
 /// [`Error::LowOrderPoint`] when `enc` is a low-order point.
-pub fn decap(enc: &[u8; KEY_LEN], sk_r: &StaticSecret) -> Result<Secret32> {
+pub fn decap(enc: &[u8; KEY_LEN], sk_r: &StaticSecret, pk_r: &[u8; KEY_LEN]) -> Result<Secret32> {
     let dh = diffie_hellman(sk_r, enc)?;
-    let pk_r = DalekPublic::from(sk_r).to_bytes();
-    Ok(extract_and_expand(&dh, enc, &pk_r))
+    Ok(extract_and_expand(&dh, enc, pk_r))
 }
 
 /// An HPKE encryption context after the base-mode key schedule.

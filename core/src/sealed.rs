@@ -326,7 +326,7 @@ impl Envelope {
             .ok_or_else(|| Error::UnknownKey {
                 sealed_for: self.key_ids(),
             })?;
-        let shared_secret = hpke::decap(&stanza.enc, key.secret())?;
+        let shared_secret = hpke::decap(&stanza.enc, key.secret(), key.public_key().as_bytes())?;
         let mut context = Context::key_schedule(&shared_secret, INFO);
         let dek = match context.open(&binding.aad(), &stanza.wrapped_dek) {
             Ok(dek) => dek,

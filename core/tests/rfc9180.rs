@@ -82,7 +82,7 @@ fn every_vector_matches_key_schedule_encryptions_and_exports() {
         assert_eq!(shared_secret.as_slice(), v.shared_secret, "shared_secret");
 
         let sk_r = StaticSecret::from(array(&v.sk_r));
-        let decapped = hpke::decap(&array(&v.enc), &sk_r).unwrap();
+        let decapped = hpke::decap(&array(&v.enc), &sk_r, &array(&v.pk_r)).unwrap();
         assert_eq!(decapped.as_slice(), v.shared_secret, "decap");
 
         let mut sender = Context::key_schedule(&shared_secret, &v.info);
