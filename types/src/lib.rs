@@ -60,7 +60,12 @@ impl From<sigil_core::Scope> for Scope {
     kind = "SealedSecret",
     namespaced,
     shortname = "sls",
-    status = "SealedSecretStatus"
+    category = "sigil",
+    status = "SealedSecretStatus",
+    printcolumn(name = "Synced", type_ = "string", json_path = ".status.conditions[?(@.type==\"Synced\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Synced\")].reason"),
+    printcolumn(name = "Keys", type_ = "string", json_path = ".status.keyIds", priority = "1"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SealedSecretSpec {
@@ -68,10 +73,35 @@ pub struct SealedSecretSpec {
     #[serde(default, skip_serializing_if = "Scope::is_default")]
     pub scope: Scope,
     /// Data key → sealed value (base64 of the v1 binary format).
+    #[schemars(schema_with = "encrypted_data_schema")]
     pub encrypted_data: BTreeMap<String, String>,
     /// What the unsealed Secret looks like besides its data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<SecretTemplate>,
+}
+
+/// The most characters one sealed value may have: a Secret holds at most 1 MiB, which
+/// sealed to 16 recipients and base64-encoded is just under 1,400,000 characters.
+pub const MAX_SEALED_VALUE_LEN: u64 = 1_400_000;
+/// The most keys one SealedSecret may hold.
+pub const MAX_KEYS: u64 = 1024;
+
+fn encrypted_data_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": MAX_KEYS,
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, size(k) <= 253 && k.matches('^[-._a-zA-Z0-9]+$'))",
+            "message": "data keys are 1 to 253 letters, digits, '-', '.' or '_'"
+        }],
+        "additionalProperties": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_SEALED_VALUE_LEN,
+            "pattern": "^[A-Za-z0-9+/]+=*$"
+        }
+    })
 }
 
 /// The Secret's type, immutability, labels and annotations.
@@ -113,4 +143,18 @@ pub struct SealedSecretStatus {
     /// Conditions; `Synced` says whether the Secret matches.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
+/// The CRD manifests of every Sigil resource, as YAML documents.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crds = [SealedSecret::crd()];
+    let documents: Vec<String> = crds
+        .iter()
+        .map(|crd| {
+            let value = serde_json::to_value(crd).expect("a CRD serializes");
+            serde_saphyr::to_string(&value).expect("a CRD serializes to YAML")
+        })
+        .collect();
+    documents.join("---\n")
 }
