@@ -1,8 +1,98 @@
-//! `sigil-controller`: not built yet beyond this entry point; see the project's open issues.
+//! `sigil-controller` entry point: flags, logging, then `sigil_controller::run`.
 
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Unseals SealedSecrets into Secrets and keeps the sealing keys.
+#[derive(Parser, Debug)]
+#[command(name = "sigil-controller", version)]
+struct Args {
+    /// Namespace of the key Secrets, the `sigil-public-keys` ConfigMap and the Lease.
+    #[arg(long, env = "SIGIL_NAMESPACE", default_value = "sigil-system")]
+    namespace: String,
+    /// Cluster name written into the published public keys.
+    #[arg(long, env = "SIGIL_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// Make a new sealing key when the active one is this old (e.g. 30d, 12h).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    key_renewal_period: Duration,
+    /// SealedSecrets reconciled at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: u16,
+    /// Steady API requests per second for reconciles (kubectl's client-go default is 5).
+    #[arg(long, default_value = "500")]
+    api_qps: NonZeroU32,
+    /// Requests allowed in a burst above --api-qps.
+    #[arg(long, default_value = "1000")]
+    api_burst: NonZeroU32,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// Take the Lease before working, so several replicas can run.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "sigil-controller")]
+    lease_name: String,
+    /// How long the Lease lasts unrenewed; a standby takes over after this.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// This replica's identity (the Pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
 
 fn main() -> ExitCode {
-    eprintln!("error: sigil-controller is not implemented yet");
-    ExitCode::FAILURE
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let config = sigil_controller::Config {
+        namespace: args.namespace,
+        cluster_name: args.cluster_name,
+        key_renewal_period: args.key_renewal_period,
+        concurrency: args.concurrency,
+        api_qps: args.api_qps,
+        api_burst: args.api_burst,
+        http_addr: args.http_addr,
+        leader_election: args.leader_election,
+        lease_name: args.lease_name,
+        lease_duration: args.lease_duration,
+        identity,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = kube::Client::try_default().await?;
+        sigil_controller::run(config, client).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

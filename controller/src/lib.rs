@@ -1,0 +1,280 @@
+//! `sigil-controller`: turns SealedSecrets into Secrets and keeps the sealing keys.
+//!
+//! One replica leads (a `coordination.k8s.io` Lease); it makes and renews keys, watches
+//! them so changes take effect at once, publishes the public keys, and reconciles every
+//! SealedSecret with bounded concurrency and a client-side request rate.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use governor::{Quota, RateLimiter};
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use sigil_types::SealedSecret;
+
+pub mod error;
+pub mod http;
+pub mod keys;
+pub mod leader;
+pub mod metrics;
+pub mod unseal;
+
+pub use error::{Error, Result};
+
+/// The field manager of every write.
+pub const MANAGER: &str = "sigil-controller";
+
+/// How the controller runs; `main` fills it from flags.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Namespace holding the key Secrets, the public key ConfigMap and the Lease.
+    pub namespace: String,
+    /// Cluster name written into the public key lines.
+    pub cluster_name: Option<String>,
+    /// How old the active key may get before a new one is made.
+    pub key_renewal_period: Duration,
+    /// SealedSecrets reconciled at once.
+    pub concurrency: u16,
+    /// API requests per second the reconcilers may make (burst: `api_burst`).
+    pub api_qps: NonZeroU32,
+    /// Requests allowed at once above the steady rate.
+    pub api_burst: NonZeroU32,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub http_addr: SocketAddr,
+    /// Whether to take a Lease before working (off only for a single local replica).
+    pub leader_election: bool,
+    /// The Lease name.
+    pub lease_name: String,
+    /// How long a Lease lasts without renewal.
+    pub lease_duration: Duration,
+    /// This replica's name in the Lease and in Events.
+    pub identity: String,
+}
+
+/// Runs until SIGTERM/SIGINT, or until leadership is lost (an error: the process should
+/// restart and stand by).
+pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /healthz, /readyz, /metrics");
+    let router = http::router(http::HttpState {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+    });
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router).await {
+            tracing::error!(error = %err, "internal HTTP server stopped");
+        }
+    });
+
+    let elector = config.leader_election.then(|| {
+        leader::Elector::new(
+            client.clone(),
+            &config.namespace,
+            &config.lease_name,
+            &config.identity,
+            config.lease_duration,
+        )
+    });
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    if let Some(elector) = &elector {
+        tokio::select! {
+            acquired = elector.acquire() => acquired?,
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+    let lost = async {
+        match &elector {
+            Some(elector) => elector.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+
+    let keys = Arc::new(keys::Keys::default());
+    let (key_changes_tx, key_changes) = futures::channel::mpsc::unbounded::<()>();
+    let (keys_ready_tx, mut keys_ready) = tokio::sync::watch::channel(false);
+    let key_task = tokio::spawn(keep_keys(
+        client.clone(),
+        config.clone(),
+        keys.clone(),
+        key_changes_tx,
+        keys_ready_tx,
+    ));
+    keys_ready
+        .wait_for(|ready| *ready)
+        .await
+        .map_err(|_| anyhow::anyhow!("the sealing key watch stopped before it loaded the keys"))?;
+
+    let reporter = Reporter {
+        controller: MANAGER.to_owned(),
+        instance: Some(config.identity.clone()),
+    };
+    let context = Arc::new(unseal::Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+        keys,
+        limiter: RateLimiter::direct(Quota::per_second(config.api_qps).allow_burst(config.api_burst)),
+        failures: Default::default(),
+    });
+    let controller = Controller::new(Api::<SealedSecret>::all(client.clone()), watcher::Config::default().any_semantic())
+        .owns(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(unseal::OWNER_LABEL).any_semantic(),
+        )
+        .reconcile_all_on(key_changes)
+        .with_config(controller::Config::default().concurrency(config.concurrency));
+    let store = controller.store();
+    tokio::spawn(mark_ready(store.clone(), ready.clone()));
+    tokio::spawn(count_by_key(store, metrics.clone()));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = controller
+        .graceful_shutdown_on(async move {
+            let _ = stop_rx.await;
+        })
+        .run(unseal::reconcile, unseal::error_policy, context)
+        .for_each(|_| async {});
+    tokio::pin!(run);
+    let result = tokio::select! {
+        () = &mut run => Ok(()),
+        () = &mut shutdown => {
+            let _ = stop_tx.send(());
+            run.await;
+            Ok(())
+        }
+        err = lost => Err(anyhow::Error::new(err)),
+        ended = key_task => Err(match ended {
+            Ok(Err(err)) => anyhow::Error::new(err).context("the sealing key watch failed"),
+            _ => anyhow::anyhow!("the sealing key watch stopped"),
+        }),
+    };
+    ready.store(false, Ordering::Release);
+    if let Some(elector) = &elector {
+        elector.release().await;
+    }
+    result
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn mark_ready(store: Store<SealedSecret>, ready: Arc<AtomicBool>) {
+    if store.wait_until_ready().await.is_ok() {
+        ready.store(true, Ordering::Release);
+        tracing::info!("caches synced; ready");
+    }
+}
+
+async fn count_by_key(store: Store<SealedSecret>, metrics: Arc<metrics::Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let mut counts = std::collections::BTreeMap::<String, i64>::new();
+        for obj in store.state() {
+            for id in obj.status.iter().flat_map(|s| s.key_ids.iter()) {
+                *counts.entry(id.clone()).or_default() += 1;
+            }
+        }
+        metrics.sealed_secrets_by_key.clear();
+        for (key_id, count) in counts {
+            metrics
+                .sealed_secrets_by_key
+                .get_or_create(&metrics::KeyLabel { key_id })
+                .set(count);
+        }
+    }
+}
+
+/// Watches the key Secrets: rebuilds the keyring on every change, publishes the public
+/// keys, makes a key when none is active or the active one is due, and asks for every
+/// SealedSecret to be reconciled again when the usable keys changed.
+async fn keep_keys(
+    client: Client,
+    config: Config,
+    keys: Arc<keys::Keys>,
+    key_changes: futures::channel::mpsc::UnboundedSender<()>,
+    keys_ready: tokio::sync::watch::Sender<bool>,
+) -> Result<()> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
+    let (reader, writer) = reflector::store();
+    let events = watcher(api, watcher::Config::default().labels(keys::KEY_LABEL))
+        .default_backoff()
+        .reflect(writer);
+    tokio::pin!(events);
+    let mut renewal_check = tokio::time::interval(Duration::from_secs(60));
+    let mut published: Option<(String, Vec<String>)> = None;
+    let mut generated_for: Option<Option<sigil_core::KeyId>> = None;
+    loop {
+        tokio::select! {
+            event = events.try_next() => match event {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(error = %err, "sealing key watch failed; retrying");
+                    continue;
+                }
+            },
+            _ = renewal_check.tick() => {}
+        }
+        if reader.wait_until_ready().now_or_never().is_none() {
+            continue;
+        }
+        let secrets = reader.state();
+        let state = keys::KeyState::from_secrets(secrets.iter().map(|s| s.as_ref()), config.cluster_name.as_deref());
+        let active = state.active.map(|(id, _)| id);
+        if state.needs_renewal(config.key_renewal_period, jiff::Timestamp::now()) {
+            // One new key per active key that fell due, even while the watch catches up.
+            if generated_for != Some(active) {
+                keys::generate(&client, &config.namespace, config.cluster_name.as_deref()).await?;
+                generated_for = Some(active);
+            }
+            if active.is_none() {
+                continue;
+            }
+        }
+        let fingerprint = (
+            state.public_keys.clone(),
+            state.revoked.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        );
+        if published.as_ref() == Some(&fingerprint) {
+            continue;
+        }
+        keys::publish(&client, &config.namespace, &state).await?;
+        tracing::info!(
+            active = %active.map(|id| id.to_string()).unwrap_or_default(),
+            usable = state.keyring.len(),
+            revoked = state.revoked.len(),
+            "sealing keys loaded"
+        );
+        keys.replace(state);
+        published = Some(fingerprint);
+        let _ = keys_ready.send(true);
+        let _ = key_changes.unbounded_send(());
+    }
+}
+
+use futures::FutureExt as _;

@@ -1,0 +1,418 @@
+//! SealedSecret → Secret: open every value with the cluster's keys, write the Secret by
+//! server-side apply, and report honestly in status and Events. Bad input never changes
+//! a Secret, and nothing here ever formats a secret value.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use sigil_core::{Binding, Envelope, Error as SealError, KeyId};
+use sigil_types::{SealedSecret, SealedSecretStatus};
+use zeroize::Zeroizing;
+
+use crate::MANAGER;
+use crate::error::{Error, KubeContext, Result};
+use crate::keys::{KeyState, Keys};
+use crate::metrics::{Metrics, ResultLabel};
+
+/// Annotation with which an existing Secret opts in to being taken over.
+pub const MANAGED_ANNOTATION: &str = "sigil.dev/managed";
+/// Label on every Secret the controller writes, so its watch sees only those.
+pub const OWNER_LABEL: &str = "sigil.dev/sealed-secret";
+/// The most plaintext one Secret may hold (the API server's limit).
+const MAX_SECRET_BYTES: usize = 1024 * 1024;
+
+/// Why a SealedSecret is or is not synced: the `Synced` condition's reason, the Event
+/// reason and the metric label, from one fixed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Every value opened and the Secret matches.
+    Unsealed,
+    /// No value was sealed to a key this cluster holds.
+    UnknownKey,
+    /// Sealed to a key that was revoked.
+    RevokedKey,
+    /// Sealed under another scope than `spec.scope` says.
+    ScopeMismatch,
+    /// Sealed for another namespace, name or data key (or a stanza was altered).
+    WrongBinding,
+    /// The payload was altered after sealing.
+    Tampered,
+    /// Not a sealed value at all (garbage, truncated, unknown version).
+    Malformed,
+    /// The opened Secret would exceed the API server's 1 MiB limit.
+    TooLarge,
+    /// A Secret of that name exists and does not belong to this SealedSecret.
+    SecretNotOwned,
+    /// The API server refused the Secret.
+    SecretRejected,
+}
+
+impl Reason {
+    /// The CamelCase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Unsealed => "Unsealed",
+            Reason::UnknownKey => "UnknownKey",
+            Reason::RevokedKey => "RevokedKey",
+            Reason::ScopeMismatch => "ScopeMismatch",
+            Reason::WrongBinding => "WrongBinding",
+            Reason::Tampered => "Tampered",
+            Reason::Malformed => "Malformed",
+            Reason::TooLarge => "TooLarge",
+            Reason::SecretNotOwned => "SecretNotOwned",
+            Reason::SecretRejected => "SecretRejected",
+        }
+    }
+
+    fn of(err: &SealError, keys: &KeyState) -> Self {
+        match err {
+            SealError::UnknownKey { sealed_for } if sealed_for.iter().any(|id| keys.revoked.contains(id)) => Reason::RevokedKey,
+            SealError::UnknownKey { .. } => Reason::UnknownKey,
+            SealError::ScopeMismatch { .. } => Reason::ScopeMismatch,
+            SealError::WrongBinding { .. } | SealError::InvalidBinding { .. } => Reason::WrongBinding,
+            SealError::Tampered => Reason::Tampered,
+            _ => Reason::Malformed,
+        }
+    }
+}
+
+/// What a reconcile found.
+struct Outcome {
+    reason: Reason,
+    message: String,
+    key_ids: Vec<String>,
+    wrote: bool,
+}
+
+impl Outcome {
+    fn failed(reason: Reason, message: String) -> Self {
+        Self {
+            reason,
+            message,
+            key_ids: Vec::new(),
+            wrote: false,
+        }
+    }
+}
+
+/// Every value opened; plaintext is wiped when this is dropped.
+struct Opened {
+    data: BTreeMap<String, Zeroizing<Vec<u8>>>,
+    key_ids: BTreeSet<KeyId>,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The sealing keys.
+    pub keys: Arc<Keys>,
+    /// Client-side request rate limit for the API server.
+    pub limiter: governor::DefaultDirectRateLimiter,
+    /// Consecutive failures per object, for exponential backoff.
+    pub failures: Mutex<HashMap<(String, String), u32>>,
+}
+
+impl Context {
+    async fn throttle(&self) {
+        self.limiter.until_ready().await;
+    }
+}
+
+fn open_all(obj: &SealedSecret, namespace: &str, name: &str, keys: &KeyState) -> Result<Opened, Outcome> {
+    let scope = obj.spec.scope.into();
+    let mut data = BTreeMap::new();
+    let mut key_ids = BTreeSet::new();
+    let mut failures: Vec<(Reason, String)> = Vec::new();
+    for (key, text) in &obj.spec.encrypted_data {
+        let opened = Binding::new(scope, namespace, name, key).and_then(|binding| {
+            let envelope = Envelope::decode(text)?;
+            let value = envelope.open(&binding, &keys.keyring)?;
+            let id = envelope
+                .key_ids()
+                .into_iter()
+                .find(|id| keys.keyring.get(id).is_some());
+            Ok((value, id))
+        });
+        match opened {
+            Ok((value, id)) => {
+                key_ids.extend(id);
+                data.insert(key.clone(), value);
+            }
+            Err(err) => {
+                let reason = Reason::of(&err, keys);
+                let mut message = format!("key `{key}`: {err}");
+                if reason == Reason::RevokedKey {
+                    message.push_str(" (that key was revoked)");
+                }
+                if let Some(hint) = err.hint() {
+                    message.push_str("; ");
+                    message.push_str(&hint);
+                }
+                failures.push((reason, message));
+            }
+        }
+    }
+    if let Some((reason, _)) = failures.first() {
+        let count = failures.len();
+        let mut message = failures
+            .iter()
+            .take(3)
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        if count > 3 {
+            message.push_str(&format!(" (and {} more keys)", count - 3));
+        }
+        return Err(Outcome::failed(
+            *reason,
+            format!("{count} of {} values did not open; the Secret was left as it was. {message}", obj.spec.encrypted_data.len()),
+        ));
+    }
+    let total: usize = data.values().map(|v| v.len()).sum();
+    if total > MAX_SECRET_BYTES {
+        return Err(Outcome::failed(
+            Reason::TooLarge,
+            format!("the values add up to {total} bytes; a Secret holds at most {MAX_SECRET_BYTES}: split it into several SealedSecrets"),
+        ));
+    }
+    Ok(Opened { data, key_ids })
+}
+
+fn desired_secret(obj: &SealedSecret, namespace: &str, name: &str, opened: &Opened, owner: OwnerReference) -> Secret {
+    let template = obj.spec.template.clone().unwrap_or_default();
+    let meta = template.metadata.unwrap_or_default();
+    let mut labels = meta.labels;
+    labels.insert(OWNER_LABEL.to_owned(), "true".to_owned());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels),
+            annotations: (!meta.annotations.is_empty()).then_some(meta.annotations),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        type_: Some(template.type_.unwrap_or_else(|| "Opaque".to_owned())),
+        immutable: template.immutable,
+        data: Some(
+            opened
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// Whether `existing` already carries everything `desired` sets.
+fn matches(existing: &Secret, desired: &Secret) -> bool {
+    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    existing.data == desired.data
+        && existing.type_ == desired.type_
+        && (desired.immutable.is_none() || existing.immutable == desired.immutable)
+        && subset(&desired.metadata.labels, &existing.metadata.labels)
+        && subset(&desired.metadata.annotations, &existing.metadata.annotations)
+        && desired.metadata.owner_references.iter().flatten().all(|want| {
+            existing.owner_references().iter().any(|have| have.uid == want.uid && have.controller == Some(true))
+        })
+}
+
+impl Context {
+    async fn write_secret(&self, obj: &SealedSecret, namespace: &str, name: &str, opened: Opened) -> Result<Outcome> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let owner = obj
+            .controller_owner_ref(&())
+            .expect("a SealedSecret read from the API server has a name and uid");
+        self.throttle().await;
+        let existing = api
+            .get_opt(name)
+            .await
+            .during(|| format!("read Secret {namespace}/{name}"))?;
+        if let Some(existing) = &existing {
+            let owned = existing
+                .owner_references()
+                .iter()
+                .any(|r| r.uid == owner.uid && r.controller == Some(true));
+            let opted_in = existing.annotations().get(MANAGED_ANNOTATION).is_some_and(|v| v == "true");
+            if !owned && !opted_in {
+                return Ok(Outcome::failed(
+                    Reason::SecretNotOwned,
+                    format!("Secret {namespace}/{name} already exists and does not belong to this SealedSecret, so it was left untouched; delete it, or annotate it with {MANAGED_ANNOTATION}=\"true\" to let sigil take it over"),
+                ));
+            }
+        }
+        let key_ids: Vec<String> = opened.key_ids.iter().map(KeyId::to_string).collect();
+        let desired = desired_secret(obj, namespace, name, &opened, owner);
+        if existing.as_ref().is_some_and(|e| matches(e, &desired)) {
+            return Ok(Outcome {
+                reason: Reason::Unsealed,
+                message: format!("Secret {namespace}/{name} holds the {} unsealed keys", opened.data.len()),
+                key_ids,
+                wrote: false,
+            });
+        }
+        // Type and immutable data cannot change in place: replace the Secret.
+        if let Some(existing) = &existing
+            && (existing.type_ != desired.type_ || (existing.immutable == Some(true) && existing.data != desired.data))
+        {
+            self.throttle().await;
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: existing.uid(),
+                    resource_version: existing.resource_version(),
+                }),
+                ..DeleteParams::default()
+            };
+            api.delete(name, &params)
+                .await
+                .during(|| format!("replace Secret {namespace}/{name}"))?;
+        }
+        self.throttle().await;
+        match api
+            .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired))
+            .await
+        {
+            Ok(_) => Ok(Outcome {
+                reason: Reason::Unsealed,
+                message: format!("Secret {namespace}/{name} written with {} unsealed keys", opened.data.len()),
+                key_ids,
+                wrote: true,
+            }),
+            Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => Ok(Outcome::failed(
+                Reason::SecretRejected,
+                format!("the API server refused Secret {namespace}/{name}: {}", status.message),
+            )),
+            Err(source) => Err(Error::Kube {
+                action: format!("apply Secret {namespace}/{name}"),
+                source,
+            }),
+        }
+    }
+
+    async fn record(&self, obj: &SealedSecret, outcome: &Outcome) -> Result<()> {
+        let synced = outcome.reason == Reason::Unsealed;
+        let previous = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Synced"));
+        let status_text = if synced { "True" } else { "False" };
+        let transition = previous
+            .filter(|c| c.status == status_text)
+            .map_or_else(|| Time(Timestamp::now()), |c| c.last_transition_time.clone());
+        let status = SealedSecretStatus {
+            observed_generation: obj.metadata.generation,
+            key_ids: outcome.key_ids.clone(),
+            conditions: vec![Condition {
+                type_: "Synced".to_owned(),
+                status: status_text.to_owned(),
+                reason: outcome.reason.as_str().to_owned(),
+                message: outcome.message.clone(),
+                observed_generation: obj.metadata.generation,
+                last_transition_time: transition,
+            }],
+        };
+        let changed = obj.status.as_ref() != Some(&status);
+        if changed {
+            let namespace = obj.namespace().unwrap_or_default();
+            let name = obj.name_any();
+            let api: Api<SealedSecret> = Api::namespaced(self.client.clone(), &namespace);
+            let patch = serde_json::json!({
+                "apiVersion": sigil_types::API_VERSION,
+                "kind": "SealedSecret",
+                "status": status,
+            });
+            self.throttle().await;
+            api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+                .await
+                .during(|| format!("update status of SealedSecret {namespace}/{name}"))?;
+        }
+        let reason_changed = previous.is_none_or(|c| c.reason != outcome.reason.as_str());
+        if outcome.wrote || (!synced && reason_changed) {
+            let event = Event {
+                type_: if synced { EventType::Normal } else { EventType::Warning },
+                reason: outcome.reason.as_str().to_owned(),
+                note: Some(truncate(&outcome.message, 1000)),
+                action: "Unseal".to_owned(),
+                secondary: None,
+            };
+            self.throttle().await;
+            if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+                tracing::warn!(error = %err, "cannot publish Event");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Reconciles one SealedSecret.
+#[tracing::instrument(skip(obj, ctx), fields(namespace = obj.namespace().as_deref().unwrap_or(""), name = %obj.name_any()))]
+pub async fn reconcile(obj: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let namespace = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let keys = ctx.keys.current();
+    let result = match open_all(&obj, &namespace, &name, &keys) {
+        Ok(opened) => ctx.write_secret(&obj, &namespace, &name, opened).await,
+        Err(outcome) => Ok(outcome),
+    };
+    let result = match result {
+        Ok(outcome) => ctx.record(&obj, &outcome).await.map(|()| outcome),
+        Err(err) => Err(err),
+    };
+    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    let outcome = result?;
+    ctx.metrics
+        .unseal_total
+        .get_or_create(&ResultLabel { result: outcome.reason })
+        .inc();
+    if outcome.reason != Reason::Unsealed {
+        tracing::warn!(reason = outcome.reason.as_str(), message = %outcome.message, "not unsealed");
+    }
+    ctx.failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&(namespace, name));
+    // Failures that input causes wait for a change (of the object, of its Secret, or of
+    // the keys); nothing is gained by retrying them on a timer.
+    Ok(Action::await_change())
+}
+
+/// Transient failures (API errors) back off exponentially per object, from 1 s to 5 min.
+pub fn error_policy(obj: Arc<SealedSecret>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let attempts = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let attempts = failures.entry(key).or_insert(0);
+        *attempts = attempts.saturating_add(1);
+        *attempts
+    };
+    let delay = Duration::from_secs(1 << attempts.min(8).saturating_sub(1)).min(Duration::from_secs(300));
+    tracing::warn!(error = %err, attempts, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
