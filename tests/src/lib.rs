@@ -1,1 +1,528 @@
 //! Harness for integration tests against real servers on loopback.
+//!
+//! [`Env::get`] starts the project's test environment (`scripts/env up`: etcd,
+//! kube-apiserver, OpenBao and moto) once per test process, or joins one that is
+//! already running, and reads its env file. [`TestContext::new`] gives each test its
+//! own Kubernetes namespace, Vault path prefix and AWS name prefix, and removes what
+//! the test left there when it is dropped, also when the test panics. The environment
+//! is stopped when the test process exits, but only if this harness started it: a
+//! reaper started by `scripts/env up --until-exit PID` waits for the process to end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+
+/// Errors of the test harness.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `scripts/env up` could not be run or did not succeed.
+    #[error("starting the test environment with `{command}` failed: {detail}")]
+    EnvStart {
+        /// The command line that was run.
+        command: String,
+        /// Its exit status and error output.
+        detail: String,
+    },
+    /// The env file written by `scripts/env up` could not be read.
+    #[error("reading the env file {path}")]
+    EnvFile {
+        /// Path of the env file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The env file lacks a variable the harness needs.
+    #[error("the env file {path} has no `{key}`; re-run `scripts/env up`")]
+    MissingVar {
+        /// Path of the env file.
+        path: PathBuf,
+        /// The missing variable.
+        key: String,
+    },
+    /// The kubeconfig could not be loaded or used.
+    #[error("loading the kubeconfig of the test environment (context `{context}`)")]
+    KubeConfig {
+        /// The kubeconfig context.
+        context: String,
+        /// The kube error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A Kubernetes API request of the harness failed.
+    #[error("Kubernetes request of the harness failed: {what}")]
+    Kube {
+        /// What the harness was doing.
+        what: String,
+        /// The kube error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A Vault client could not be built.
+    #[error("building a Vault client for {addr}")]
+    Vault {
+        /// The Vault address.
+        addr: String,
+        /// The vaultrs error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Result of the harness.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The running test environment, as described by its env file.
+#[derive(Debug)]
+pub struct Env {
+    dir: PathBuf,
+    vars: HashMap<String, String>,
+}
+
+static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+impl Env {
+    /// Starts the environment once per process (or joins a running one) and returns it.
+    ///
+    /// # Panics
+    /// Panics with the script's error output if the environment cannot be started, so
+    /// that a test never passes without its servers.
+    pub fn get() -> &'static Env {
+        match ENV.get_or_init(|| Env::start().map_err(|e| format!("{}", Report(&e)))) {
+            Ok(env) => env,
+            Err(msg) => panic!("{msg}"),
+        }
+    }
+
+    fn start() -> Result<Env> {
+        let script = repo_root().join("scripts/env");
+        let pid = std::process::id().to_string();
+        let command = format!("{} up --until-exit {pid}", script.display());
+        let out = Command::new(&script)
+            .args(["up", "--until-exit", &pid])
+            .output()
+            .map_err(|e| Error::EnvStart {
+                command: command.clone(),
+                detail: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(Error::EnvStart {
+                command,
+                detail: format!("{}\n{}", out.status, String::from_utf8_lossy(&out.stderr)),
+            });
+        }
+        let dir = std::env::var_os("SIGIL_ENV_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join(".env"));
+        Env::load(&dir)
+    }
+
+    /// Reads the env file in `dir` of an environment that is already up.
+    pub fn load(dir: &Path) -> Result<Env> {
+        let path = dir.join("env");
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::EnvFile {
+            path: path.clone(),
+            source,
+        })?;
+        let vars = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        Ok(Env {
+            dir: dir.to_path_buf(),
+            vars,
+        })
+    }
+
+    /// The value of `key` in the env file (e.g. `VAULT_ADDR`, `AWS_ENDPOINT_URL`).
+    pub fn var(&self, key: &str) -> Result<&str> {
+        self.vars
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| Error::MissingVar {
+                path: self.dir.join("env"),
+                key: key.to_owned(),
+            })
+    }
+
+    /// All variables of the env file, e.g. to pass to a child process.
+    pub fn vars(&self) -> &HashMap<String, String> {
+        &self.vars
+    }
+
+    /// The state directory (env file, kubeconfig, logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of the kubeconfig, with contexts `sigil` (admin) and `sigil-unprivileged`.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// A Kubernetes client for the kubeconfig context `context`.
+    pub async fn kube_client_for(&self, context: &str) -> Result<Client> {
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| Error::KubeConfig {
+            context: context.to_owned(),
+            source,
+        };
+        let kubeconfig =
+            Kubeconfig::read_from(self.kubeconfig_path()).map_err(|e| err(e.into()))?;
+        let options = KubeConfigOptions {
+            context: Some(context.to_owned()),
+            ..KubeConfigOptions::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| err(e.into()))?;
+        Client::try_from(config).map_err(|e| err(e.into()))
+    }
+
+    /// A Kubernetes client authenticated as the admin (group `system:masters`).
+    pub async fn kube_admin(&self) -> Result<Client> {
+        self.kube_client_for("sigil").await
+    }
+
+    /// A Kubernetes client authenticated as the user that RBAC grants nothing.
+    pub async fn kube_unprivileged(&self) -> Result<Client> {
+        self.kube_client_for("sigil-unprivileged").await
+    }
+
+    /// A Vault (OpenBao) client with `token`, or with the root token when `None`.
+    pub fn vault_client(&self, token: Option<&str>) -> Result<VaultClient> {
+        let addr = self.var("VAULT_ADDR")?.to_owned();
+        let token = match token {
+            Some(t) => t.to_owned(),
+            None => self.var("VAULT_TOKEN")?.to_owned(),
+        };
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| Error::Vault {
+            addr: addr.clone(),
+            source,
+        };
+        let settings = VaultClientSettingsBuilder::default()
+            .address(&addr)
+            .token(token)
+            .build()
+            .map_err(|e| err(e.into()))?;
+        VaultClient::new(settings).map_err(|e| err(e.into()))
+    }
+
+    /// An AWS Secrets Manager client pointed at the moto server.
+    pub fn secretsmanager(&self) -> Result<aws_sdk_secretsmanager::Client> {
+        let credentials = Credentials::new(
+            self.var("AWS_ACCESS_KEY_ID")?,
+            self.var("AWS_SECRET_ACCESS_KEY")?,
+            None,
+            None,
+            "sigil-tests",
+        );
+        let config = aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(self.var("AWS_REGION")?.to_owned()))
+            .endpoint_url(self.var("AWS_ENDPOINT_URL")?)
+            .credentials_provider(credentials)
+            .build();
+        Ok(aws_sdk_secretsmanager::Client::from_conf(config))
+    }
+}
+
+/// Formats an error with its chain of sources.
+struct Report<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this test in this run: lowercase, digits and `-`.
+fn unique_id(test: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let salt = (std::process::id() ^ nanos ^ n.wrapping_mul(0x9e37_79b9)) & 0xff_ffff;
+    let mut base: String = test
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    base.truncate(40);
+    let base = base.trim_matches('-');
+    format!("t-{base}-{salt:06x}")
+}
+
+/// One test's own corner of every server, cleaned up on drop.
+///
+/// The namespace is created by [`TestContext::new`]. On drop the harness deletes the
+/// namespace (Secrets, ConfigMaps and ServiceAccounts in it first, then the namespace,
+/// finalizing it itself since no controller-manager runs), every CRD registered with
+/// [`TestContext::track_crd`], every KV v2 secret under [`TestContext::vault_prefix`]
+/// and every AWS secret whose name starts with [`TestContext::aws_prefix`].
+pub struct TestContext {
+    /// The environment.
+    pub env: &'static Env,
+    /// Unique id of this test in this run (also the namespace name).
+    pub id: String,
+    /// The test's own Kubernetes namespace.
+    pub namespace: String,
+    /// The test's own path prefix in the KV v2 mount `secret` (no trailing `/`).
+    pub vault_prefix: String,
+    /// The test's own name prefix for AWS Secrets Manager (ends with `/`).
+    pub aws_prefix: String,
+    /// An admin Kubernetes client.
+    pub kube: Client,
+    crds: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for TestContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestContext")
+            .field("id", &self.id)
+            .field("namespace", &self.namespace)
+            .field("vault_prefix", &self.vault_prefix)
+            .field("aws_prefix", &self.aws_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestContext {
+    /// Starts (or joins) the environment and creates the test's namespace.
+    pub async fn new(test: &str) -> Result<TestContext> {
+        let env = Env::get();
+        let id = unique_id(test);
+        let kube = env.kube_admin().await?;
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(id.clone()),
+                labels: Some(BTreeMap::from([(
+                    "sigil.dev/test".to_owned(),
+                    "true".to_owned(),
+                )])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(kube.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .map_err(|source| Error::Kube {
+                what: format!("creating namespace {id}"),
+                source,
+            })?;
+        Ok(TestContext {
+            env,
+            namespace: id.clone(),
+            vault_prefix: format!("sigil-tests/{id}"),
+            aws_prefix: format!("sigil-tests/{id}/"),
+            id,
+            kube,
+            crds: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Registers a cluster-scoped CRD (by name) to delete when the context drops.
+    pub fn track_crd(&self, name: &str) {
+        self.crds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.to_owned());
+    }
+
+    /// A name for a test's own API group, e.g. for a CRD: `<id>.sigil.test`.
+    pub fn api_group(&self) -> String {
+        format!("{}.sigil.test", self.id)
+    }
+
+    async fn cleanup(
+        env: &Env,
+        namespace: &str,
+        vault_prefix: &str,
+        aws_prefix: &str,
+        crds: &[String],
+    ) {
+        let warn = |what: &str, e: &dyn std::error::Error| {
+            eprintln!("sigil-tests cleanup: {what}: {}", Report(e));
+        };
+        match env.kube_admin().await {
+            Ok(client) => {
+                for crd in crds {
+                    let api = Api::<CustomResourceDefinition>::all(client.clone());
+                    if let Err(e) = api.delete(crd, &DeleteParams::default()).await {
+                        warn(&format!("deleting CRD {crd}"), &e);
+                    }
+                }
+                let lp = ListParams::default();
+                let dp = DeleteParams::default();
+                let r1 = Api::<Secret>::namespaced(client.clone(), namespace)
+                    .delete_collection(&dp, &lp)
+                    .await
+                    .err();
+                let r2 = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                    .delete_collection(&dp, &lp)
+                    .await
+                    .err();
+                let r3 = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+                    .delete_collection(&dp, &lp)
+                    .await
+                    .err();
+                for e in [r1, r2, r3].into_iter().flatten() {
+                    warn(&format!("emptying namespace {namespace}"), &e);
+                }
+                let nss = Api::<Namespace>::all(client);
+                match nss.delete(namespace, &dp).await {
+                    // No namespace controller runs: drop the `kubernetes` finalizer ourselves.
+                    Ok(_) => {
+                        if let Ok(mut ns) = nss.get(namespace).await {
+                            if let Some(spec) = ns.spec.as_mut() {
+                                spec.finalizers = Some(Vec::new());
+                            }
+                            if let Err(e) = nss
+                                .replace_subresource(
+                                    "finalize",
+                                    namespace,
+                                    &PostParams::default(),
+                                    &ns,
+                                )
+                                .await
+                            {
+                                warn(&format!("finalizing namespace {namespace}"), &e);
+                            }
+                        }
+                    }
+                    Err(e) => warn(&format!("deleting namespace {namespace}"), &e),
+                }
+            }
+            Err(e) => warn("connecting to kube-apiserver", &e),
+        }
+        match env.vault_client(None) {
+            Ok(vault) => {
+                let mut stack = vec![format!("{vault_prefix}/")];
+                while let Some(dir) = stack.pop() {
+                    let Ok(keys) = vaultrs::kv2::list(&vault, "secret", &dir).await else {
+                        continue;
+                    };
+                    for key in keys {
+                        let path = format!("{dir}{key}");
+                        if key.ends_with('/') {
+                            stack.push(path);
+                        } else if let Err(e) =
+                            vaultrs::kv2::delete_metadata(&vault, "secret", &path).await
+                        {
+                            warn(&format!("deleting Vault secret {path}"), &e);
+                        }
+                    }
+                }
+            }
+            Err(e) => warn("connecting to OpenBao", &e),
+        }
+        match env.secretsmanager() {
+            Ok(sm) => {
+                let filter = aws_sdk_secretsmanager::types::Filter::builder()
+                    .key(aws_sdk_secretsmanager::types::FilterNameStringType::Name)
+                    .values(aws_prefix)
+                    .build();
+                let mut next = None;
+                loop {
+                    let page = match sm
+                        .list_secrets()
+                        .filters(filter.clone())
+                        .set_next_token(next.take())
+                        .send()
+                        .await
+                    {
+                        Ok(p) => p,
+                        Err(e) => {
+                            warn("listing AWS secrets", &e);
+                            break;
+                        }
+                    };
+                    for s in page.secret_list() {
+                        let Some(name) = s.name().filter(|n| n.starts_with(aws_prefix)) else {
+                            continue;
+                        };
+                        if let Err(e) = sm
+                            .delete_secret()
+                            .secret_id(name)
+                            .force_delete_without_recovery(true)
+                            .send()
+                            .await
+                        {
+                            warn(&format!("deleting AWS secret {name}"), &e);
+                        }
+                    }
+                    next = page.next_token().map(str::to_owned);
+                    if next.is_none() {
+                        break;
+                    }
+                }
+            }
+            Err(e) => warn("connecting to moto", &e),
+        }
+    }
+}
+
+impl Drop for TestContext {
+    fn drop(&mut self) {
+        let env = self.env;
+        let namespace = self.namespace.clone();
+        let vault_prefix = self.vault_prefix.clone();
+        let aws_prefix = self.aws_prefix.clone();
+        let crds = std::mem::take(&mut *self.crds.lock().unwrap_or_else(|e| e.into_inner()));
+        // Drop cannot await, and the test's runtime may be single-threaded or shutting
+        // down: clean up on a thread with a runtime of its own, and wait for it.
+        let joined = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime for cleanup");
+            rt.block_on(TestContext::cleanup(
+                env,
+                &namespace,
+                &vault_prefix,
+                &aws_prefix,
+                &crds,
+            ));
+        })
+        .join();
+        if joined.is_err() {
+            eprintln!("sigil-tests cleanup of {} panicked", self.id);
+        }
+    }
+}
