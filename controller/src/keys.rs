@@ -44,7 +44,10 @@ pub struct KeyState {
 impl KeyState {
     /// Builds the state from the key Secrets; a Secret that does not hold a valid key is
     /// skipped with a warning that names it (never its content).
-    pub fn from_secrets<'a>(secrets: impl IntoIterator<Item = &'a Secret>, cluster: Option<&str>) -> Self {
+    pub fn from_secrets<'a>(
+        secrets: impl IntoIterator<Item = &'a Secret>,
+        cluster: Option<&str>,
+    ) -> Self {
         let mut usable: Vec<(Timestamp, PrivateKeyEntry)> = Vec::new();
         let mut revoked = BTreeSet::new();
         for secret in secrets {
@@ -53,7 +56,11 @@ impl KeyState {
                 tracing::warn!(secret = %name, "key Secret holds no valid `{KEY_DATA}` line; skipped");
                 continue;
             };
-            if secret.labels().get(REVOKED_LABEL).is_some_and(|v| v == "true") {
+            if secret
+                .labels()
+                .get(REVOKED_LABEL)
+                .is_some_and(|v| v == "true")
+            {
                 revoked.insert(entry.key.id());
                 continue;
             }
@@ -75,7 +82,9 @@ impl KeyState {
                 let line = PublicKeyEntry {
                     key: *entry.key.public_key(),
                     attributes: KeyAttributes {
-                        cluster: cluster.map(str::to_owned).or(entry.attributes.cluster.clone()),
+                        cluster: cluster
+                            .map(str::to_owned)
+                            .or(entry.attributes.cluster.clone()),
                         created: Some(created.to_string()),
                     },
                 }
@@ -153,7 +162,12 @@ pub async fn generate(client: &Client, namespace: &str, cluster: Option<&str>) -
         key,
         attributes: KeyAttributes {
             cluster: cluster.map(str::to_owned),
-            created: Some(Timestamp::now().round(jiff::Unit::Second).unwrap_or(Timestamp::now()).to_string()),
+            created: Some(
+                Timestamp::now()
+                    .round(jiff::Unit::Second)
+                    .unwrap_or(Timestamp::now())
+                    .to_string(),
+            ),
         },
     };
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -167,7 +181,10 @@ pub async fn generate(client: &Client, namespace: &str, cluster: Option<&str>) -
 /// Writes the public key file into the `sigil-public-keys` ConfigMap.
 pub async fn publish(client: &Client, namespace: &str, state: &KeyState) -> Result<()> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let active = state.active.map(|(id, _)| id.to_string()).unwrap_or_default();
+    let active = state
+        .active
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_default();
     let config_map = serde_json::json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -22,7 +22,13 @@ pub struct Elector {
 
 impl Elector {
     /// A claim on Lease `namespace/name` as `identity`, expiring after `duration`.
-    pub fn new(client: Client, namespace: &str, name: &str, identity: &str, duration: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             name: name.to_owned(),
@@ -32,7 +38,9 @@ impl Elector {
     }
 
     fn seconds(&self) -> i32 {
-        i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX).max(1)
+        i32::try_from(self.duration.as_secs())
+            .unwrap_or(i32::MAX)
+            .max(1)
     }
 
     /// Waits until this replica holds the Lease.
@@ -103,7 +111,11 @@ impl Elector {
         spec.holder_identity = Some(self.identity.clone());
         spec.lease_duration_seconds = Some(self.seconds());
         spec.renew_time = Some(now);
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
             Err(source) => Err(Error::Kube {
@@ -142,7 +154,10 @@ impl Elector {
         {
             spec.holder_identity = None;
             spec.renew_time = None;
-            let _ = self.api.replace(&self.name, &PostParams::default(), &lease).await;
+            let _ = self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await;
         }
     }
 }

@@ -124,16 +124,23 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         keys,
-        limiter: RateLimiter::direct(Quota::per_second(config.api_qps).allow_burst(config.api_burst)),
+        limiter: RateLimiter::direct(
+            Quota::per_second(config.api_qps).allow_burst(config.api_burst),
+        ),
         failures: Default::default(),
     });
-    let controller = Controller::new(Api::<SealedSecret>::all(client.clone()), watcher::Config::default().any_semantic())
-        .owns(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default().labels(unseal::OWNER_LABEL).any_semantic(),
-        )
-        .reconcile_all_on(key_changes)
-        .with_config(controller::Config::default().concurrency(config.concurrency));
+    let controller = Controller::new(
+        Api::<SealedSecret>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default()
+            .labels(unseal::OWNER_LABEL)
+            .any_semantic(),
+    )
+    .reconcile_all_on(key_changes)
+    .with_config(controller::Config::default().concurrency(config.concurrency));
     let store = controller.store();
     tokio::spawn(mark_ready(store.clone(), ready.clone()));
     tokio::spawn(count_by_key(store, metrics.clone()));
@@ -144,7 +151,11 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
             let _ = stop_rx.await;
         })
         .run(unseal::reconcile, unseal::error_policy, context)
-        .for_each(|_| async {});
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "controller event");
+            }
+        });
     tokio::pin!(run);
     let result = tokio::select! {
         () = &mut run => Ok(()),
@@ -183,10 +194,17 @@ async fn shutdown_signal() {
 }
 
 async fn mark_ready(store: Store<SealedSecret>, ready: Arc<AtomicBool>) {
-    if store.wait_until_ready().await.is_ok() {
-        ready.store(true, Ordering::Release);
-        tracing::info!("caches synced; ready");
+    // Polled rather than awaited: the store's readiness signal wakes only its most recent
+    // waiter, and the controller itself waits on it too.
+    loop {
+        match store.wait_until_ready().now_or_never() {
+            Some(Ok(())) => break,
+            Some(Err(_)) => return,
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
+    ready.store(true, Ordering::Release);
+    tracing::info!("caches synced; ready");
 }
 
 async fn count_by_key(store: Store<SealedSecret>, metrics: Arc<metrics::Metrics>) {
@@ -244,7 +262,10 @@ async fn keep_keys(
             continue;
         }
         let secrets = reader.state();
-        let state = keys::KeyState::from_secrets(secrets.iter().map(|s| s.as_ref()), config.cluster_name.as_deref());
+        let state = keys::KeyState::from_secrets(
+            secrets.iter().map(|s| s.as_ref()),
+            config.cluster_name.as_deref(),
+        );
         let active = state.active.map(|(id, _)| id);
         if state.needs_renewal(config.key_renewal_period, jiff::Timestamp::now()) {
             // One new key per active key that fell due, even while the watch catches up.
@@ -258,7 +279,11 @@ async fn keep_keys(
         }
         let fingerprint = (
             state.public_keys.clone(),
-            state.revoked.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            state
+                .revoked
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
         );
         if published.as_ref() == Some(&fingerprint) {
             continue;

@@ -75,10 +75,16 @@ impl Reason {
 
     fn of(err: &SealError, keys: &KeyState) -> Self {
         match err {
-            SealError::UnknownKey { sealed_for } if sealed_for.iter().any(|id| keys.revoked.contains(id)) => Reason::RevokedKey,
+            SealError::UnknownKey { sealed_for }
+                if sealed_for.iter().any(|id| keys.revoked.contains(id)) =>
+            {
+                Reason::RevokedKey
+            }
             SealError::UnknownKey { .. } => Reason::UnknownKey,
             SealError::ScopeMismatch { .. } => Reason::ScopeMismatch,
-            SealError::WrongBinding { .. } | SealError::InvalidBinding { .. } => Reason::WrongBinding,
+            SealError::WrongBinding { .. } | SealError::InvalidBinding { .. } => {
+                Reason::WrongBinding
+            }
             SealError::Tampered => Reason::Tampered,
             _ => Reason::Malformed,
         }
@@ -132,7 +138,12 @@ impl Context {
     }
 }
 
-fn open_all(obj: &SealedSecret, namespace: &str, name: &str, keys: &KeyState) -> Result<Opened, Outcome> {
+fn open_all(
+    obj: &SealedSecret,
+    namespace: &str,
+    name: &str,
+    keys: &KeyState,
+) -> Result<Opened, Outcome> {
     let scope = obj.spec.scope.into();
     let mut data = BTreeMap::new();
     let mut key_ids = BTreeSet::new();
@@ -179,20 +190,31 @@ fn open_all(obj: &SealedSecret, namespace: &str, name: &str, keys: &KeyState) ->
         }
         return Err(Outcome::failed(
             *reason,
-            format!("{count} of {} values did not open; the Secret was left as it was. {message}", obj.spec.encrypted_data.len()),
+            format!(
+                "{count} of {} values did not open; the Secret was left as it was. {message}",
+                obj.spec.encrypted_data.len()
+            ),
         ));
     }
     let total: usize = data.values().map(|v| v.len()).sum();
     if total > MAX_SECRET_BYTES {
         return Err(Outcome::failed(
             Reason::TooLarge,
-            format!("the values add up to {total} bytes; a Secret holds at most {MAX_SECRET_BYTES}: split it into several SealedSecrets"),
+            format!(
+                "the values add up to {total} bytes; a Secret holds at most {MAX_SECRET_BYTES}: split it into several SealedSecrets"
+            ),
         ));
     }
     Ok(Opened { data, key_ids })
 }
 
-fn desired_secret(obj: &SealedSecret, namespace: &str, name: &str, opened: &Opened, owner: OwnerReference) -> Secret {
+fn desired_secret(
+    obj: &SealedSecret,
+    namespace: &str,
+    name: &str,
+    opened: &Opened,
+    owner: OwnerReference,
+) -> Secret {
     let template = obj.spec.template.clone().unwrap_or_default();
     let meta = template.metadata.unwrap_or_default();
     let mut labels = meta.labels;
@@ -221,7 +243,8 @@ fn desired_secret(obj: &SealedSecret, namespace: &str, name: &str, opened: &Open
 
 /// Whether `existing` already carries everything `desired` sets.
 fn matches(existing: &Secret, desired: &Secret) -> bool {
-    let subset = |want: &Option<BTreeMap<String, String>>, have: &Option<BTreeMap<String, String>>| {
+    let subset = |want: &Option<BTreeMap<String, String>>,
+                  have: &Option<BTreeMap<String, String>>| {
         want.iter()
             .flatten()
             .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
@@ -230,14 +253,31 @@ fn matches(existing: &Secret, desired: &Secret) -> bool {
         && existing.type_ == desired.type_
         && (desired.immutable.is_none() || existing.immutable == desired.immutable)
         && subset(&desired.metadata.labels, &existing.metadata.labels)
-        && subset(&desired.metadata.annotations, &existing.metadata.annotations)
-        && desired.metadata.owner_references.iter().flatten().all(|want| {
-            existing.owner_references().iter().any(|have| have.uid == want.uid && have.controller == Some(true))
-        })
+        && subset(
+            &desired.metadata.annotations,
+            &existing.metadata.annotations,
+        )
+        && desired
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .all(|want| {
+                existing
+                    .owner_references()
+                    .iter()
+                    .any(|have| have.uid == want.uid && have.controller == Some(true))
+            })
 }
 
 impl Context {
-    async fn write_secret(&self, obj: &SealedSecret, namespace: &str, name: &str, opened: Opened) -> Result<Outcome> {
+    async fn write_secret(
+        &self,
+        obj: &SealedSecret,
+        namespace: &str,
+        name: &str,
+        opened: Opened,
+    ) -> Result<Outcome> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let owner = obj
             .controller_owner_ref(&())
@@ -252,11 +292,16 @@ impl Context {
                 .owner_references()
                 .iter()
                 .any(|r| r.uid == owner.uid && r.controller == Some(true));
-            let opted_in = existing.annotations().get(MANAGED_ANNOTATION).is_some_and(|v| v == "true");
+            let opted_in = existing
+                .annotations()
+                .get(MANAGED_ANNOTATION)
+                .is_some_and(|v| v == "true");
             if !owned && !opted_in {
                 return Ok(Outcome::failed(
                     Reason::SecretNotOwned,
-                    format!("Secret {namespace}/{name} already exists and does not belong to this SealedSecret, so it was left untouched; delete it, or annotate it with {MANAGED_ANNOTATION}=\"true\" to let sigil take it over"),
+                    format!(
+                        "Secret {namespace}/{name} already exists and does not belong to this SealedSecret, so it was left untouched; delete it, or annotate it with {MANAGED_ANNOTATION}=\"true\" to let sigil take it over"
+                    ),
                 ));
             }
         }
@@ -265,14 +310,18 @@ impl Context {
         if existing.as_ref().is_some_and(|e| matches(e, &desired)) {
             return Ok(Outcome {
                 reason: Reason::Unsealed,
-                message: format!("Secret {namespace}/{name} holds the {} unsealed keys", opened.data.len()),
+                message: format!(
+                    "Secret {namespace}/{name} holds the {} unsealed keys",
+                    opened.data.len()
+                ),
                 key_ids,
                 wrote: false,
             });
         }
         // Type and immutable data cannot change in place: replace the Secret.
         if let Some(existing) = &existing
-            && (existing.type_ != desired.type_ || (existing.immutable == Some(true) && existing.data != desired.data))
+            && (existing.type_ != desired.type_
+                || (existing.immutable == Some(true) && existing.data != desired.data))
         {
             self.throttle().await;
             let params = DeleteParams {
@@ -288,19 +337,31 @@ impl Context {
         }
         self.throttle().await;
         match api
-            .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired))
+            .patch(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
             .await
         {
             Ok(_) => Ok(Outcome {
                 reason: Reason::Unsealed,
-                message: format!("Secret {namespace}/{name} written with {} unsealed keys", opened.data.len()),
+                message: format!(
+                    "Secret {namespace}/{name} written with {} unsealed keys",
+                    opened.data.len()
+                ),
                 key_ids,
                 wrote: true,
             }),
-            Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => Ok(Outcome::failed(
-                Reason::SecretRejected,
-                format!("the API server refused Secret {namespace}/{name}: {}", status.message),
-            )),
+            Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
+                Ok(Outcome::failed(
+                    Reason::SecretRejected,
+                    format!(
+                        "the API server refused Secret {namespace}/{name}: {}",
+                        status.message
+                    ),
+                ))
+            }
             Err(source) => Err(Error::Kube {
                 action: format!("apply Secret {namespace}/{name}"),
                 source,
@@ -315,9 +376,10 @@ impl Context {
             .as_ref()
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Synced"));
         let status_text = if synced { "True" } else { "False" };
-        let transition = previous
-            .filter(|c| c.status == status_text)
-            .map_or_else(|| Time(Timestamp::now()), |c| c.last_transition_time.clone());
+        let transition = previous.filter(|c| c.status == status_text).map_or_else(
+            || Time(Timestamp::now()),
+            |c| c.last_transition_time.clone(),
+        );
         let status = SealedSecretStatus {
             observed_generation: obj.metadata.generation,
             key_ids: outcome.key_ids.clone(),
@@ -341,14 +403,22 @@ impl Context {
                 "status": status,
             });
             self.throttle().await;
-            api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-                .await
-                .during(|| format!("update status of SealedSecret {namespace}/{name}"))?;
+            api.patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .during(|| format!("update status of SealedSecret {namespace}/{name}"))?;
         }
         let reason_changed = previous.is_none_or(|c| c.reason != outcome.reason.as_str());
         if outcome.wrote || (!synced && reason_changed) {
             let event = Event {
-                type_: if synced { EventType::Normal } else { EventType::Warning },
+                type_: if synced {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
                 reason: outcome.reason.as_str().to_owned(),
                 note: Some(truncate(&outcome.message, 1000)),
                 action: "Unseal".to_owned(),
@@ -385,11 +455,15 @@ pub async fn reconcile(obj: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Acti
         Ok(outcome) => ctx.record(&obj, &outcome).await.map(|()| outcome),
         Err(err) => Err(err),
     };
-    ctx.metrics.reconcile_duration.observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
     let outcome = result?;
     ctx.metrics
         .unseal_total
-        .get_or_create(&ResultLabel { result: outcome.reason })
+        .get_or_create(&ResultLabel {
+            result: outcome.reason,
+        })
         .inc();
     if outcome.reason != Reason::Unsealed {
         tracing::warn!(reason = outcome.reason.as_str(), message = %outcome.message, "not unsealed");
@@ -412,7 +486,8 @@ pub fn error_policy(obj: Arc<SealedSecret>, err: &Error, ctx: Arc<Context>) -> A
         *attempts = attempts.saturating_add(1);
         *attempts
     };
-    let delay = Duration::from_secs(1 << attempts.min(8).saturating_sub(1)).min(Duration::from_secs(300));
+    let delay =
+        Duration::from_secs(1 << attempts.min(8).saturating_sub(1)).min(Duration::from_secs(300));
     tracing::warn!(error = %err, attempts, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }

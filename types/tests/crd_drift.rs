@@ -3,7 +3,10 @@
 
 #[test]
 fn chart_crds_match_the_rust_types() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/sigil/crds/sigil.dev.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/sigil/crds/sigil.dev.yaml"
+    );
     let on_disk = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         on_disk == sigil_types::crd_yaml(),
