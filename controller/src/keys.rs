@@ -2,14 +2,13 @@
 //! the controller's namespace, watched so that keys added, changed, revoked or removed
 //! take effect without a restart, and published as the `sigil-public-keys` ConfigMap.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use sigil_core::keyfile::{self, KeyAttributes, PrivateKeyEntry, PublicKeyEntry};
 use sigil_core::{KeyId, Keyring, PrivateKey};
@@ -17,16 +16,9 @@ use sigil_core::{KeyId, Keyring, PrivateKey};
 use crate::MANAGER;
 use crate::error::{Error, KubeContext, Result};
 
-/// Label on every Secret that holds a sealing key.
-pub const KEY_LABEL: &str = "sigil.dev/sealing-key";
-/// Label value that marks a sealing key revoked: it no longer opens anything.
-pub const REVOKED_LABEL: &str = "sigil.dev/revoked";
-/// Data key of the private key line inside a key Secret.
-pub const KEY_DATA: &str = "sigil.key";
-/// The ConfigMap every authenticated user may read to seal.
-pub const PUBLIC_KEYS_CONFIGMAP: &str = "sigil-public-keys";
-/// Data key of the public key lines inside the ConfigMap.
-pub const PUBLIC_KEYS_DATA: &str = "sigil.pub";
+pub use sigil_types::keys::{
+    KEY_DATA, KEY_LABEL, PUBLIC_KEYS_CONFIGMAP, PUBLIC_KEYS_DATA, REVOKED_LABEL, key_secret,
+};
 
 /// The keys as last read from the cluster.
 #[derive(Default, Debug)]
@@ -132,25 +124,6 @@ impl Keys {
 
     pub(crate) fn replace(&self, state: KeyState) {
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
-    }
-}
-
-/// The Secret that stores a new key.
-pub fn key_secret(entry: &PrivateKeyEntry, namespace: &str) -> Secret {
-    let line = entry.to_line();
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(format!("sigil-sealing-key-{}", entry.key.id())),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([(KEY_LABEL.to_owned(), "true".to_owned())])),
-            ..ObjectMeta::default()
-        },
-        type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([(
-            KEY_DATA.to_owned(),
-            ByteString(line.as_bytes().to_vec()),
-        )])),
-        ..Secret::default()
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Config {
     pub lease_duration: Duration,
     /// This replica's name in the Lease and in Events.
     pub identity: String,
+    /// Only this namespace's SealedSecrets (all namespaces when unset).
+    pub watch_namespace: Option<String>,
 }
 
 /// Runs until SIGTERM/SIGINT, or until leadership is lost (an error: the process should

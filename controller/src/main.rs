@@ -44,6 +44,9 @@ struct Args {
     /// This replica's identity (the Pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Only unseal this namespace's SealedSecrets (default: every namespace).
+    #[arg(long)]
+    watch_namespace: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         lease_name: args.lease_name,
         lease_duration: args.lease_duration,
         identity,
+        watch_namespace: args.watch_namespace,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::cluster::ClusterArgs;
+
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
@@ -27,6 +29,9 @@ pub(crate) enum Command {
     /// Break-glass: open SealedSecrets offline with a private key and print the Secrets.
     #[command(after_help = EXIT_CODES)]
     Unseal(UnsealArgs),
+    /// Fetch the cluster's public sealing keys (a key file for `sigil seal --cert`).
+    #[command(after_help = EXIT_CODES)]
+    Cert(CertArgs),
     /// Manage sealing key pairs.
     Keys {
         #[command(subcommand)]
@@ -39,6 +44,12 @@ pub(crate) enum KeysCommand {
     /// Generate an offline key pair (for bootstrap or break-glass) as key files.
     #[command(after_help = EXIT_CODES)]
     Generate(GenerateArgs),
+    /// Copy the cluster's private sealing keys into a file (mode 0600), for disaster recovery.
+    #[command(after_help = EXIT_CODES)]
+    Backup(BackupArgs),
+    /// Bring private keys into the cluster (e.g. the same key for a disaster-recovery cluster).
+    #[command(after_help = EXIT_CODES)]
+    Import(ImportArgs),
 }
 
 /// How much of its identity each value is bound to.
@@ -75,9 +86,12 @@ pub(crate) enum Format {
 #[derive(Args, Debug)]
 pub(crate) struct SealArgs {
     /// Public key file (`sigil.pub.v1` lines); repeat to seal for several clusters.
-    /// For each `cluster=` name the first key listed is used.
-    #[arg(long = "cert", value_name = "FILE", required = true)]
+    /// For each `cluster=` name the first key listed is used (lines without one count as
+    /// one cluster). Without --cert, the keys are fetched from the cluster.
+    #[arg(long = "cert", value_name = "FILE")]
     pub(crate) certs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub(crate) cluster: ClusterArgs,
     /// What each value is bound to.
     #[arg(long, value_enum)]
     pub(crate) scope: Option<ScopeArg>,
@@ -140,4 +154,31 @@ pub(crate) struct GenerateArgs {
     /// Cluster name recorded with the key.
     #[arg(long, value_name = "NAME")]
     pub(crate) cluster: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CertArgs {
+    #[command(flatten)]
+    pub(crate) cluster: ClusterArgs,
+    /// Write the key file here instead of stdout.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct BackupArgs {
+    #[command(flatten)]
+    pub(crate) cluster: ClusterArgs,
+    /// File for the private keys (created with mode 0600; never overwritten).
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub(crate) out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ImportArgs {
+    #[command(flatten)]
+    pub(crate) cluster: ClusterArgs,
+    /// Private key file (`sigil.key.v1` lines), e.g. from `sigil keys backup`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) private_key: PathBuf,
 }

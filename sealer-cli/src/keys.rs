@@ -8,7 +8,8 @@ use std::path::Path;
 use anyhow::Context as _;
 use sigil_core::{KeyAttributes, PrivateKey, PrivateKeyEntry, PublicKeyEntry};
 
-use crate::cli::GenerateArgs;
+use crate::cli::{BackupArgs, CertArgs, GenerateArgs, ImportArgs};
+use crate::cluster;
 use crate::failure::Failure;
 
 fn create_new(path: &Path, mode: u32) -> anyhow::Result<File> {
@@ -99,6 +100,43 @@ pub(crate) fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         "public key: {} (seal with `sigil seal --cert {}`)",
         args.public_out.display(),
         args.public_out.display()
+    );
+    Ok(())
+}
+
+pub(crate) fn cert(args: &CertArgs) -> anyhow::Result<()> {
+    let text = cluster::block_on(cluster::public_keys(&args.cluster))?;
+    crate::output::emit(args.out.as_deref(), &text)
+}
+
+pub(crate) fn backup(args: &BackupArgs) -> anyhow::Result<()> {
+    let (text, count) = cluster::block_on(cluster::backup(&args.cluster))?;
+    let mut file = create_new(&args.out, 0o600)?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!(
+        "wrote {count} sealing keys of namespace {} to {} (mode 0600: keep it offline)",
+        args.cluster.controller_namespace,
+        args.out.display()
+    );
+    Ok(())
+}
+
+pub(crate) fn import(args: &ImportArgs) -> anyhow::Result<()> {
+    let path = &args.private_key;
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|err| {
+        Failure::new(format!("cannot read key file {}: {err}", path.display()))
+            .with_hint("pass a private key file from `sigil keys generate` or `sigil keys backup`")
+    })?);
+    let keys = sigil_core::keyfile::parse_private(&text).map_err(|err| {
+        Failure::new(format!("key file {}: {err}", path.display()))
+            .with_hint("a private key file has lines `sigil.key.v1 <key-id> <base64 key>`")
+    })?;
+    let (created, present) = cluster::block_on(cluster::import(&args.cluster, &keys))?;
+    println!(
+        "imported {created} keys into namespace {} ({present} already there)",
+        args.cluster.controller_namespace
     );
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod cluster;
 mod document;
 mod failure;
 mod keys;
@@ -22,9 +23,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Seal(args) => seal::run(&args),
         Command::Unseal(args) => unseal::run(&args),
-        Command::Keys {
-            command: KeysCommand::Generate(args),
-        } => keys::generate(&args),
+        Command::Cert(args) => keys::cert(&args),
+        Command::Keys { command } => match command {
+            KeysCommand::Generate(args) => keys::generate(&args),
+            KeysCommand::Backup(args) => keys::backup(&args),
+            KeysCommand::Import(args) => keys::import(&args),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

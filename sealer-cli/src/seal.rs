@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 use serde_json::Value;
@@ -15,35 +15,51 @@ use crate::document::{self, Document, Origin, PlainSecret, check_data_key};
 use crate::failure::{Failure, fail};
 use crate::output;
 
-/// The public keys to seal to: for each `cluster=` name in a file, the first key listed
-/// (the cluster's active key); every key without a cluster name.
-pub(crate) fn load_recipients(paths: &[PathBuf]) -> anyhow::Result<Vec<PublicKey>> {
-    let mut recipients = Vec::new();
-    for path in paths {
+/// The public keys to seal to: for each `cluster=` name in a key file, the first key
+/// listed (the cluster's active key); every key without a cluster name. Without
+/// `--cert`, the cluster's published keys.
+pub(crate) fn load_recipients(args: &SealArgs) -> anyhow::Result<Vec<PublicKey>> {
+    let mut sources = Vec::new();
+    for path in &args.certs {
         let text = std::fs::read_to_string(path).map_err(|err| {
-            Failure::new(format!("cannot read key file {}: {err}", path.display()))
-                .with_hint("pass the public key file written by `sigil keys generate` (or fetched from the cluster)")
+            Failure::new(format!("cannot read key file {}: {err}", path.display())).with_hint(
+                "pass the public key file written by `sigil keys generate` or `sigil cert`",
+            )
         })?;
+        sources.push((format!("key file {}", path.display()), text));
+    }
+    if sources.is_empty() {
+        let text = crate::cluster::block_on(crate::cluster::public_keys(&args.cluster))?;
+        sources.push((
+            format!(
+                "ConfigMap {}/{}",
+                args.cluster.controller_namespace,
+                sigil_types::keys::PUBLIC_KEYS_CONFIGMAP
+            ),
+            text,
+        ));
+    }
+    let mut recipients = Vec::new();
+    for (source, text) in sources {
         let entries = keyfile::parse_public(&text).map_err(|err| {
-            Failure::new(format!("key file {}: {err}", path.display())).with_hint(
+            Failure::new(format!("{source}: {err}")).with_hint(
                 "a public key file has lines `sigil.pub.v1 <key-id> <base64 key> [cluster=NAME]`; fetch a fresh copy",
             )
         })?;
-        let mut clusters_seen = Vec::new();
+        // A file may list several keys of one cluster (the active one first, then older
+        // ones that still open); lines without a cluster name count as one cluster.
+        let mut clusters_seen: Vec<Option<String>> = Vec::new();
         for entry in entries {
-            if let Some(cluster) = &entry.attributes.cluster {
-                if clusters_seen.contains(cluster) {
-                    continue;
-                }
-                clusters_seen.push(cluster.clone());
+            if !clusters_seen.contains(&entry.attributes.cluster) {
+                clusters_seen.push(entry.attributes.cluster.clone());
+                recipients.push(entry.key);
             }
-            recipients.push(entry.key);
         }
     }
     if recipients.len() > sigil_core::sealed::MAX_RECIPIENTS {
         return fail(
             format!(
-                "the --cert files name {} keys; a value is sealed to at most {}",
+                "the key files name {} clusters; a value is sealed to at most {}",
                 recipients.len(),
                 sigil_core::sealed::MAX_RECIPIENTS
             ),
@@ -217,7 +233,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 pub(crate) fn run(args: &SealArgs) -> anyhow::Result<()> {
-    let recipients = load_recipients(&args.certs)?;
+    let recipients = load_recipients(args)?;
     if args.raw {
         return seal_raw(args, &recipients);
     }

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod keys;
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
