@@ -472,9 +472,13 @@ pub async fn reconcile(obj: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Acti
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&(namespace, name));
-    // Failures that input causes wait for a change (of the object, of its Secret, or of
-    // the keys); nothing is gained by retrying them on a timer.
-    Ok(Action::await_change())
+    Ok(match outcome.reason {
+        // The Secret in the way carries no label we watch, so its opt-in is polled for.
+        Reason::SecretNotOwned => Action::requeue(Duration::from_secs(10)),
+        // Other failures that input causes wait for a change (of the object, its
+        // Secret, or the keys); nothing is gained by retrying them on a timer.
+        _ => Action::await_change(),
+    })
 }
 
 /// Transient failures (API errors) back off exponentially per object, from 1 s to 5 min.

@@ -1,0 +1,7 @@
+//! `sigil-controller` on a real kube-apiserver: keys, unsealing, bad input, HA and
+//! metrics. Each test runs its own controller confined to its own namespace.
+
+mod ha;
+mod keys;
+mod support;
+mod unseal;

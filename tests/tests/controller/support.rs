@@ -1,0 +1,277 @@
+//! Running `sigil-controller` and `sigil` as a user would, against the test
+//! environment, and waiting for what they should do.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use sigil_tests::{TestContext, repo_root};
+use sigil_types::SealedSecret;
+
+/// Builds the binaries once per test process (the test binary does not depend on them).
+fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "sigil-controller",
+                "-p",
+                "sigil-cli",
+            ])
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building sigil-controller and sigil failed"
+        );
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug").join(name)
+}
+
+/// Installs the CRDs from the chart (idempotent; shared by every test).
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let text =
+        std::fs::read_to_string(repo_root().join("charts/sigil/crds/sigil.dev.yaml")).unwrap();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in serde_saphyr::from_multiple::<CustomResourceDefinition>(&text).unwrap() {
+        api.patch(
+            &crd.name_any(),
+            &PatchParams::apply("sigil-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+        let name = crd.name_any();
+        eventually(Duration::from_secs(20), || {
+            let api = api.clone();
+            let name = name.clone();
+            async move {
+                let crd = api.get(&name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// Polls `check` until it gives a value, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A `sigil-controller` process, killed when dropped; its logs are kept for inspection.
+pub struct Controller {
+    child: Child,
+    /// Address of /healthz, /readyz, /metrics.
+    pub http: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Controller {
+    /// Starts a controller whose keys, Lease and SealedSecrets all live in the test's
+    /// namespace.
+    pub fn start(ctx: &TestContext, identity: &str, extra: &[&str]) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let http = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("controller.log");
+        let child = Command::new(binary("sigil-controller"))
+            .args([
+                "--namespace",
+                &ctx.namespace,
+                "--watch-namespace",
+                &ctx.namespace,
+                "--http-addr",
+                &http.to_string(),
+                "--lease-duration",
+                "3s",
+                "--identity",
+                identity,
+            ])
+            .args(extra)
+            .env("KUBECONFIG", ctx.env.kubeconfig_path())
+            .env(
+                "RUST_LOG",
+                "debug,kube=info,hyper=info,tower=info,rustls=info,h2=info",
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            http,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// GET on the internal HTTP server: (status code, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let code = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((code, body))
+    }
+
+    /// Waits until /readyz says ready.
+    pub async fn wait_ready(&self) {
+        eventually(Duration::from_secs(30), || async {
+            (self.get("/readyz")?.0 == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// Everything the controller logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: a crash, with no chance to release the Lease.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `sigil` with `stdin`, pointed at the test environment's cluster.
+pub fn sigil(ctx: &TestContext, dir: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(binary("sigil"))
+        .args(args)
+        .current_dir(dir)
+        .env("KUBECONFIG", ctx.env.kubeconfig_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Like [`sigil`], asserting success; returns stdout.
+pub fn sigil_ok(ctx: &TestContext, dir: &Path, args: &[&str], stdin: &str) -> String {
+    let out = sigil(ctx, dir, args, stdin);
+    assert!(
+        out.status.success(),
+        "sigil {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A Secret manifest with `stringData`.
+pub fn secret_yaml(namespace: &str, name: &str, data: &[(&str, &str)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\nstringData:\n"
+    );
+    for (key, value) in data {
+        yaml.push_str(&format!("  {key}: \"{value}\"\n"));
+    }
+    yaml
+}
+
+/// Seals with the cluster's published key (no --cert) and returns the SealedSecret.
+pub fn seal_with_cluster_key(ctx: &TestContext, dir: &Path, secret: &str) -> SealedSecret {
+    let yaml = sigil_ok(
+        ctx,
+        dir,
+        &["seal", "--controller-namespace", &ctx.namespace],
+        secret,
+    );
+    serde_saphyr::from_str(&yaml).unwrap()
+}
+
+/// Creates or replaces a SealedSecret, as `kubectl apply --server-side` would.
+pub async fn apply(ctx: &TestContext, sealed: &SealedSecret) {
+    let api: Api<SealedSecret> = Api::namespaced(ctx.kube.clone(), &ctx.namespace);
+    let mut sealed = sealed.clone();
+    sealed.metadata.namespace = Some(ctx.namespace.clone());
+    api.patch(
+        &sealed.name_any(),
+        &PatchParams::apply("gitops").force(),
+        &Patch::Apply(&sealed),
+    )
+    .await
+    .unwrap();
+}
+
+/// The `Synced` condition of a SealedSecret, once its status describes its generation.
+pub async fn synced_condition(ctx: &TestContext, name: &str) -> Option<(String, String, String)> {
+    let api: Api<SealedSecret> = Api::namespaced(ctx.kube.clone(), &ctx.namespace);
+    let obj = api.get(name).await.ok()?;
+    let status = obj.status?;
+    if status.observed_generation != obj.metadata.generation {
+        return None;
+    }
+    let c = status
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Synced")?;
+    Some((c.status, c.reason, c.message))
+}
+
+/// Waits until the `Synced` condition has `reason`; returns its message.
+pub async fn wait_reason(ctx: &TestContext, name: &str, reason: &str) -> String {
+    eventually(Duration::from_secs(30), || async {
+        let (_, r, message) = synced_condition(ctx, name).await?;
+        (r == reason).then_some(message)
+    })
+    .await
+}
