@@ -131,18 +131,23 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         ),
         failures: Default::default(),
     });
-    let controller = Controller::new(
-        Api::<SealedSecret>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(
-        Api::<Secret>::all(client.clone()),
-        watcher::Config::default()
-            .labels(unseal::OWNER_LABEL)
-            .any_semantic(),
-    )
-    .reconcile_all_on(key_changes)
-    .with_config(controller::Config::default().concurrency(config.concurrency));
+    let (sealed_api, secret_api) = match &config.watch_namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let controller =
+        Controller::<SealedSecret>::new(sealed_api, watcher::Config::default().any_semantic())
+            .owns::<Secret>(
+                secret_api,
+                watcher::Config::default()
+                    .labels(unseal::OWNER_LABEL)
+                    .any_semantic(),
+            )
+            .reconcile_all_on(key_changes)
+            .with_config(controller::Config::default().concurrency(config.concurrency));
     let store = controller.store();
     tokio::spawn(mark_ready(store.clone(), ready.clone()));
     tokio::spawn(count_by_key(store, metrics.clone()));
@@ -245,7 +250,9 @@ async fn keep_keys(
         .default_backoff()
         .reflect(writer);
     tokio::pin!(events);
-    let mut renewal_check = tokio::time::interval(Duration::from_secs(60));
+    let mut renewal_check = tokio::time::interval(
+        (config.key_renewal_period / 4).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+    );
     let mut published: Option<(String, Vec<String>)> = None;
     let mut generated_for: Option<Option<sigil_core::KeyId>> = None;
     loop {

@@ -71,6 +71,7 @@ async fn a_sealed_secret_becomes_its_secret_and_stays_so() {
     );
     let status = obj.status.unwrap();
     assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.key_ids.len(), 1, "{status:?}");
     let published = sigil_ok(
         &ctx,
         dir.path(),
