@@ -60,7 +60,7 @@ async fn client(args: &ClusterArgs) -> anyhow::Result<Client> {
         Failure::new(format!("cannot load the cluster configuration: {err}"))
             .with_hint("pass --kubeconfig FILE and --context NAME, or set KUBECONFIG")
     })?;
-    Ok(Client::try_from(config).context("cannot create a Kubernetes client")?)
+    Client::try_from(config).context("cannot create a Kubernetes client")
 }
 
 fn api_failure(err: kube::Error, what: &str, args: &ClusterArgs) -> anyhow::Error {
