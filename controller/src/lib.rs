@@ -121,6 +121,23 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         controller: MANAGER.to_owned(),
         instance: Some(config.identity.clone()),
     };
+    let (sealed_api, secret_api) = match &config.watch_namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (secrets, secrets_writer) = reflector::store::<Secret>();
+    let secret_watch = watcher(
+        secret_api.clone(),
+        watcher::Config::default()
+            .labels(unseal::OWNER_LABEL)
+            .any_semantic(),
+    )
+    .default_backoff()
+    .reflect(secrets_writer);
+    tokio::spawn(secret_watch.for_each(|_| std::future::ready(())));
     let context = Arc::new(unseal::Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -130,14 +147,8 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
             Quota::per_second(config.api_qps).allow_burst(config.api_burst),
         ),
         failures: Default::default(),
+        secrets,
     });
-    let (sealed_api, secret_api) = match &config.watch_namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
     let controller =
         Controller::<SealedSecret>::new(sealed_api, watcher::Config::default().any_semantic())
             .owns::<Secret>(

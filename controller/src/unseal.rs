@@ -10,9 +10,10 @@ use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use sigil_core::{Binding, Envelope, Error as SealError, KeyId};
 use sigil_types::{SealedSecret, SealedSecretStatus};
@@ -130,6 +131,9 @@ pub struct Context {
     pub limiter: governor::DefaultDirectRateLimiter,
     /// Consecutive failures per object, for exponential backoff.
     pub failures: Mutex<HashMap<(String, String), u32>>,
+    /// The Secrets this controller wrote, as last seen by its watch: a reconcile whose
+    /// Secret already matches needs no request at all.
+    pub secrets: Store<Secret>,
 }
 
 impl Context {
@@ -282,6 +286,43 @@ impl Context {
         let owner = obj
             .controller_owner_ref(&())
             .expect("a SealedSecret read from the API server has a name and uid");
+        let key_ids: Vec<String> = opened.key_ids.iter().map(KeyId::to_string).collect();
+        let desired = desired_secret(obj, namespace, name, &opened, owner.clone());
+        let synced = |wrote: bool| Outcome {
+            reason: Reason::Unsealed,
+            message: format!(
+                "Secret {namespace}/{name} {} the {} unsealed keys",
+                if wrote { "was written with" } else { "holds" },
+                opened.data.len()
+            ),
+            key_ids: key_ids.clone(),
+            wrote,
+        };
+        let cached = self.secrets.get(&ObjectRef::new(name).within(namespace));
+        if cached.as_deref().is_some_and(|c| matches(c, &desired)) {
+            return Ok(synced(false));
+        }
+        if cached.is_none() {
+            // Most Secrets do not exist yet: one create, instead of a read and an apply.
+            self.throttle().await;
+            let params = PostParams {
+                field_manager: Some(MANAGER.to_owned()),
+                ..PostParams::default()
+            };
+            match api.create(&params, &desired).await {
+                Ok(_) => return Ok(synced(true)),
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
+                    return Ok(rejected(namespace, name, &status.message));
+                }
+                Err(source) => {
+                    return Err(Error::Kube {
+                        action: format!("create Secret {namespace}/{name}"),
+                        source,
+                    });
+                }
+            }
+        }
         self.throttle().await;
         let existing = api
             .get_opt(name)
@@ -305,18 +346,8 @@ impl Context {
                 ));
             }
         }
-        let key_ids: Vec<String> = opened.key_ids.iter().map(KeyId::to_string).collect();
-        let desired = desired_secret(obj, namespace, name, &opened, owner);
         if existing.as_ref().is_some_and(|e| matches(e, &desired)) {
-            return Ok(Outcome {
-                reason: Reason::Unsealed,
-                message: format!(
-                    "Secret {namespace}/{name} holds the {} unsealed keys",
-                    opened.data.len()
-                ),
-                key_ids,
-                wrote: false,
-            });
+            return Ok(synced(false));
         }
         // Type and immutable data cannot change in place: replace the Secret.
         if let Some(existing) = &existing
@@ -344,23 +375,9 @@ impl Context {
             )
             .await
         {
-            Ok(_) => Ok(Outcome {
-                reason: Reason::Unsealed,
-                message: format!(
-                    "Secret {namespace}/{name} written with {} unsealed keys",
-                    opened.data.len()
-                ),
-                key_ids,
-                wrote: true,
-            }),
+            Ok(_) => Ok(synced(true)),
             Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
-                Ok(Outcome::failed(
-                    Reason::SecretRejected,
-                    format!(
-                        "the API server refused Secret {namespace}/{name}: {}",
-                        status.message
-                    ),
-                ))
+                Ok(rejected(namespace, name, &status.message))
             }
             Err(source) => Err(Error::Kube {
                 action: format!("apply Secret {namespace}/{name}"),
@@ -431,6 +448,13 @@ impl Context {
         }
         Ok(())
     }
+}
+
+fn rejected(namespace: &str, name: &str, reason: &str) -> Outcome {
+    Outcome::failed(
+        Reason::SecretRejected,
+        format!("the API server refused Secret {namespace}/{name}: {reason}"),
+    )
 }
 
 fn truncate(text: &str, max: usize) -> String {
