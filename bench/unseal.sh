@@ -59,12 +59,19 @@ start=$(date +%s.%N)
 "$controller" --namespace "$ns" --watch-namespace "$ns" --http-addr "127.0.0.1:$port" \
   --leader-election false "$@" 2>"$work/controller.log" &
 pid=$!
-# A reconcile is counted after the Secret and the status are written; an object may be
-# counted twice (its own Secret's creation triggers it again), so every object is
-# checked against the API server below.
+# The controller's counter is a cheap lower bound (an object may be counted more than
+# once); from there the API server is asked, once a second, until every object is done.
 while [ "$(unsealed || echo 0)" -lt "$n" ]; do
   kill -0 "$pid" 2>/dev/null || { tail "$work/controller.log" >&2; exit 1; }
   sleep 0.2
+done
+synced_count() {
+  kubectl get sealedsecrets -n "$ns" \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Synced")].status}{"\n"}{end}' | grep -c True
+}
+until [ "$(synced_count)" -ge "$n" ]; do
+  kill -0 "$pid" 2>/dev/null || { tail "$work/controller.log" >&2; exit 1; }
+  sleep 1
 done
 end=$(date +%s.%N)
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
