@@ -21,6 +21,8 @@ work=$(mktemp -d)
 pid=
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  # No controller-manager runs here: empty the namespace so nothing lingers in it.
+  kubectl delete sealedsecrets,secrets -n "$ns" --all >/dev/null 2>&1 || true
   kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
   rm -rf "$work"
 }
