@@ -402,7 +402,24 @@ impl TestContext {
                     .delete_collection(&dp, &lp)
                     .await
                     .err();
-                for e in [r1, r2, r3].into_iter().flatten() {
+                // Custom resources of Sigil's own CRDs would outlive the namespace too.
+                let sealed = kube::discovery::ApiResource {
+                    group: "sigil.dev".into(),
+                    version: "v1".into(),
+                    api_version: "sigil.dev/v1".into(),
+                    kind: "SealedSecret".into(),
+                    plural: "sealedsecrets".into(),
+                };
+                let r4 = Api::<kube::api::DynamicObject>::namespaced_with(
+                    client.clone(),
+                    namespace,
+                    &sealed,
+                )
+                .delete_collection(&dp, &lp)
+                .await
+                .err()
+                .filter(|e| !matches!(e, kube::Error::Api(s) if s.code == 404));
+                for e in [r1, r2, r3, r4].into_iter().flatten() {
                     warn(&format!("emptying namespace {namespace}"), &e);
                 }
                 let nss = Api::<Namespace>::all(client);
