@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt as _, StreamExt, TryStreamExt};
 use governor::{Quota, RateLimiter};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{self, Controller};
@@ -321,5 +321,3 @@ async fn keep_keys(
         let _ = key_changes.unbounded_send(());
     }
 }
-
-use futures::FutureExt as _;
