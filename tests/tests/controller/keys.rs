@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use sigil_tests::TestContext;
-use sigil_types::SealedSecret;
 use sigil_types::keys::{KEY_LABEL, PUBLIC_KEYS_CONFIGMAP, PUBLIC_KEYS_DATA};
 
 use crate::support::*;
@@ -60,58 +59,20 @@ async fn keys_are_made_published_and_picked_up_without_a_restart() {
     );
 
     // Sealed to an offline key the cluster does not have yet.
-    sigil_ok(
+    let sealed = seal_with_offline_key(
         &ctx,
         dir.path(),
-        &[
-            "keys",
-            "generate",
-            "--private-out",
-            "dr.key",
-            "--public-out",
-            "dr.pub",
-        ],
-        "",
-    );
-    let yaml = sigil_ok(
-        &ctx,
-        dir.path(),
-        &["seal", "--cert", "dr.pub"],
+        "dr",
         &secret_yaml(&ns, "dr", &[("k", "v")]),
     );
-    let sealed: SealedSecret = serde_saphyr::from_str(&yaml).unwrap();
     apply(&ctx, &sealed).await;
     wait_reason(&ctx, "dr", "UnknownKey").await;
 
     // Imported at run time: picked up, and the waiting SealedSecret opens.
-    let out = sigil_ok(
-        &ctx,
-        dir.path(),
-        &[
-            "keys",
-            "import",
-            "--controller-namespace",
-            &ns,
-            "--private-key",
-            "dr.key",
-        ],
-        "",
-    );
+    let out = import_key(&ctx, dir.path(), "dr.key");
     assert!(out.contains("imported 1 keys"), "{out}");
     wait_reason(&ctx, "dr", "Unsealed").await;
-    let again = sigil_ok(
-        &ctx,
-        dir.path(),
-        &[
-            "keys",
-            "import",
-            "--controller-namespace",
-            &ns,
-            "--private-key",
-            "dr.key",
-        ],
-        "",
-    );
+    let again = import_key(&ctx, dir.path(), "dr.key");
     assert!(
         again.contains("imported 0 keys") && again.contains("1 already there"),
         "{again}"
@@ -152,7 +113,7 @@ async fn keys_are_made_published_and_picked_up_without_a_restart() {
         &ctx,
         dir.path(),
         &["unseal", "--recovery-key", "backup.key"],
-        &yaml,
+        &serde_json::to_string(&sealed).unwrap(),
     );
     assert!(opened.contains("k: dg=="), "{opened}");
 

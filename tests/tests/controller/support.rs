@@ -283,3 +283,46 @@ pub async fn wait_reason(ctx: &TestContext, name: &str, reason: &str) -> String 
     })
     .await
 }
+
+/// Makes an offline key pair `NAME.key`/`NAME.pub` in `dir` and seals `secret` to it:
+/// a SealedSecret this cluster cannot open until the key is imported.
+pub fn seal_with_offline_key(
+    ctx: &TestContext,
+    dir: &Path,
+    name: &str,
+    secret: &str,
+) -> SealedSecret {
+    let (private, public) = (format!("{name}.key"), format!("{name}.pub"));
+    sigil_ok(
+        ctx,
+        dir,
+        &[
+            "keys",
+            "generate",
+            "--private-out",
+            &private,
+            "--public-out",
+            &public,
+        ],
+        "",
+    );
+    let yaml = sigil_ok(ctx, dir, &["seal", "--cert", &public], secret);
+    serde_saphyr::from_str(&yaml).unwrap()
+}
+
+/// `sigil keys import` of `file` into the test's namespace; returns what it printed.
+pub fn import_key(ctx: &TestContext, dir: &Path, file: &str) -> String {
+    sigil_ok(
+        ctx,
+        dir,
+        &[
+            "keys",
+            "import",
+            "--controller-namespace",
+            &ctx.namespace,
+            "--private-key",
+            file,
+        ],
+        "",
+    )
+}

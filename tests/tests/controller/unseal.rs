@@ -242,26 +242,12 @@ async fn bad_input_never_harms_data_nor_leaks_it() {
     wait_reason(&ctx, "widened", "ScopeMismatch").await;
 
     // Sealed to a key this cluster does not hold.
-    sigil_ok(
+    let wrong_key = seal_with_offline_key(
         &ctx,
         dir.path(),
-        &[
-            "keys",
-            "generate",
-            "--private-out",
-            "other.key",
-            "--public-out",
-            "other.pub",
-        ],
-        "",
-    );
-    let yaml = sigil_ok(
-        &ctx,
-        dir.path(),
-        &["seal", "--cert", "other.pub"],
+        "other",
         &secret_yaml(&ns, "wrongkey", &[("password", CANARY)]),
     );
-    let wrong_key: SealedSecret = serde_saphyr::from_str(&yaml).unwrap();
     apply(&ctx, &wrong_key).await;
     wait_reason(&ctx, "wrongkey", "UnknownKey").await;
 
