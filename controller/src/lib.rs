@@ -20,11 +20,15 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use sigil_types::SealedSecret;
 
+pub mod backoff;
 pub mod error;
 pub mod http;
 pub mod keys;
 pub mod leader;
 pub mod metrics;
+pub mod secrets;
+mod status;
+pub mod sync;
 pub mod unseal;
 
 pub use error::{Error, Result};
@@ -140,13 +144,13 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
     tokio::spawn(secret_watch.for_each(|_| std::future::ready(())));
     let context = Arc::new(unseal::Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
         metrics: metrics.clone(),
         keys,
         limiter: RateLimiter::direct(
             Quota::per_second(config.api_qps).allow_burst(config.api_burst),
         ),
-        failures: Default::default(),
+        backoff: Default::default(),
         secrets,
     });
     let controller =
@@ -163,22 +167,39 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
     tokio::spawn(mark_ready(store.clone(), ready.clone()));
     tokio::spawn(count_by_key(store, metrics.clone()));
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let run = controller
-        .graceful_shutdown_on(async move {
-            let _ = stop_rx.await;
-        })
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let unseal_run = controller
+        .graceful_shutdown_on(stopped())
         .run(unseal::reconcile, unseal::error_policy, context)
         .for_each(|result| async move {
             if let Err(err) = result {
                 tracing::debug!(error = %err, "controller event");
             }
         });
+    let sync_run = sync::run(
+        client.clone(),
+        Recorder::new(client.clone(), reporter.clone()),
+        metrics.clone(),
+        sync::SyncConfig {
+            watch_namespace: config.watch_namespace.clone(),
+            concurrency: config.concurrency,
+            api_qps: config.api_qps,
+            api_burst: config.api_burst,
+        },
+        stopped(),
+    );
+    let run = futures::future::join(unseal_run, sync_run);
     tokio::pin!(run);
     let result = tokio::select! {
-        () = &mut run => Ok(()),
+        _ = &mut run => Ok(()),
         () = &mut shutdown => {
-            let _ = stop_tx.send(());
+            let _ = stop_tx.send(true);
             run.await;
             Ok(())
         }

@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::sync::SyncReason;
 use crate::unseal::Reason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -18,6 +19,68 @@ pub(crate) struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct KeyLabel {
     pub(crate) key_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SyncLabel {
+    pub(crate) result: SyncReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ProviderRequestLabel {
+    pub(crate) provider: &'static str,
+    pub(crate) operation: &'static str,
+    pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ProviderLabel {
+    pub(crate) provider: &'static str,
+    pub(crate) operation: &'static str,
+}
+
+/// How the read cache answered.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum CacheOutcome {
+    /// A fresh value was in the cache.
+    Hit,
+    /// The provider was asked.
+    Miss,
+    /// A read already in flight was joined.
+    Coalesced,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CacheLabel {
+    pub(crate) outcome: CacheOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReadyLabel {
+    pub(crate) condition: &'static str,
+}
+
+impl EncodeLabelValue for CacheOutcome {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        let text = match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Coalesced => "coalesced",
+        };
+        EncodeLabelValue::encode(&text, encoder)
+    }
+}
+
+impl EncodeLabelValue for SyncReason {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 impl EncodeLabelValue for Reason {
@@ -35,6 +98,11 @@ pub struct Metrics {
     pub(crate) unseal_total: Family<ResultLabel, Counter>,
     pub(crate) reconcile_duration: Histogram,
     pub(crate) sealed_secrets_by_key: Family<KeyLabel, Gauge>,
+    pub(crate) provider_requests: Family<ProviderRequestLabel, Counter>,
+    pub(crate) provider_request_duration: Family<ProviderLabel, Histogram>,
+    pub(crate) sync_total: Family<SyncLabel, Counter>,
+    pub(crate) read_cache: Family<CacheLabel, Counter>,
+    pub(crate) externalsecrets: Family<ReadyLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -58,8 +126,46 @@ impl Default for Metrics {
             "SealedSecrets whose values were opened with each sealing key",
             sealed_secrets_by_key.clone(),
         );
+        let provider_requests = Family::<ProviderRequestLabel, Counter>::default();
+        registry.register(
+            "provider_requests",
+            "Requests to Vault and AWS Secrets Manager by provider, operation and result",
+            provider_requests.clone(),
+        );
+        let provider_request_duration =
+            Family::<ProviderLabel, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            });
+        registry.register(
+            "provider_request_duration_seconds",
+            "Time of one request to a provider",
+            provider_request_duration.clone(),
+        );
+        let sync_total = Family::<SyncLabel, Counter>::default();
+        registry.register(
+            "sync",
+            "ExternalSecret syncs by result (SecretSynced or the failure reason)",
+            sync_total.clone(),
+        );
+        let read_cache = Family::<CacheLabel, Counter>::default();
+        registry.register(
+            "read_cache",
+            "Remote reads asked of the shared cache, by outcome (hit, miss, coalesced)",
+            read_cache.clone(),
+        );
+        let externalsecrets = Family::<ReadyLabel, Gauge>::default();
+        registry.register(
+            "externalsecrets",
+            "ExternalSecrets by the reason of their Ready condition",
+            externalsecrets.clone(),
+        );
         Self {
             registry,
+            provider_requests,
+            provider_request_duration,
+            sync_total,
+            read_cache,
+            externalsecrets,
             unseal_total,
             reconcile_duration,
             sealed_secrets_by_key,

@@ -2,30 +2,31 @@
 //! server-side apply, and report honestly in status and Events. Bad input never changes
 //! a Secret, and nothing here ever formats a secret value.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jiff::Timestamp;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use sigil_core::{Binding, Envelope, Error as SealError, KeyId};
 use sigil_types::{SealedSecret, SealedSecretStatus};
 use zeroize::Zeroizing;
 
 use crate::MANAGER;
-use crate::error::{Error, KubeContext, Result};
+use crate::backoff::{Backoff, ObjectKey};
+use crate::error::{Error, Result};
 use crate::keys::{KeyState, Keys};
 use crate::metrics::{Metrics, ResultLabel};
+use crate::secrets::{Claim, Mode, Refusal, SecretWriter, Written};
+use crate::status;
 
-/// Annotation with which an existing Secret opts in to being taken over.
-pub const MANAGED_ANNOTATION: &str = "sigil.dev/managed";
+pub use crate::secrets::MANAGED_ANNOTATION;
 /// Label on every Secret the controller writes, so its watch sees only those.
 pub const OWNER_LABEL: &str = "sigil.dev/sealed-secret";
 /// The most plaintext one Secret may hold (the API server's limit).
@@ -130,16 +131,10 @@ pub struct Context {
     /// Client-side request rate limit for the API server.
     pub limiter: governor::DefaultDirectRateLimiter,
     /// Consecutive failures per object, for exponential backoff.
-    pub failures: Mutex<HashMap<(String, String), u32>>,
+    pub backoff: Backoff,
     /// The Secrets this controller wrote, as last seen by its watch: a reconcile whose
     /// Secret already matches needs no request at all.
     pub secrets: Store<Secret>,
-}
-
-impl Context {
-    async fn throttle(&self) {
-        self.limiter.until_ready().await;
-    }
 }
 
 fn open_all(
@@ -245,36 +240,16 @@ fn desired_secret(
     }
 }
 
-/// Whether `existing` already carries everything `desired` sets.
-fn matches(existing: &Secret, desired: &Secret) -> bool {
-    let subset = |want: &Option<BTreeMap<String, String>>,
-                  have: &Option<BTreeMap<String, String>>| {
-        want.iter()
-            .flatten()
-            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
-    };
-    existing.data == desired.data
-        && existing.type_ == desired.type_
-        && (desired.immutable.is_none() || existing.immutable == desired.immutable)
-        && subset(&desired.metadata.labels, &existing.metadata.labels)
-        && subset(
-            &desired.metadata.annotations,
-            &existing.metadata.annotations,
-        )
-        && desired
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .all(|want| {
-                existing
-                    .owner_references()
-                    .iter()
-                    .any(|have| have.uid == want.uid && have.controller == Some(true))
-            })
-}
-
 impl Context {
+    fn writer(&self) -> SecretWriter<'_> {
+        SecretWriter {
+            client: &self.client,
+            limiter: &self.limiter,
+            cache: &self.secrets,
+            manager: MANAGER,
+        }
+    }
+
     async fn write_secret(
         &self,
         obj: &SealedSecret,
@@ -282,12 +257,16 @@ impl Context {
         name: &str,
         opened: Opened,
     ) -> Result<Outcome> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let owner = obj
             .controller_owner_ref(&())
             .expect("a SealedSecret read from the API server has a name and uid");
         let key_ids: Vec<String> = opened.key_ids.iter().map(KeyId::to_string).collect();
         let desired = desired_secret(obj, namespace, name, &opened, owner.clone());
+        let claim = Claim {
+            kind: "SealedSecret",
+            uid: &owner.uid,
+            mode: Mode::Own,
+        };
         let synced = |wrote: bool| Outcome {
             reason: Reason::Unsealed,
             message: format!(
@@ -298,92 +277,18 @@ impl Context {
             key_ids: key_ids.clone(),
             wrote,
         };
-        let cached = self.secrets.get(&ObjectRef::new(name).within(namespace));
-        if cached.as_deref().is_some_and(|c| matches(c, &desired)) {
-            return Ok(synced(false));
-        }
-        if cached.is_none() {
-            // Most Secrets do not exist yet: one create, instead of a read and an apply.
-            self.throttle().await;
-            let params = PostParams {
-                field_manager: Some(MANAGER.to_owned()),
-                ..PostParams::default()
-            };
-            match api.create(&params, &desired).await {
-                Ok(_) => return Ok(synced(true)),
-                Err(kube::Error::Api(status)) if status.code == 409 => {}
-                Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
-                    return Ok(rejected(namespace, name, &status.message));
-                }
-                Err(source) => {
-                    return Err(Error::Kube {
-                        action: format!("create Secret {namespace}/{name}"),
-                        source,
-                    });
-                }
+        Ok(match self.writer().write(&desired, &claim).await? {
+            Written::Unchanged => synced(false),
+            Written::Changed => synced(true),
+            Written::Refused(Refusal::Rejected(message)) => {
+                Outcome::failed(Reason::SecretRejected, message)
             }
-        }
-        self.throttle().await;
-        let existing = api
-            .get_opt(name)
-            .await
-            .during(|| format!("read Secret {namespace}/{name}"))?;
-        if let Some(existing) = &existing {
-            let owned = existing
-                .owner_references()
-                .iter()
-                .any(|r| r.uid == owner.uid && r.controller == Some(true));
-            let opted_in = existing
-                .annotations()
-                .get(MANAGED_ANNOTATION)
-                .is_some_and(|v| v == "true");
-            if !owned && !opted_in {
-                return Ok(Outcome::failed(
-                    Reason::SecretNotOwned,
-                    format!(
-                        "Secret {namespace}/{name} already exists and does not belong to this SealedSecret, so it was left untouched; delete it, or annotate it with {MANAGED_ANNOTATION}=\"true\" to let sigil take it over"
-                    ),
-                ));
-            }
-        }
-        if existing.as_ref().is_some_and(|e| matches(e, &desired)) {
-            return Ok(synced(false));
-        }
-        // Type and immutable data cannot change in place: replace the Secret.
-        if let Some(existing) = &existing
-            && (existing.type_ != desired.type_
-                || (existing.immutable == Some(true) && existing.data != desired.data))
-        {
-            self.throttle().await;
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: existing.uid(),
-                    resource_version: existing.resource_version(),
-                }),
-                ..DeleteParams::default()
-            };
-            api.delete(name, &params)
-                .await
-                .during(|| format!("replace Secret {namespace}/{name}"))?;
-        }
-        self.throttle().await;
-        match api
-            .patch(
-                name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&desired),
-            )
-            .await
-        {
-            Ok(_) => Ok(synced(true)),
-            Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
-                Ok(rejected(namespace, name, &status.message))
-            }
-            Err(source) => Err(Error::Kube {
-                action: format!("apply Secret {namespace}/{name}"),
-                source,
-            }),
-        }
+            // A SealedSecret never merges, and a rival SealedSecret of the same name
+            // cannot exist in one namespace: whatever else holds the Secret, it is not ours.
+            Written::Refused(
+                Refusal::NotOwned(message) | Refusal::Conflict(message) | Refusal::Missing(message),
+            ) => Outcome::failed(Reason::SecretNotOwned, message),
+        })
     }
 
     async fn record(&self, obj: &SealedSecret, outcome: &Outcome) -> Result<()> {
@@ -391,76 +296,43 @@ impl Context {
         let previous = obj
             .status
             .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Synced"));
-        let status_text = if synced { "True" } else { "False" };
-        let transition = previous.filter(|c| c.status == status_text).map_or_else(
-            || Time(Timestamp::now()),
-            |c| c.last_transition_time.clone(),
-        );
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
         let status = SealedSecretStatus {
             observed_generation: obj.metadata.generation,
             key_ids: outcome.key_ids.clone(),
-            conditions: vec![Condition {
-                type_: "Synced".to_owned(),
-                status: status_text.to_owned(),
-                reason: outcome.reason.as_str().to_owned(),
-                message: outcome.message.clone(),
-                observed_generation: obj.metadata.generation,
-                last_transition_time: transition,
-            }],
+            conditions: vec![status::condition(
+                previous,
+                "Synced",
+                synced,
+                outcome.reason.as_str(),
+                &outcome.message,
+                obj.metadata.generation,
+            )],
         };
-        let changed = obj.status.as_ref() != Some(&status);
-        if changed {
-            let namespace = obj.namespace().unwrap_or_default();
-            let name = obj.name_any();
-            let api: Api<SealedSecret> = Api::namespaced(self.client.clone(), &namespace);
-            let patch = serde_json::json!({
-                "apiVersion": sigil_types::API_VERSION,
-                "kind": "SealedSecret",
-                "status": status,
-            });
-            self.throttle().await;
-            api.patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .during(|| format!("update status of SealedSecret {namespace}/{name}"))?;
-        }
-        let reason_changed = previous.is_none_or(|c| c.reason != outcome.reason.as_str());
+        status::patch_status(
+            Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default()),
+            &self.limiter,
+            obj,
+            obj.status.as_ref(),
+            &status,
+        )
+        .await?;
+        let reason_changed =
+            status::reason_of(previous, "Synced").is_none_or(|r| r != outcome.reason.as_str());
         if outcome.wrote || (!synced && reason_changed) {
-            let event = Event {
-                type_: if synced {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                },
-                reason: outcome.reason.as_str().to_owned(),
-                note: Some(truncate(&outcome.message, 1000)),
-                action: "Unseal".to_owned(),
-                secondary: None,
-            };
-            self.throttle().await;
-            if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-                tracing::warn!(error = %err, "cannot publish Event");
-            }
+            status::publish(
+                &self.recorder,
+                &self.limiter,
+                obj,
+                !synced,
+                outcome.reason.as_str(),
+                "Unseal",
+                &outcome.message,
+            )
+            .await;
         }
         Ok(())
-    }
-}
-
-fn rejected(namespace: &str, name: &str, reason: &str) -> Outcome {
-    Outcome::failed(
-        Reason::SecretRejected,
-        format!("the API server refused Secret {namespace}/{name}: {reason}"),
-    )
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
     }
 }
 
@@ -492,10 +364,7 @@ pub async fn reconcile(obj: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Acti
     if outcome.reason != Reason::Unsealed {
         tracing::warn!(reason = outcome.reason.as_str(), message = %outcome.message, "not unsealed");
     }
-    ctx.failures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&(namespace, name));
+    ctx.backoff.succeeded(&object_key(&obj));
     Ok(match outcome.reason {
         // The Secret in the way carries no label we watch, so its opt-in is polled for.
         Reason::SecretNotOwned => Action::requeue(Duration::from_secs(10)),
@@ -507,15 +376,17 @@ pub async fn reconcile(obj: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Acti
 
 /// Transient failures (API errors) back off exponentially per object, from 1 s to 5 min.
 pub fn error_policy(obj: Arc<SealedSecret>, err: &Error, ctx: Arc<Context>) -> Action {
-    let key = (obj.namespace().unwrap_or_default(), obj.name_any());
-    let attempts = {
-        let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let attempts = failures.entry(key).or_insert(0);
-        *attempts = attempts.saturating_add(1);
-        *attempts
-    };
-    let delay =
-        Duration::from_secs(1 << attempts.min(8).saturating_sub(1)).min(Duration::from_secs(300));
-    tracing::warn!(error = %err, attempts, ?delay, "reconcile failed; retrying");
+    let delay = ctx
+        .backoff
+        .failed(object_key(&obj), Duration::from_secs(300));
+    tracing::warn!(error = %err, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
+}
+
+fn object_key(obj: &SealedSecret) -> ObjectKey {
+    (
+        "SealedSecret",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any(),
+    )
 }

@@ -3,7 +3,22 @@
 
 use std::collections::BTreeMap;
 
+pub mod external;
 pub mod keys;
+pub mod store;
+
+pub use external::{
+    CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretData, ExternalSecretDataFrom,
+    ExternalSecretSpec, ExternalSecretStatus, ExternalSecretTarget, ExternalSecretTemplate,
+    ExtractRef, RemoteRef, SecretBinding, SecretStoreRef, StoreKind,
+};
+pub use store::{
+    AwsAuth, AwsAuthSecretRef, AwsJwtAuth, AwsProvider, AwsService, CaProvider, CaProviderType,
+    ClusterSecretStore, ClusterSecretStoreCondition, ClusterSecretStoreSpec, ProviderRef,
+    SecretKeySelector, SecretStore, SecretStoreSpec, SecretStoreStatus, ServiceAccountSelector,
+    StoreProvider, VaultAppRoleAuth, VaultAuth, VaultAuthMethod, VaultKubernetesAuth,
+    VaultKvVersion, VaultProvider,
+};
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -147,10 +162,22 @@ pub struct SealedSecretStatus {
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
+/// Drops a type's own description from its schema, for enums used as `Option<Enum>`
+/// fields: kube merges the enum's schema into the field's and would otherwise replace the
+/// field's documentation (which says what an unset field means) with the enum's.
+pub(crate) fn drop_description(schema: &mut schemars::Schema) {
+    schema.remove("description");
+}
+
 /// The CRD manifests of every Sigil resource, as YAML documents.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
-    let crds = [SealedSecret::crd()];
+    let crds = [
+        SealedSecret::crd(),
+        SecretStore::crd(),
+        ClusterSecretStore::crd(),
+        ExternalSecret::crd(),
+    ];
     let documents: Vec<String> = crds
         .iter()
         .map(|crd| {
@@ -159,4 +186,74 @@ pub fn crd_yaml() -> String {
         })
         .collect();
     documents.join("---\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+    use serde_json::Value;
+
+    /// Every CRD, as JSON.
+    fn crds() -> Vec<Value> {
+        [
+            crate::SealedSecret::crd(),
+            crate::SecretStore::crd(),
+            crate::ClusterSecretStore::crd(),
+            crate::ExternalSecret::crd(),
+        ]
+        .iter()
+        .map(|crd| serde_json::to_value(crd).expect("a CRD serializes"))
+        .collect()
+    }
+
+    /// Paths of every `default` keyword in a schema.
+    fn defaults(schema: &Value, path: &str, found: &mut Vec<String>) {
+        match schema {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    let here = format!("{path}.{key}");
+                    // `properties` holds field names, not keywords: a field may be
+                    // called `default`.
+                    if key == "default" && !path.ends_with(".properties") {
+                        found.push(here.clone());
+                    }
+                    defaults(value, &here, found);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    defaults(item, &format!("{path}[{i}]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Defaults in the schema show up as diffs in GitOps tools; the controller applies them.
+    #[test]
+    fn schemas_carry_no_defaults() {
+        let mut found = Vec::new();
+        for crd in crds() {
+            defaults(&crd["spec"]["versions"], crd["metadata"]["name"].as_str().unwrap(), &mut found);
+        }
+        assert!(found.is_empty(), "schema defaults: {found:?}");
+    }
+
+    #[test]
+    fn every_crd_has_status_category_and_ready_columns() {
+        for crd in crds() {
+            let name = crd["metadata"]["name"].as_str().unwrap().to_owned();
+            assert_eq!(crd["spec"]["names"]["categories"], serde_json::json!(["sigil"]), "{name}");
+            let version = &crd["spec"]["versions"][0];
+            assert!(version["subresources"]["status"].is_object(), "{name}");
+            let columns = version["additionalPrinterColumns"].to_string();
+            assert!(columns.contains("creationTimestamp"), "{name}: {columns}");
+            if name != "sealedsecrets.sigil.dev" {
+                assert!(
+                    columns.contains(r#".status.conditions[?(@.type==\"Ready\")].status"#),
+                    "{name}: {columns}"
+                );
+            }
+        }
+    }
 }

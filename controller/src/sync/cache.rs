@@ -1,0 +1,301 @@
+//! One provider read per remote key: every ExternalSecret asking for the same (store,
+//! key, version) shares one read while it is in flight and its result while it is
+//! fresh; on AWS, reads due together go out as one `BatchGetSecretValue` of up to 20
+//! ids, topped up with the store's other keys that are about to fall due. Entries are
+//! keyed by store identity, never by ExternalSecret, and only successes are kept.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
+use sigil_providers::{Error as ProviderError, RemoteValue};
+use tokio::time::Instant;
+
+use super::stores::Session;
+use crate::metrics::{CacheLabel, CacheOutcome, Metrics};
+
+/// The most secret ids `BatchGetSecretValue` takes in one call.
+const BATCH_LIMIT: usize = 20;
+/// How long a batch waits for more reads to join it.
+const BATCH_LINGER: Duration = Duration::from_millis(30);
+/// How fresh a cached value must be for an ExternalSecret that syncs once.
+const ONCE_FRESHNESS: Duration = Duration::from_secs(10);
+
+/// A read's result, shared by everyone who waited for it.
+pub(crate) type Fetch = Result<Arc<RemoteValue>, Arc<ProviderError>>;
+type SharedFetch = Shared<BoxFuture<'static, Fetch>>;
+
+/// What is read: a remote key at a version, through one store's session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct CacheKey {
+    /// The store's identity (kind, namespace, name, UID, generation).
+    pub store: Arc<str>,
+    /// The remote key.
+    pub key: String,
+    /// The version asked for; `None` is the current one.
+    pub version: Option<String>,
+}
+
+enum Slot {
+    Pending(SharedFetch),
+    Done {
+        at: Instant,
+        value: Arc<RemoteValue>,
+        /// The shortest refresh interval of the ExternalSecrets that used it.
+        interval: Duration,
+    },
+}
+
+struct Batch {
+    keys: Vec<String>,
+    result: Shared<BoxFuture<'static, Arc<HashMap<String, Fetch>>>>,
+}
+
+/// The shared read cache.
+pub(crate) struct ReadCache {
+    slots: Mutex<HashMap<CacheKey, Slot>>,
+    batches: Mutex<HashMap<Arc<str>, Batch>>,
+    metrics: Arc<Metrics>,
+}
+
+/// A value and when it was read from the provider.
+pub(crate) struct Read {
+    pub result: Fetch,
+    pub fetched_at: Instant,
+}
+
+impl ReadCache {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Mutex::default(),
+            batches: Mutex::default(),
+            metrics,
+        })
+    }
+
+    fn count(&self, outcome: CacheOutcome) {
+        self.metrics
+            .read_cache
+            .get_or_create(&CacheLabel { outcome })
+            .inc();
+    }
+
+    /// Reads `key` through `session` for an ExternalSecret refreshing every `interval`
+    /// (`None`: once); `bypass` (force-sync) always asks the provider.
+    pub(crate) async fn read(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        key: CacheKey,
+        interval: Option<Duration>,
+        bypass: bool,
+    ) -> Read {
+        let freshness = interval.map_or(ONCE_FRESHNESS, |i| i / 4);
+        let interval = interval.unwrap_or(Duration::MAX);
+        let pending = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            match slots.get_mut(&key) {
+                Some(Slot::Done {
+                    at,
+                    value,
+                    interval: shortest,
+                }) if !bypass && at.elapsed() <= freshness => {
+                    *shortest = (*shortest).min(interval);
+                    let read = Read {
+                        result: Ok(value.clone()),
+                        fetched_at: *at,
+                    };
+                    drop(slots);
+                    self.count(CacheOutcome::Hit);
+                    return read;
+                }
+                Some(Slot::Pending(shared)) if !bypass => {
+                    let shared = shared.clone();
+                    drop(slots);
+                    self.count(CacheOutcome::Coalesced);
+                    shared
+                }
+                _ => {
+                    let shared = self.start(session, &key, bypass);
+                    slots.insert(key.clone(), Slot::Pending(shared.clone()));
+                    drop(slots);
+                    self.count(CacheOutcome::Miss);
+                    shared
+                }
+            }
+        };
+        let result = pending.await;
+        let fetched_at = Instant::now();
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(value) => {
+                let keep = match slots.get(&key) {
+                    Some(Slot::Done { at, .. }) => *at < fetched_at,
+                    _ => true,
+                };
+                if keep {
+                    slots.insert(
+                        key,
+                        Slot::Done {
+                            at: fetched_at,
+                            value: value.clone(),
+                            interval,
+                        },
+                    );
+                }
+            }
+            Err(_) => {
+                if matches!(slots.get(&key), Some(Slot::Pending(_))) {
+                    slots.remove(&key);
+                }
+            }
+        }
+        Read { result, fetched_at }
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        key: &CacheKey,
+        bypass: bool,
+    ) -> SharedFetch {
+        match session.as_ref() {
+            Session::Aws(_) if key.version.is_none() && !bypass => self.join_batch(session, key),
+            _ => {
+                let session = session.clone();
+                let key = key.clone();
+                async move {
+                    session
+                        .read(&key.key, key.version.as_deref())
+                        .await
+                        .map(Arc::new)
+                        .map_err(Arc::new)
+                }
+                .boxed()
+                .shared()
+            }
+        }
+    }
+
+    /// Adds `key` to the store's open batch, opening one (sent after a short linger)
+    /// when there is none or it is full.
+    fn join_batch(self: &Arc<Self>, session: &Arc<Session>, key: &CacheKey) -> SharedFetch {
+        let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        let open = batches
+            .get_mut(&key.store)
+            .filter(|batch| batch.keys.len() < BATCH_LIMIT);
+        let result = match open {
+            Some(batch) => {
+                batch.keys.push(key.key.clone());
+                batch.result.clone()
+            }
+            None => {
+                let result = self
+                    .clone()
+                    .send_batch(session.clone(), key.store.clone())
+                    .boxed()
+                    .shared();
+                // Started now, so that it sends even if every waiter gives up.
+                tokio::spawn(result.clone());
+                batches.insert(
+                    key.store.clone(),
+                    Batch {
+                        keys: vec![key.key.clone()],
+                        result: result.clone(),
+                    },
+                );
+                result
+            }
+        };
+        let name = key.key.clone();
+        result
+            .map(move |results| {
+                results.get(&name).cloned().unwrap_or_else(|| {
+                    Err(Arc::new(ProviderError::Unavailable {
+                        provider: sigil_providers::Provider::Aws,
+                        operation: sigil_providers::Operation::BatchRead,
+                        detail: format!("the batch answered nothing for `{name}`"),
+                    }))
+                })
+            })
+            .boxed()
+            .shared()
+    }
+
+    async fn send_batch(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        store: Arc<str>,
+    ) -> Arc<HashMap<String, Fetch>> {
+        tokio::time::sleep(BATCH_LINGER).await;
+        let mut keys = {
+            let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+            batches.remove(&store).map(|b| b.keys).unwrap_or_default()
+        };
+        let asked = keys.len();
+        keys.extend(self.falling_due(&store, &keys, BATCH_LIMIT - asked % BATCH_LIMIT));
+        let Session::Aws(aws) = session.as_ref() else {
+            unreachable!("only AWS sessions batch");
+        };
+        let results = aws.read_batch(&keys).await;
+        let fetched_at = Instant::now();
+        let mut out = HashMap::with_capacity(results.len());
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, result) in results {
+            let result = result.map(Arc::new).map_err(Arc::new);
+            if let Ok(value) = &result {
+                let cache_key = CacheKey {
+                    store: store.clone(),
+                    key: name.clone(),
+                    version: None,
+                };
+                // Prefetched keys are stored here; asked ones by their readers.
+                if let Some(Slot::Done { at, value: old, .. }) = slots.get_mut(&cache_key) {
+                    *at = fetched_at;
+                    *old = value.clone();
+                }
+            }
+            out.insert(name, result);
+        }
+        Arc::new(out)
+    }
+
+    /// Up to `room` keys of `store` whose cached values are about to be asked for
+    /// again, oldest first, so one batch serves them too.
+    fn falling_due(&self, store: &Arc<str>, asked: &[String], room: usize) -> Vec<String> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due: Vec<(Instant, String)> = slots
+            .iter()
+            .filter_map(|(key, slot)| match slot {
+                Slot::Done { at, interval, .. }
+                    if key.store == *store
+                        && key.version.is_none()
+                        && *interval != Duration::MAX
+                        && at.elapsed() >= interval.mul_f64(0.7)
+                        && !asked.contains(&key.key) =>
+                {
+                    Some((*at, key.key.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        due.sort();
+        due.into_iter().take(room).map(|(_, key)| key).collect()
+    }
+
+    /// Drops values nobody asked for in a long while, and everything of stores that
+    /// changed or went away.
+    pub(crate) fn sweep(&self, live_stores: &dyn Fn(&str) -> bool) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|key, slot| {
+            live_stores(&key.store)
+                && match slot {
+                    Slot::Pending(_) => true,
+                    Slot::Done { at, interval, .. } => {
+                        at.elapsed() < interval.saturating_mul(2).min(Duration::from_secs(86_400))
+                    }
+                }
+        });
+    }
+}

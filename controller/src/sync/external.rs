@@ -1,0 +1,756 @@
+//! ExternalSecret → Secret: read every remote key through the shared cache, assemble the
+//! data (properties, `dataFrom.extract`, template), write the target Secret under its
+//! creation policy, and report in status and Events. A failed read never changes the
+//! Secret; only "not found" for every key, with `deletionPolicy: Delete`, removes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use sigil_providers::{Error as ProviderError, ErrorKind};
+use sigil_types::{
+    CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretStatus, SecretBinding, StoreKind,
+};
+use tokio::time::Instant;
+
+use super::cache::{CacheKey, Fetch};
+use super::stores::{StoreObject, StoreProblem, StoreRef};
+use super::values::{self, Data, ValueError};
+use super::{Scheduled, SyncContext};
+use crate::backoff::ObjectKey;
+use crate::error::{Error, Result};
+use crate::metrics::SyncLabel;
+use crate::secrets::{Claim, Mode, OWNED_BY_ANNOTATION, Refusal, Written};
+use crate::status;
+
+/// Annotation whose every new value refreshes at once, bypassing the read cache.
+pub const FORCE_SYNC_ANNOTATION: &str = "sigil.dev/force-sync";
+/// Label on every Secret an ExternalSecret writes, so that the controller's watch sees
+/// (and restores) them.
+pub const EXTERNAL_SECRET_LABEL: &str = "sigil.dev/external-secret";
+/// The field manager prefix of `Merge` writes; the ExternalSecret's UID follows.
+const MERGE_MANAGER_PREFIX: &str = "sigil-controller/es/";
+/// How long failures of a sync-once ExternalSecret wait at most between retries.
+const ONCE_RETRY_CAP: Duration = Duration::from_secs(3600);
+
+/// Why an ExternalSecret is or is not synced: the `Ready` condition's reason, the Event
+/// reason and the `sigil_sync_total` label, from one fixed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SyncReason {
+    /// The Secret holds the remote values.
+    SecretSynced,
+    /// The provider did not answer, timed out or throttled.
+    ProviderUnavailable,
+    /// The provider refused the store's credentials.
+    AuthFailed,
+    /// A remote key (or the version asked for) does not exist.
+    RemoteKeyNotFound,
+    /// A `property`, or a key a template uses, does not exist.
+    PropertyNotFound,
+    /// The store is missing or misconfigured, or its credentials are missing.
+    StoreNotReady,
+    /// The ClusterSecretStore's `conditions` exclude this namespace.
+    StoreNotAllowed,
+    /// The target Secret exists and does not belong to this ExternalSecret.
+    SecretNotOwned,
+    /// Another ExternalSecret claims the target Secret (or the keys to merge).
+    Conflict,
+    /// The spec cannot be carried out as written (template syntax, a version that is
+    /// not a version, a Secret the API server refuses).
+    InvalidSpec,
+}
+
+impl SyncReason {
+    /// The CamelCase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncReason::SecretSynced => "SecretSynced",
+            SyncReason::ProviderUnavailable => "ProviderUnavailable",
+            SyncReason::AuthFailed => "AuthFailed",
+            SyncReason::RemoteKeyNotFound => "RemoteKeyNotFound",
+            SyncReason::PropertyNotFound => "PropertyNotFound",
+            SyncReason::StoreNotReady => "StoreNotReady",
+            SyncReason::StoreNotAllowed => "StoreNotAllowed",
+            SyncReason::SecretNotOwned => "SecretNotOwned",
+            SyncReason::Conflict => "Conflict",
+            SyncReason::InvalidSpec => "InvalidSpec",
+        }
+    }
+
+    /// Every reason, for gauges that report each of them.
+    pub const ALL: [SyncReason; 10] = [
+        SyncReason::SecretSynced,
+        SyncReason::ProviderUnavailable,
+        SyncReason::AuthFailed,
+        SyncReason::RemoteKeyNotFound,
+        SyncReason::PropertyNotFound,
+        SyncReason::StoreNotReady,
+        SyncReason::StoreNotAllowed,
+        SyncReason::SecretNotOwned,
+        SyncReason::Conflict,
+        SyncReason::InvalidSpec,
+    ];
+
+    fn of_provider(err: &ProviderError) -> Self {
+        match err.kind() {
+            ErrorKind::Unavailable | ErrorKind::Throttled => SyncReason::ProviderUnavailable,
+            ErrorKind::AuthFailed => SyncReason::AuthFailed,
+            ErrorKind::NotFound => SyncReason::RemoteKeyNotFound,
+            ErrorKind::InvalidConfig => SyncReason::InvalidSpec,
+        }
+    }
+
+    fn of_store(problem: &StoreProblem) -> Self {
+        match problem {
+            StoreProblem::Config(_) => SyncReason::StoreNotReady,
+            StoreProblem::Auth(_) => SyncReason::AuthFailed,
+            StoreProblem::Unavailable(_) => SyncReason::ProviderUnavailable,
+        }
+    }
+}
+
+/// A failed sync: why, and what to do about it.
+struct Failure {
+    reason: SyncReason,
+    message: String,
+}
+
+impl Failure {
+    fn new(reason: SyncReason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ValueError> for Failure {
+    fn from(err: ValueError) -> Self {
+        match err {
+            ValueError::PropertyNotFound(m) => Failure::new(SyncReason::PropertyNotFound, m),
+            ValueError::Template(m) => Failure::new(SyncReason::InvalidSpec, m),
+        }
+    }
+}
+
+/// A successful sync.
+struct Synced {
+    wrote: bool,
+    deleted: bool,
+    versions: BTreeMap<String, String>,
+    fetched_at: Instant,
+    data_hash: u64,
+    keys: Option<Vec<String>>,
+}
+
+/// Everything about one ExternalSecret that the reconcile needs.
+struct Job<'a> {
+    obj: &'a ExternalSecret,
+    namespace: String,
+    target: String,
+    interval: Option<Duration>,
+}
+
+/// Reconciles one ExternalSecret.
+#[tracing::instrument(skip(obj, ctx), fields(namespace = obj.namespace().as_deref().unwrap_or(""), name = %obj.name_any()))]
+pub async fn reconcile(obj: Arc<ExternalSecret>, ctx: Arc<SyncContext>) -> Result<Action> {
+    let key = object_key(&obj);
+    let force = obj.annotations().get(FORCE_SYNC_ANNOTATION).cloned();
+    let interval = match obj.spec.refresh_interval_duration() {
+        Ok(interval) => interval,
+        Err(message) => {
+            let failure = Failure::new(SyncReason::InvalidSpec, message);
+            return finish_failed(&obj, &ctx, key, None, failure).await;
+        }
+    };
+    let job = Job {
+        obj: &obj,
+        namespace: obj.namespace().unwrap_or_default(),
+        target: obj.target_name(),
+        interval,
+    };
+    if let Some(wait) = ctx.not_due(&key, &obj, force.as_deref(), &job) {
+        return Ok(Action::requeue(wait));
+    }
+    let bypass = ctx.schedule_of(&key).is_some_and(|s| s.force != force);
+    match sync(&job, &ctx, bypass).await? {
+        Ok(synced) => {
+            let next = next_refresh(synced.fetched_at, interval);
+            ctx.schedule(
+                key.clone(),
+                Scheduled {
+                    generation: obj.metadata.generation,
+                    force,
+                    next_due: next,
+                    data_hash: synced.data_hash,
+                    keys: synced.keys.clone(),
+                    deleted: synced.deleted,
+                },
+            );
+            record_synced(&obj, &ctx, &job, &synced).await?;
+            ctx.backoff.succeeded(&key);
+            count(&ctx, SyncReason::SecretSynced);
+            Ok(match next {
+                Some(at) => Action::requeue(at.saturating_duration_since(Instant::now())),
+                None => Action::await_change(),
+            })
+        }
+        Err(failure) => finish_failed(&obj, &ctx, key, interval, failure).await,
+    }
+}
+
+async fn finish_failed(
+    obj: &ExternalSecret,
+    ctx: &SyncContext,
+    key: ObjectKey,
+    interval: Option<Duration>,
+    failure: Failure,
+) -> Result<Action> {
+    ctx.forget_schedule(&key);
+    record_failed(obj, ctx, &failure).await?;
+    count(ctx, failure.reason);
+    tracing::warn!(reason = failure.reason.as_str(), message = %failure.message, "not synced");
+    let delay = ctx.backoff.failed(key, interval.unwrap_or(ONCE_RETRY_CAP));
+    Ok(Action::requeue(delay))
+}
+
+fn count(ctx: &SyncContext, reason: SyncReason) {
+    ctx.metrics
+        .sync_total
+        .get_or_create(&SyncLabel { result: reason })
+        .inc();
+}
+
+/// When to refresh next: the interval ±10% after the values were read, so that every
+/// ExternalSecret sharing a remote key stays within one cache window of the others, and
+/// objects created together drift apart.
+fn next_refresh(fetched_at: Instant, interval: Option<Duration>) -> Option<Instant> {
+    let interval = interval?;
+    let jitter = rand::random_range(0.9..=1.1);
+    Some(fetched_at + interval.mul_f64(jitter))
+}
+
+fn object_key(obj: &ExternalSecret) -> ObjectKey {
+    (
+        "ExternalSecret",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any(),
+    )
+}
+
+impl SyncContext {
+    fn api_of(&self, obj: &ExternalSecret) -> kube::Api<ExternalSecret> {
+        kube::Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default())
+    }
+
+    /// How long to wait when nothing asks for a refresh yet: same generation, same
+    /// force-sync value, not due, and the Secret still holds what was written.
+    fn not_due(
+        &self,
+        key: &ObjectKey,
+        obj: &ExternalSecret,
+        force: Option<&str>,
+        job: &Job<'_>,
+    ) -> Option<Duration> {
+        let scheduled = self.schedule_of(key)?;
+        if scheduled.generation != obj.metadata.generation || scheduled.force.as_deref() != force {
+            return None;
+        }
+        let wait = match scheduled.next_due {
+            Some(at) => at.checked_duration_since(Instant::now())?,
+            None => Duration::MAX,
+        };
+        let secret = self
+            .secrets
+            .get(&ObjectRef::new(&job.target).within(&job.namespace));
+        let intact = match secret {
+            Some(secret) => {
+                !scheduled.deleted
+                    && self.hash_data(secret.data.as_ref(), scheduled.keys.as_deref())
+                        == scheduled.data_hash
+            }
+            None => scheduled.deleted,
+        };
+        intact.then(|| wait.min(Duration::from_secs(86_400 * 30)))
+    }
+
+    /// A keyed hash of Secret data (of `keys` only, when given): tells whether a Secret
+    /// still holds what was written without keeping the values.
+    pub(crate) fn hash_data(
+        &self,
+        data: Option<&BTreeMap<String, ByteString>>,
+        keys: Option<&[String]>,
+    ) -> u64 {
+        let empty = BTreeMap::new();
+        let data = data.unwrap_or(&empty);
+        let chosen: Vec<(&String, &[u8])> = match keys {
+            Some(keys) => keys
+                .iter()
+                .map(|k| (k, data.get(k).map_or(&[][..], |v| v.0.as_slice())))
+                .collect(),
+            None => data.iter().map(|(k, v)| (k, v.0.as_slice())).collect(),
+        };
+        self.hasher.hash_one(&chosen)
+    }
+}
+
+/// Reads, assembles and writes; `Ok(Err(..))` is a failure to report, `Err` an API
+/// error to retry.
+async fn sync(
+    job: &Job<'_>,
+    ctx: &Arc<SyncContext>,
+    bypass: bool,
+) -> Result<Result<Synced, Failure>> {
+    let store = match resolve_store(job, ctx).await? {
+        Ok(store) => store,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let (identity, session) = match ctx.stores.session(&store).await {
+        Ok(built) => built,
+        Err(problem) => {
+            return Ok(Err(Failure::new(
+                SyncReason::of_store(&problem),
+                problem.message().to_owned(),
+            )));
+        }
+    };
+    let spec = &job.obj.spec;
+    let wanted: BTreeSet<(String, Option<String>)> = spec
+        .data
+        .iter()
+        .map(|d| (d.remote_ref.key.clone(), d.remote_ref.version.clone()))
+        .chain(
+            spec.data_from
+                .iter()
+                .filter_map(|d| d.extract.as_ref())
+                .map(|e| (e.key.clone(), e.version.clone())),
+        )
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Err(Failure::new(
+            SyncReason::InvalidSpec,
+            "spec.data and spec.dataFrom are both empty: list the remote keys to copy",
+        )));
+    }
+    let reads = futures::future::join_all(wanted.iter().map(|(key, version)| {
+        let cache_key = CacheKey {
+            store: identity.clone(),
+            key: key.clone(),
+            version: version.clone(),
+        };
+        ctx.cache.read(&session, cache_key, job.interval, bypass)
+    }))
+    .await;
+    let fetched_at = reads
+        .iter()
+        .map(|r| r.fetched_at)
+        .min()
+        .unwrap_or_else(Instant::now);
+    let results: BTreeMap<(String, Option<String>), Fetch> = wanted
+        .into_iter()
+        .zip(reads.into_iter().map(|r| r.result))
+        .collect();
+
+    let errors: Vec<(&(String, Option<String>), &Arc<ProviderError>)> = results
+        .iter()
+        .filter_map(|(k, r)| r.as_ref().err().map(|e| (k, e)))
+        .collect();
+    if !errors.is_empty() {
+        if errors
+            .iter()
+            .any(|(_, e)| e.kind() == ErrorKind::AuthFailed)
+        {
+            ctx.stores.forget_if(&store.store, &identity);
+        }
+        let all_missing = errors.len() == results.len()
+            && errors.iter().all(|(_, e)| e.kind() == ErrorKind::NotFound);
+        if all_missing && job.obj.deletion_policy() == DeletionPolicy::Delete {
+            let removed = ctx
+                .writer()
+                .remove(&job.namespace, &job.target, &claim_of(job.obj))
+                .await?;
+            return Ok(Ok(Synced {
+                wrote: removed,
+                deleted: true,
+                versions: BTreeMap::new(),
+                fetched_at,
+                data_hash: 0,
+                keys: None,
+            }));
+        }
+        // The most actionable failure first: credentials, then outages, then what is missing.
+        let worst = errors
+            .iter()
+            .min_by_key(|(_, e)| match e.kind() {
+                ErrorKind::AuthFailed => 0,
+                ErrorKind::Unavailable | ErrorKind::Throttled => 1,
+                ErrorKind::InvalidConfig => 2,
+                _ => 3,
+            })
+            .map(|(_, e)| e)
+            .expect("errors is not empty");
+        let message = format!(
+            "{} of {} remote reads through {} failed; the Secret was left as it was. {}",
+            errors.len(),
+            results.len(),
+            store.store,
+            errors
+                .iter()
+                .take(3)
+                .map(|(_, e)| e.to_string())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        return Ok(Err(Failure::new(SyncReason::of_provider(worst), message)));
+    }
+
+    let data = match assemble(job, &results) {
+        Ok(data) => data,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let versions = results
+        .iter()
+        .filter_map(|((key, version), r)| {
+            let value = r.as_ref().ok()?;
+            let name = match version {
+                Some(v) => format!("{key}@{v}"),
+                None => key.clone(),
+            };
+            Some((name, value.version().to_owned()))
+        })
+        .collect();
+    let desired = desired_secret(job, &data);
+    let claim = claim_of(job.obj);
+    let keys = match claim.mode {
+        Mode::Own => None,
+        Mode::Merge { .. } => Some(data.keys().cloned().collect::<Vec<_>>()),
+    };
+    let data_hash = ctx.hash_data(desired.data.as_ref(), keys.as_deref());
+    let wrote = match ctx.writer().write(&desired, &claim).await? {
+        Written::Unchanged => false,
+        Written::Changed => true,
+        Written::Refused(refusal) => {
+            let (reason, message) = match refusal {
+                Refusal::NotOwned(m) | Refusal::Missing(m) => (SyncReason::SecretNotOwned, m),
+                Refusal::Conflict(m) => (SyncReason::Conflict, m),
+                Refusal::Rejected(m) => (SyncReason::InvalidSpec, m),
+            };
+            return Ok(Err(Failure::new(reason, message)));
+        }
+    };
+    Ok(Ok(Synced {
+        wrote,
+        deleted: false,
+        versions,
+        fetched_at,
+        data_hash,
+        keys,
+    }))
+}
+
+async fn resolve_store(job: &Job<'_>, ctx: &SyncContext) -> Result<Result<StoreObject, Failure>> {
+    let reference = &job.obj.spec.secret_store_ref;
+    let kind = reference.kind_or_default();
+    let store_ref = StoreRef {
+        kind,
+        namespace: match kind {
+            StoreKind::ClusterSecretStore => String::new(),
+            _ => job.namespace.clone(),
+        },
+        name: reference.name.clone(),
+    };
+    let found: Option<StoreObject> = match kind {
+        StoreKind::ClusterSecretStore => ctx
+            .cluster_stores
+            .get(&ObjectRef::new(&reference.name))
+            .map(|s| s.as_ref().into()),
+        _ => ctx
+            .secret_stores
+            .get(&ObjectRef::new(&reference.name).within(&job.namespace))
+            .map(|s| s.as_ref().into()),
+    };
+    let Some(store) = found else {
+        return Ok(Err(Failure::new(
+            SyncReason::StoreNotReady,
+            format!(
+                "{store_ref} does not exist; create it, or fix spec.secretStoreRef (kind {})",
+                kind.as_str()
+            ),
+        )));
+    };
+    if kind == StoreKind::ClusterSecretStore
+        && !ctx
+            .stores
+            .allows(&store.spec.conditions, &job.namespace)
+            .await?
+    {
+        return Ok(Err(Failure::new(
+            SyncReason::StoreNotAllowed,
+            format!(
+                "{store_ref} does not serve namespace {} (its spec.conditions exclude it); nothing was read. Ask its owner to add the namespace, or use another store",
+                job.namespace
+            ),
+        )));
+    }
+    Ok(Ok(store))
+}
+
+/// The Secret's data: `dataFrom` first, then `data[]` (which wins on equal keys), then,
+/// when the template has data, only the template's keys rendered from those.
+fn assemble(
+    job: &Job<'_>,
+    results: &BTreeMap<(String, Option<String>), Fetch>,
+) -> Result<Data, Failure> {
+    let value_of = |key: &str, version: &Option<String>| {
+        results
+            .get(&(key.to_owned(), version.clone()))
+            .and_then(|r| r.as_ref().ok())
+            .expect("every remote key was read successfully")
+    };
+    let spec = &job.obj.spec;
+    let mut data = Data::new();
+    for extract in spec.data_from.iter().filter_map(|d| d.extract.as_ref()) {
+        let value = value_of(&extract.key, &extract.version);
+        data.extend(values::extract(
+            &extract.key,
+            value.bytes(),
+            extract.property.as_deref(),
+        )?);
+    }
+    for entry in &spec.data {
+        let remote = &entry.remote_ref;
+        let value = value_of(&remote.key, &remote.version);
+        data.insert(
+            entry.secret_key.clone(),
+            values::property(&remote.key, value.bytes(), remote.property.as_deref())?,
+        );
+    }
+    let template = spec.target.as_ref().and_then(|t| t.template.as_ref());
+    match template {
+        Some(template) if !template.data.is_empty() => template
+            .data
+            .iter()
+            .map(|(key, text)| Ok((key.clone(), values::render(key, text, &data)?)))
+            .collect::<Result<Data, ValueError>>()
+            .map_err(Failure::from),
+        _ => Ok(data),
+    }
+}
+
+fn claim_of(obj: &ExternalSecret) -> Claim<'_> {
+    let uid = obj.metadata.uid.as_deref().unwrap_or_default();
+    Claim {
+        kind: "ExternalSecret",
+        uid,
+        mode: match obj.creation_policy() {
+            CreationPolicy::Merge => Mode::Merge {
+                manager: format!("{MERGE_MANAGER_PREFIX}{uid}"),
+            },
+            CreationPolicy::Owner | CreationPolicy::Orphan => Mode::Own,
+        },
+    }
+}
+
+fn desired_secret(job: &Job<'_>, data: &Data) -> Secret {
+    let obj = job.obj;
+    let target = obj.spec.target.clone().unwrap_or_default();
+    let template = target.template.unwrap_or_default();
+    let meta = template.metadata.unwrap_or_default();
+    let mut labels = meta.labels;
+    labels.insert(EXTERNAL_SECRET_LABEL.to_owned(), "true".to_owned());
+    let mut annotations = meta.annotations;
+    let policy = obj.creation_policy();
+    if policy != CreationPolicy::Merge {
+        annotations.insert(
+            OWNED_BY_ANNOTATION.to_owned(),
+            obj.metadata.uid.clone().unwrap_or_default(),
+        );
+    }
+    let owner = (policy == CreationPolicy::Owner)
+        .then(|| obj.controller_owner_ref(&()))
+        .flatten();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(job.target.clone()),
+            namespace: Some(job.namespace.clone()),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references: owner.map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: match policy {
+            CreationPolicy::Merge => template.type_,
+            _ => Some(template.type_.unwrap_or_else(|| "Opaque".to_owned())),
+        },
+        immutable: target.immutable,
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.clone(), ByteString(v.to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+async fn record_synced(
+    obj: &ExternalSecret,
+    ctx: &SyncContext,
+    job: &Job<'_>,
+    synced: &Synced,
+) -> Result<()> {
+    let message = if synced.deleted {
+        format!(
+            "every remote key is gone and deletionPolicy is Delete: Secret {}/{} {}",
+            job.namespace,
+            job.target,
+            if synced.wrote {
+                "was deleted"
+            } else {
+                "does not exist"
+            }
+        )
+    } else {
+        format!(
+            "Secret {}/{} {} the remote values",
+            job.namespace,
+            job.target,
+            if synced.wrote {
+                "was written with"
+            } else {
+                "holds"
+            }
+        )
+    };
+    let previous = obj.status.as_ref();
+    let conditions = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let status = ExternalSecretStatus {
+        observed_generation: obj.metadata.generation,
+        refresh_time: Some(Time(Timestamp::now())),
+        synced_versions: synced.versions.clone(),
+        binding: (!synced.deleted).then(|| SecretBinding {
+            name: job.target.clone(),
+        }),
+        conditions: vec![status::condition(
+            conditions,
+            "Ready",
+            true,
+            SyncReason::SecretSynced.as_str(),
+            &message,
+            obj.metadata.generation,
+        )],
+    };
+    status::patch_status(ctx.api_of(obj), &ctx.limiter, obj, previous, &status).await?;
+    if synced.wrote {
+        let reason = if synced.deleted {
+            "SecretDeleted"
+        } else {
+            SyncReason::SecretSynced.as_str()
+        };
+        status::publish(
+            &ctx.recorder,
+            &ctx.limiter,
+            obj,
+            false,
+            reason,
+            "Sync",
+            &message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+async fn record_failed(obj: &ExternalSecret, ctx: &SyncContext, failure: &Failure) -> Result<()> {
+    let previous = obj.status.as_ref();
+    let conditions = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let status = ExternalSecretStatus {
+        observed_generation: obj.metadata.generation,
+        conditions: vec![status::condition(
+            conditions,
+            "Ready",
+            false,
+            failure.reason.as_str(),
+            &failure.message,
+            obj.metadata.generation,
+        )],
+        // What was last synced stays on record.
+        ..previous.cloned().unwrap_or_default()
+    };
+    status::patch_status(ctx.api_of(obj), &ctx.limiter, obj, previous, &status).await?;
+    if status::reason_of(conditions, "Ready") != Some(failure.reason.as_str()) {
+        status::publish(
+            &ctx.recorder,
+            &ctx.limiter,
+            obj,
+            true,
+            failure.reason.as_str(),
+            "Sync",
+            &failure.message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Transient failures (API errors) back off like failed reads.
+pub fn error_policy(obj: Arc<ExternalSecret>, err: &Error, ctx: Arc<SyncContext>) -> Action {
+    let cap = obj
+        .spec
+        .refresh_interval_duration()
+        .ok()
+        .flatten()
+        .unwrap_or(ONCE_RETRY_CAP);
+    let delay = ctx.backoff.failed(object_key(&obj), cap);
+    tracing::warn!(error = %err, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// The ExternalSecrets whose target is `secret` (for the Secret watch).
+pub(crate) fn targets_of(
+    store: &kube::runtime::reflector::Store<ExternalSecret>,
+    secret: &Secret,
+) -> Vec<ObjectRef<ExternalSecret>> {
+    let namespace = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|es| {
+            es.namespace().as_deref() == Some(namespace.as_str()) && es.target_name() == name
+        })
+        .map(|es| ObjectRef::from_obj(es.as_ref()))
+        .collect()
+}
+
+/// The ExternalSecrets that use a store (for the store watches).
+pub(crate) fn users_of(
+    store: &kube::runtime::reflector::Store<ExternalSecret>,
+    kind: StoreKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<ExternalSecret>> {
+    store
+        .state()
+        .iter()
+        .filter(|es| {
+            let reference = &es.spec.secret_store_ref;
+            reference.kind_or_default() == kind
+                && reference.name == name
+                && (kind == StoreKind::ClusterSecretStore || es.namespace().as_deref() == namespace)
+        })
+        .map(|es| ObjectRef::from_obj(es.as_ref()))
+        .collect()
+}

@@ -1,0 +1,320 @@
+//! Sync: SecretStores, ClusterSecretStores and ExternalSecrets. One provider session
+//! per store, one read per remote key (the shared [`cache`]), each ExternalSecret on
+//! its own jittered interval, and the Secret kept as it was whenever a read fails.
+
+use std::collections::HashMap;
+use std::hash::RandomState;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+use sigil_providers::{ErrorKind, Observer, Operation, Provider};
+use sigil_types::{ClusterSecretStore, ExternalSecret, SecretStore, StoreKind};
+use tokio::time::Instant;
+
+use crate::backoff::{Backoff, ObjectKey};
+use crate::metrics::{Metrics, ProviderLabel, ProviderRequestLabel, ReadyLabel};
+use crate::secrets::SecretWriter;
+
+pub mod cache;
+pub mod external;
+pub mod stores;
+pub mod values;
+
+pub use external::{EXTERNAL_SECRET_LABEL, FORCE_SYNC_ANNOTATION, SyncReason};
+
+/// What the last successful sync of an ExternalSecret left behind.
+pub(crate) struct Scheduled {
+    generation: Option<i64>,
+    force: Option<String>,
+    /// `None`: synced once, never due again.
+    next_due: Option<Instant>,
+    /// Keyed hash of the data written (only of `keys` when merging).
+    data_hash: u64,
+    keys: Option<Vec<String>>,
+    /// The Secret was deleted (every remote key gone, `deletionPolicy: Delete`).
+    deleted: bool,
+}
+
+/// Shared by the store and ExternalSecret reconcilers.
+pub struct SyncContext {
+    pub(crate) client: Client,
+    pub(crate) recorder: Recorder,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limiter: governor::DefaultDirectRateLimiter,
+    pub(crate) stores: stores::Stores,
+    pub(crate) cache: Arc<cache::ReadCache>,
+    pub(crate) backoff: Backoff,
+    pub(crate) store_backoff: Backoff,
+    /// Secrets written by ExternalSecrets, as last seen by the watch.
+    pub(crate) secrets: Store<Secret>,
+    pub(crate) secret_stores: Store<SecretStore>,
+    pub(crate) cluster_stores: Store<ClusterSecretStore>,
+    schedule: Mutex<HashMap<ObjectKey, Arc<Scheduled>>>,
+    hasher: RandomState,
+}
+
+impl SyncContext {
+    pub(crate) fn writer(&self) -> SecretWriter<'_> {
+        SecretWriter {
+            client: &self.client,
+            limiter: &self.limiter,
+            cache: &self.secrets,
+            manager: crate::MANAGER,
+        }
+    }
+
+    fn schedule_of(&self, key: &ObjectKey) -> Option<Arc<Scheduled>> {
+        self.schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn schedule(&self, key: ObjectKey, scheduled: Scheduled) {
+        self.schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, Arc::new(scheduled));
+    }
+
+    fn forget_schedule(&self, key: &ObjectKey) {
+        self.schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// Turns every provider request into metrics.
+struct MetricsObserver(Arc<Metrics>);
+
+impl Observer for MetricsObserver {
+    fn observe(
+        &self,
+        provider: Provider,
+        operation: Operation,
+        outcome: Result<(), ErrorKind>,
+        elapsed: Duration,
+    ) {
+        let result = match outcome {
+            Ok(()) => "success",
+            Err(kind) => kind.as_str(),
+        };
+        self.0
+            .provider_requests
+            .get_or_create(&ProviderRequestLabel {
+                provider: provider.as_str(),
+                operation: operation.as_str(),
+                result,
+            })
+            .inc();
+        self.0
+            .provider_request_duration
+            .get_or_create(&ProviderLabel {
+                provider: provider.as_str(),
+                operation: operation.as_str(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Where and how the sync controllers run.
+pub struct SyncConfig {
+    /// Only this namespace's stores and ExternalSecrets (all when unset).
+    pub watch_namespace: Option<String>,
+    /// ExternalSecrets reconciled at once.
+    pub concurrency: u16,
+    /// API requests per second (burst: `api_burst`).
+    pub api_qps: std::num::NonZeroU32,
+    /// Requests allowed at once above the steady rate.
+    pub api_burst: std::num::NonZeroU32,
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the store and ExternalSecret controllers until `stop` resolves.
+pub async fn run(
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    config: SyncConfig,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = config.watch_namespace.as_deref();
+    let (secrets, secrets_writer) = reflector::store::<Secret>();
+    let secret_watch = watcher(
+        api::<Secret>(&client, ns),
+        watcher::Config::default()
+            .labels(EXTERNAL_SECRET_LABEL)
+            .any_semantic(),
+    )
+    .default_backoff()
+    .reflect(secrets_writer);
+    tokio::spawn(secret_watch.for_each(|_| std::future::ready(())));
+    let store_controller = Controller::<SecretStore>::new(
+        api::<SecretStore>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    );
+    let cluster_controller = Controller::<ClusterSecretStore>::new(
+        Api::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let es_controller = Controller::<ExternalSecret>::new(
+        api::<ExternalSecret>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    );
+    let externals = es_controller.store();
+    let context = Arc::new(SyncContext {
+        client: client.clone(),
+        recorder,
+        metrics: metrics.clone(),
+        limiter: governor::RateLimiter::direct(
+            governor::Quota::per_second(config.api_qps).allow_burst(config.api_burst),
+        ),
+        stores: stores::Stores::new(client.clone(), Arc::new(MetricsObserver(metrics.clone()))),
+        cache: cache::ReadCache::new(metrics.clone()),
+        backoff: Backoff::default(),
+        store_backoff: Backoff::default(),
+        secrets,
+        secret_stores: store_controller.store(),
+        cluster_stores: cluster_controller.store(),
+        schedule: Mutex::default(),
+        hasher: RandomState::new(),
+    });
+
+    let by_secret = externals.clone();
+    let by_store = externals.clone();
+    let by_cluster_store = externals.clone();
+    let es_controller = es_controller
+        .watches(
+            api::<Secret>(&client, ns),
+            watcher::Config::default()
+                .labels(EXTERNAL_SECRET_LABEL)
+                .any_semantic(),
+            move |secret| external::targets_of(&by_secret, &secret),
+        )
+        .watches(
+            api::<SecretStore>(&client, ns),
+            watcher::Config::default().any_semantic(),
+            move |store: SecretStore| {
+                external::users_of(
+                    &by_store,
+                    StoreKind::SecretStore,
+                    store.namespace().as_deref(),
+                    &store.name_any(),
+                )
+            },
+        )
+        .watches(
+            Api::<ClusterSecretStore>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+            move |store: ClusterSecretStore| {
+                external::users_of(
+                    &by_cluster_store,
+                    StoreKind::ClusterSecretStore,
+                    None,
+                    &store.name_any(),
+                )
+            },
+        )
+        .with_config(controller::Config::default().concurrency(config.concurrency));
+
+    let stop = futures::future::FutureExt::shared(Box::pin(stop));
+    let es_run = es_controller
+        .graceful_shutdown_on(stop.clone())
+        .run(external::reconcile, external::error_policy, context.clone())
+        .for_each(log_event);
+    let store_run = store_controller
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            stores::reconcile_store::<SecretStore>,
+            stores::store_error_policy::<SecretStore>,
+            context.clone(),
+        )
+        .for_each(log_event);
+    let cluster_run = cluster_controller
+        .graceful_shutdown_on(stop.clone())
+        .run(
+            stores::reconcile_store::<ClusterSecretStore>,
+            stores::store_error_policy::<ClusterSecretStore>,
+            context.clone(),
+        )
+        .for_each(log_event);
+    let housekeeping = housekeeping(context, externals);
+    tokio::select! {
+        _ = futures::future::join3(es_run, store_run, cluster_run) => {}
+        () = housekeeping => {}
+    }
+}
+
+async fn log_event<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(err) = result {
+        tracing::debug!(error = %err, "sync controller event");
+    }
+}
+
+/// Every few seconds: the `sigil_externalsecrets` gauge, and forgetting sessions, cache
+/// entries and schedules of objects that are gone.
+async fn housekeeping(ctx: Arc<SyncContext>, externals: Store<ExternalSecret>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let all = externals.state();
+        let mut counts: HashMap<&str, i64> = HashMap::new();
+        for es in &all {
+            let reason = es
+                .status
+                .as_ref()
+                .and_then(|s| crate::status::reason_of(&s.conditions, "Ready"))
+                .and_then(|r| SyncReason::ALL.into_iter().find(|k| k.as_str() == r))
+                .map_or("Pending", SyncReason::as_str);
+            *counts.entry(reason).or_default() += 1;
+        }
+        for reason in SyncReason::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain(["Pending"])
+        {
+            ctx.metrics
+                .externalsecrets
+                .get_or_create(&ReadyLabel { condition: reason })
+                .set(counts.get(reason).copied().unwrap_or(0));
+        }
+        let exists = |kind: StoreKind, namespace: &str, name: &str| match kind {
+            StoreKind::ClusterSecretStore => {
+                ctx.cluster_stores.get(&ObjectRef::new(name)).is_some()
+            }
+            _ => ctx
+                .secret_stores
+                .get(&ObjectRef::new(name).within(namespace))
+                .is_some(),
+        };
+        ctx.stores
+            .retain(|store| exists(store.kind, &store.namespace, &store.name));
+        ctx.cache.sweep(&|identity| ctx.stores.is_live(identity));
+        ctx.schedule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, namespace, name), _| {
+                externals
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .is_some()
+            });
+    }
+}

@@ -1,0 +1,872 @@
+//! AWS Secrets Manager: one long-lived session per store.
+//!
+//! The SDK client and its credentials are built once per session. Web identity
+//! credentials come from STS `AssumeRoleWithWebIdentity` with a fresh JWT from a
+//! [`TokenSource`]; the SDK's identity cache keeps them until shortly before they
+//! expire, so a busy store logs in about once an hour. Every request (and every STS
+//! login) is reported to the session's [`Observer`].
+//!
+//! Versions follow External Secrets Operator: `uuid/<VersionId>` selects a version by
+//! its id, anything else is a staging label such as `AWSPREVIOUS`, and no version
+//! means `AWSCURRENT`.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{self, ProvideCredentials};
+use aws_sdk_secretsmanager::config::http::HttpResponse;
+use aws_sdk_secretsmanager::config::retry::RetryConfig;
+use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
+use aws_sdk_secretsmanager::config::{
+    BehaviorVersion, Credentials, IdentityCache, Region, SharedCredentialsProvider,
+};
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::primitives::Blob;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::{Error, ErrorKind, Observer, Operation, Provider, RemoteValue, Result, TokenSource};
+
+const AWS: Provider = Provider::Aws;
+
+/// The most secret ids one BatchGetSecretValue call takes.
+pub const BATCH_LIMIT: usize = 20;
+
+/// Renew web identity credentials this long before they expire.
+const CREDENTIALS_BUFFER: Duration = Duration::from_secs(5 * 60);
+
+/// The STS session name of web identity logins.
+const SESSION_NAME: &str = "sigil";
+
+/// How a session connects to AWS Secrets Manager.
+#[derive(Clone, Debug)]
+pub struct AwsConfig {
+    /// The region, e.g. `eu-west-1`.
+    pub region: String,
+    /// An endpoint URL to use instead of the region's (also for STS), e.g. a VPC
+    /// endpoint or a local emulator.
+    pub endpoint: Option<String>,
+    /// How the session authenticates.
+    pub auth: AwsAuth,
+    /// Timeout of each call, retries included (and of connecting).
+    pub timeout: Duration,
+}
+
+/// How a session authenticates to AWS.
+#[derive(Clone)]
+pub enum AwsAuth {
+    /// An access key (and session token), e.g. from a Kubernetes Secret.
+    Static {
+        /// The access key id.
+        access_key_id: String,
+        /// The secret access key.
+        secret_access_key: SecretString,
+        /// The session token of temporary credentials.
+        session_token: Option<SecretString>,
+    },
+    /// STS `AssumeRoleWithWebIdentity` with a JWT from `token` (e.g. a ServiceAccount
+    /// token with the STS audience).
+    WebIdentity {
+        /// The role to assume.
+        role_arn: String,
+        /// Produces the JWT for each login.
+        token: TokenSource,
+    },
+    /// The SDK's default chain: environment, profile, web identity file, ECS, IMDS.
+    DefaultChain,
+}
+
+impl fmt::Debug for AwsAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AwsAuth::Static { access_key_id, .. } => f
+                .debug_struct("Static")
+                .field("access_key_id", access_key_id)
+                .finish_non_exhaustive(),
+            AwsAuth::WebIdentity { role_arn, .. } => f
+                .debug_struct("WebIdentity")
+                .field("role_arn", role_arn)
+                .finish_non_exhaustive(),
+            AwsAuth::DefaultChain => f.write_str("DefaultChain"),
+        }
+    }
+}
+
+/// Which version of a secret to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Version {
+    /// `AWSCURRENT`.
+    Current,
+    /// A `VersionId`, from `uuid/<id>`.
+    Id(String),
+    /// A staging label.
+    Stage(String),
+}
+
+/// Parses a version as External Secrets Operator does.
+pub(crate) fn parse_version(version: Option<&str>) -> Result<Version> {
+    match version.map(str::trim) {
+        None | Some("") => Ok(Version::Current),
+        Some(v) => match v.strip_prefix("uuid/") {
+            Some("") => Err(Error::InvalidConfig {
+                field: "version",
+                detail: "`uuid/` names no VersionId; write `uuid/<VersionId>`".to_owned(),
+            }),
+            Some(id) => Ok(Version::Id(id.to_owned())),
+            None => Ok(Version::Stage(v.to_owned())),
+        },
+    }
+}
+
+/// A long-lived session with AWS Secrets Manager in one region.
+///
+/// `Send + Sync`: share it behind an `Arc`.
+pub struct AwsSession {
+    client: aws_sdk_secretsmanager::Client,
+    observer: Arc<dyn Observer>,
+    logins: Arc<AtomicU64>,
+    region: String,
+}
+
+impl fmt::Debug for AwsSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsSession")
+            .field("region", &self.region)
+            .field("logins", &self.logins())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AwsSession {
+    /// Validates `config` and builds the client once; no request is made (the default
+    /// chain may look at its environment and files).
+    ///
+    /// Fails with [`Error::InvalidConfig`] naming the field for an empty region, an
+    /// endpoint that is not an `http`/`https` URL, an empty access key id or secret,
+    /// or a role ARN that is not an ARN.
+    pub async fn new(config: AwsConfig, observer: Arc<dyn Observer>) -> Result<Self> {
+        let region = config.region.trim().to_owned();
+        if region.is_empty() {
+            return Err(invalid(
+                "region",
+                "is empty; give the AWS region, e.g. eu-west-1",
+            ));
+        }
+        let endpoint = match config.endpoint.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(url) => Some(parse_endpoint(url)?),
+        };
+        if config.timeout.is_zero() {
+            return Err(invalid("timeout", "is zero; give a positive duration"));
+        }
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(config.timeout)
+            .operation_attempt_timeout(config.timeout)
+            .operation_timeout(config.timeout)
+            .build();
+        let logins = Arc::new(AtomicU64::new(0));
+        let credentials = match config.auth {
+            AwsAuth::Static {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => {
+                let access_key_id = access_key_id.trim();
+                if access_key_id.is_empty() {
+                    return Err(invalid("auth.access_key_id", "is empty"));
+                }
+                if secret_access_key.expose_secret().trim().is_empty() {
+                    return Err(invalid("auth.secret_access_key", "is empty"));
+                }
+                let credentials = Credentials::new(
+                    access_key_id,
+                    secret_access_key.expose_secret().trim(),
+                    session_token
+                        .map(|t| t.expose_secret().trim().to_owned())
+                        .filter(|t| !t.is_empty()),
+                    None,
+                    "sigil-static",
+                );
+                SharedCredentialsProvider::new(credentials)
+            }
+            AwsAuth::WebIdentity { role_arn, token } => {
+                let role_arn = role_arn.trim().to_owned();
+                if !role_arn.starts_with("arn:") || role_arn.split(':').count() < 6 {
+                    return Err(invalid(
+                        "auth.role_arn",
+                        "is not a role ARN like arn:aws:iam::123456789012:role/name",
+                    ));
+                }
+                let mut sts = aws_sdk_sts::Config::builder()
+                    .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+                    .region(aws_sdk_sts::config::Region::new(region.clone()))
+                    .timeout_config(timeouts.clone())
+                    .retry_config(RetryConfig::standard().with_max_attempts(3));
+                if let Some(url) = &endpoint {
+                    sts = sts.endpoint_url(url.as_str());
+                }
+                SharedCredentialsProvider::new(WebIdentity {
+                    sts: aws_sdk_sts::Client::from_conf(sts.build()),
+                    role_arn,
+                    token,
+                    observer: observer.clone(),
+                    logins: logins.clone(),
+                })
+            }
+            AwsAuth::DefaultChain => {
+                let chain =
+                    aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                        .region(Region::new(region.clone()))
+                        .build()
+                        .await;
+                SharedCredentialsProvider::new(chain)
+            }
+        };
+        let mut builder = aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.clone()))
+            .credentials_provider(credentials)
+            .identity_cache(
+                IdentityCache::lazy()
+                    .load_timeout(config.timeout)
+                    .buffer_time(CREDENTIALS_BUFFER)
+                    .build(),
+            )
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::standard().with_max_attempts(3));
+        if let Some(url) = &endpoint {
+            builder = builder.endpoint_url(url.as_str());
+        }
+        Ok(AwsSession {
+            client: aws_sdk_secretsmanager::Client::from_conf(builder.build()),
+            observer,
+            logins,
+            region,
+        })
+    }
+
+    /// Proves that the credentials work with one cheap call (ListSecrets for one
+    /// result, reported as [`Operation::Check`]), resolving web identity credentials
+    /// first if needed.
+    ///
+    /// An `AccessDeniedException` counts as success: the credentials authenticated,
+    /// and a least-privilege role need not be allowed to list secrets.
+    pub async fn check(&self) -> Result<()> {
+        let started = Instant::now();
+        let result = match self.client.list_secrets().max_results(1).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("AccessDeniedException") => {
+                tracing::debug!(
+                    region = %self.region,
+                    "ListSecrets is not allowed, but the credentials authenticated"
+                );
+                Ok(())
+            }
+            Err(e) => Err(map_sdk_error(e, Operation::Check, "", None)),
+        };
+        crate::report(&*self.observer, AWS, Operation::Check, started, result)
+    }
+
+    /// Reads `key` (a secret name or ARN) with GetSecretValue.
+    ///
+    /// `version` like External Secrets Operator: `uuid/<VersionId>` selects a version
+    /// by id, anything else is a staging label (e.g. `AWSPREVIOUS`), `None` is
+    /// `AWSCURRENT`. The value is `SecretString`'s bytes, or `SecretBinary`'s.
+    pub async fn read(&self, key: &str, version: Option<&str>) -> Result<RemoteValue> {
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(invalid("key", "is empty; name the secret (name or ARN)"));
+        }
+        let selector = parse_version(version)?;
+        let asked = version.map(str::trim).filter(|v| !v.is_empty());
+        let mut request = self.client.get_secret_value().secret_id(key);
+        request = match &selector {
+            // Ask for the label explicitly: equal on AWS, and moto 5.2.5 answers a
+            // label-less call with a stale version after a stage move.
+            Version::Current => request.version_stage("AWSCURRENT"),
+            Version::Id(id) => request.version_id(id),
+            Version::Stage(stage) => request.version_stage(stage),
+        };
+        let started = Instant::now();
+        let result = match request.send().await {
+            Ok(mut out) => value_of(
+                out.secret_string.take(),
+                out.secret_binary.take(),
+                out.version_id.take(),
+            )
+            .ok_or_else(|| Error::NotFound {
+                provider: AWS,
+                key: key.to_owned(),
+                version: asked.map(str::to_owned),
+            }),
+            Err(e) => Err(map_sdk_error(e, Operation::Read, key, asked)),
+        };
+        crate::report(&*self.observer, AWS, Operation::Read, started, result)
+    }
+
+    /// Reads many secrets (names or ARNs) at their `AWSCURRENT` version with
+    /// BatchGetSecretValue, at most [`BATCH_LIMIT`] ids per call.
+    ///
+    /// Returns one result per requested key, in order. A per-secret error is mapped
+    /// on its own (`ResourceNotFoundException` is [`Error::NotFound`], and so on); a
+    /// call that fails as a whole gives each of its keys the same error.
+    pub async fn read_batch(&self, keys: &[String]) -> Vec<(String, Result<RemoteValue>)> {
+        let mut found: HashMap<&str, Result<RemoteValue>> = HashMap::new();
+        let mut wanted: Vec<&str> = Vec::new();
+        for key in keys {
+            let trimmed = key.trim();
+            if trimmed.is_empty() {
+                found.insert(
+                    key.as_str(),
+                    Err(invalid("key", "is empty; name the secret")),
+                );
+            } else if !found.contains_key(trimmed) && !wanted.contains(&trimmed) {
+                wanted.push(trimmed);
+            }
+        }
+        for chunk in wanted.chunks(BATCH_LIMIT) {
+            self.batch_call(chunk, &mut found).await;
+        }
+        keys.iter()
+            .map(|key| {
+                let trimmed = key.trim();
+                let lookup = if trimmed.is_empty() {
+                    key.as_str()
+                } else {
+                    trimmed
+                };
+                let result = match found.get(lookup) {
+                    Some(r) => r.clone(),
+                    None => Err(Error::NotFound {
+                        provider: AWS,
+                        key: key.clone(),
+                        version: None,
+                    }),
+                };
+                (key.clone(), result)
+            })
+            .collect()
+    }
+
+    /// Web identity logins (STS calls) this session has made so far; 0 for other auth.
+    pub fn logins(&self) -> u64 {
+        self.logins.load(Ordering::Relaxed)
+    }
+
+    /// One BatchGetSecretValue call (and its pages) for at most 20 distinct ids.
+    async fn batch_call<'k>(
+        &self,
+        ids: &[&'k str],
+        found: &mut HashMap<&'k str, Result<RemoteValue>>,
+    ) {
+        let mut next_token: Option<String> = None;
+        loop {
+            let started = Instant::now();
+            let call = self
+                .client
+                .batch_get_secret_value()
+                .set_secret_id_list(Some(ids.iter().map(|s| (*s).to_owned()).collect()))
+                .set_next_token(next_token.take())
+                .send()
+                .await;
+            let result = call.map_err(|e| map_sdk_error(e, Operation::BatchRead, ids[0], None));
+            let mut out =
+                match crate::report(&*self.observer, AWS, Operation::BatchRead, started, result) {
+                    Ok(out) => out,
+                    Err(e) => {
+                        for id in ids {
+                            found.entry(id).or_insert_with(|| Err(e.for_key(id)));
+                        }
+                        return;
+                    }
+                };
+            for mut entry in out.secret_values.take().unwrap_or_default() {
+                let name = entry.name.take();
+                let arn = entry.arn.take();
+                let Some(id) = ids
+                    .iter()
+                    .copied()
+                    .find(|id| name.as_deref() == Some(*id) || arn.as_deref() == Some(*id))
+                else {
+                    continue;
+                };
+                let value = value_of(
+                    entry.secret_string.take(),
+                    entry.secret_binary.take(),
+                    entry.version_id.take(),
+                )
+                .ok_or_else(|| Error::NotFound {
+                    provider: AWS,
+                    key: id.to_owned(),
+                    version: None,
+                });
+                found.insert(id, value);
+            }
+            for failure in out.errors.take().unwrap_or_default() {
+                let Some(id) = ids
+                    .iter()
+                    .copied()
+                    .find(|id| failure.secret_id.as_deref() == Some(*id))
+                else {
+                    continue;
+                };
+                let e = classify(
+                    failure.error_code.as_deref(),
+                    failure.message.as_deref(),
+                    None,
+                    Operation::BatchRead,
+                    id,
+                    None,
+                );
+                found.insert(id, Err(e));
+            }
+            next_token = out.next_token.take();
+            if next_token.is_none() || ids.iter().all(|id| found.contains_key(id)) {
+                break;
+            }
+        }
+    }
+}
+
+/// The value of a GetSecretValue answer or batch entry; `None` without either field.
+fn value_of(
+    string: Option<String>,
+    binary: Option<Blob>,
+    version_id: Option<String>,
+) -> Option<RemoteValue> {
+    let bytes = match (string, binary) {
+        (Some(s), _) => s.into_bytes(),
+        (None, Some(b)) => b.into_inner(),
+        (None, None) => return None,
+    };
+    Some(RemoteValue::new(bytes, version_id.unwrap_or_default()))
+}
+
+fn invalid(field: &'static str, detail: &str) -> Error {
+    Error::InvalidConfig {
+        field,
+        detail: detail.to_owned(),
+    }
+}
+
+fn parse_endpoint(url: &str) -> Result<reqwest::Url> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        invalid(
+            "endpoint",
+            &format!("`{url}` is not a URL ({e}); give e.g. https://secretsmanager.eu-west-1.amazonaws.com"),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(invalid(
+            "endpoint",
+            &format!("`{url}` is not an http:// or https:// URL with a host"),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Maps an SDK error (of Secrets Manager or STS) of `operation` on `key` to an [`Error`].
+fn map_sdk_error<E>(
+    err: SdkError<E, HttpResponse>,
+    operation: Operation,
+    key: &str,
+    version: Option<&str>,
+) -> Error
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    if let SdkError::ServiceError(service) = &err {
+        let status = Some(service.raw().status().as_u16());
+        return classify(err.code(), err.message(), status, operation, key, version);
+    }
+    // A failed web identity login surfaces inside a dispatch failure: keep its kind.
+    if let Some(inner) = find_in_chain::<Error>(&err) {
+        return inner.clone();
+    }
+    let detail = DisplayErrorContext(&err).to_string();
+    if let Some(credentials) = find_in_chain::<CredentialsError>(&err) {
+        let kind = match credentials {
+            CredentialsError::ProviderTimedOut(_) => ErrorKind::Unavailable,
+            CredentialsError::InvalidConfiguration(_) => {
+                return Error::InvalidConfig {
+                    field: "auth",
+                    detail,
+                };
+            }
+            _ => ErrorKind::AuthFailed,
+        };
+        return Error::of_kind(kind, AWS, Operation::Login, key, version, "auth", detail);
+    }
+    match err {
+        SdkError::ConstructionFailure(_) => Error::InvalidConfig {
+            field: "request",
+            detail,
+        },
+        _ => Error::Unavailable {
+            provider: AWS,
+            operation,
+            detail,
+        },
+    }
+}
+
+fn find_in_chain<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current: Option<&'a (dyn StdError + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Maps an AWS error code (and message and HTTP status) to an [`Error`].
+fn classify(
+    code: Option<&str>,
+    message: Option<&str>,
+    status: Option<u16>,
+    operation: Operation,
+    key: &str,
+    version: Option<&str>,
+) -> Error {
+    let detail = match (code, message, status) {
+        (Some(c), Some(m), _) => format!("{c}: {m}"),
+        (Some(c), None, _) => c.to_owned(),
+        (None, Some(m), Some(s)) => format!("HTTP {s}: {m}"),
+        (None, Some(m), None) => m.to_owned(),
+        (None, None, Some(s)) => format!("HTTP {s}"),
+        (None, None, None) => "an error without a code".to_owned(),
+    };
+    let kind = match code.unwrap_or_default() {
+        "ThrottlingException"
+        | "Throttling"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded"
+        | "PriorRequestNotComplete" => ErrorKind::Throttled,
+        "ResourceNotFoundException" => ErrorKind::NotFound,
+        "InvalidRequestException" if message.is_some_and(|m| m.contains("marked for deletion")) => {
+            ErrorKind::NotFound
+        }
+        "AccessDeniedException"
+        | "AccessDenied"
+        | "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "InvalidSignatureException"
+        | "SignatureDoesNotMatch"
+        | "IncompleteSignature"
+        | "MissingAuthenticationToken"
+        | "ExpiredToken"
+        | "ExpiredTokenException"
+        | "DecryptionFailure"
+        | "InvalidIdentityToken"
+        | "IDPRejectedClaim"
+        | "AuthFailure" => ErrorKind::AuthFailed,
+        "InternalServiceError"
+        | "InternalFailure"
+        | "ServiceUnavailable"
+        | "IDPCommunicationError" => ErrorKind::Unavailable,
+        "InvalidParameterException"
+        | "InvalidRequestException"
+        | "ValidationException"
+        | "MalformedPolicyDocument" => ErrorKind::InvalidConfig,
+        _ => match status {
+            Some(429) => ErrorKind::Throttled,
+            Some(401 | 403) => ErrorKind::AuthFailed,
+            Some(404) if operation != Operation::Login => ErrorKind::NotFound,
+            _ => ErrorKind::Unavailable,
+        },
+    };
+    let field = if version.is_some() { "version" } else { "key" };
+    Error::of_kind(kind, AWS, operation, key, version, field, detail)
+}
+
+/// Web identity credentials: STS `AssumeRoleWithWebIdentity` with a fresh JWT.
+///
+/// The SDK's identity cache calls it only when the cached credentials are about to
+/// expire; each call is one login.
+struct WebIdentity {
+    sts: aws_sdk_sts::Client,
+    role_arn: String,
+    token: TokenSource,
+    observer: Arc<dyn Observer>,
+    logins: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for WebIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebIdentity")
+            .field("role_arn", &self.role_arn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebIdentity {
+    async fn assume(&self) -> Result<Credentials> {
+        let jwt = (self.token)().await.map_err(|detail| Error::AuthFailed {
+            provider: AWS,
+            operation: Operation::Login,
+            detail: format!("the web identity token could not be obtained: {detail}"),
+        })?;
+        self.logins.fetch_add(1, Ordering::Relaxed);
+        let mut out = self
+            .sts
+            .assume_role_with_web_identity()
+            .role_arn(&self.role_arn)
+            .role_session_name(SESSION_NAME)
+            .web_identity_token(jwt.expose_secret())
+            .send()
+            .await
+            .map_err(|e| map_sts_error(e, &self.role_arn))?;
+        let credentials = out.credentials.take().ok_or_else(|| Error::AuthFailed {
+            provider: AWS,
+            operation: Operation::Login,
+            detail: "STS answered without credentials".to_owned(),
+        })?;
+        let expiry = SystemTime::try_from(credentials.expiration).ok();
+        tracing::debug!(role_arn = %self.role_arn, "assumed the role with a web identity");
+        Ok(Credentials::new(
+            credentials.access_key_id,
+            credentials.secret_access_key,
+            Some(credentials.session_token),
+            expiry,
+            "sigil-web-identity",
+        ))
+    }
+}
+
+impl ProvideCredentials for WebIdentity {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::new(async move {
+            let started = Instant::now();
+            let result = crate::report(
+                &*self.observer,
+                AWS,
+                Operation::Login,
+                started,
+                self.assume().await,
+            );
+            result.map_err(|e| match e.kind() {
+                ErrorKind::InvalidConfig => CredentialsError::invalid_configuration(e),
+                _ => CredentialsError::provider_error(e),
+            })
+        })
+    }
+}
+
+fn map_sts_error<E>(err: SdkError<E, HttpResponse>, role_arn: &str) -> Error
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    match map_sdk_error(err, Operation::Login, role_arn, None) {
+        // A bad role or token is a refused login, not a field we can name.
+        Error::InvalidConfig { detail, .. } => Error::AuthFailed {
+            provider: AWS,
+            operation: Operation::Login,
+            detail,
+        },
+        e @ Error::NotFound { .. } => Error::AuthFailed {
+            provider: AWS,
+            operation: Operation::Login,
+            detail: e.to_string(),
+        },
+        Error::Unavailable { detail, .. } => Error::Unavailable {
+            provider: AWS,
+            operation: Operation::Login,
+            detail: format!("STS: {detail}"),
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NoObserver;
+
+    #[test]
+    fn versions_like_eso() {
+        assert_eq!(parse_version(None).unwrap(), Version::Current);
+        assert_eq!(parse_version(Some(" ")).unwrap(), Version::Current);
+        assert_eq!(
+            parse_version(Some("uuid/0b1c-22")).unwrap(),
+            Version::Id("0b1c-22".into())
+        );
+        assert_eq!(
+            parse_version(Some("AWSPREVIOUS")).unwrap(),
+            Version::Stage("AWSPREVIOUS".into())
+        );
+        assert_eq!(
+            parse_version(Some("uuidish")).unwrap(),
+            Version::Stage("uuidish".into())
+        );
+        match parse_version(Some("uuid/")) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "version"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn error_codes() {
+        let k = |code: &str, status| {
+            classify(Some(code), Some("m"), status, Operation::Read, "k", None).kind()
+        };
+        assert_eq!(
+            k("ResourceNotFoundException", Some(400)),
+            ErrorKind::NotFound
+        );
+        assert_eq!(k("ThrottlingException", Some(400)), ErrorKind::Throttled);
+        assert_eq!(k("AccessDeniedException", Some(400)), ErrorKind::AuthFailed);
+        assert_eq!(
+            k("UnrecognizedClientException", Some(400)),
+            ErrorKind::AuthFailed
+        );
+        assert_eq!(k("ExpiredTokenException", Some(400)), ErrorKind::AuthFailed);
+        assert_eq!(k("InternalServiceError", Some(500)), ErrorKind::Unavailable);
+        assert_eq!(
+            k("InvalidParameterException", Some(400)),
+            ErrorKind::InvalidConfig
+        );
+        assert_eq!(k("Whatever", Some(503)), ErrorKind::Unavailable);
+        assert_eq!(k("Whatever", Some(429)), ErrorKind::Throttled);
+        assert_eq!(k("Whatever", Some(403)), ErrorKind::AuthFailed);
+        let deleted = classify(
+            Some("InvalidRequestException"),
+            Some(
+                "You can't perform this operation on the secret because it was marked for deletion.",
+            ),
+            Some(400),
+            Operation::Read,
+            "app/db",
+            None,
+        );
+        assert_eq!(deleted.kind(), ErrorKind::NotFound);
+        match classify(
+            Some("ResourceNotFoundException"),
+            None,
+            None,
+            Operation::Read,
+            "a",
+            Some("AWSPREVIOUS"),
+        ) {
+            Error::NotFound { key, version, .. } => {
+                assert_eq!(key, "a");
+                assert_eq!(version.as_deref(), Some("AWSPREVIOUS"));
+            }
+            other => panic!("{other}"),
+        }
+        match classify(
+            Some("InvalidParameterException"),
+            None,
+            None,
+            Operation::Read,
+            "a",
+            Some("x"),
+        ) {
+            Error::InvalidConfig { field, .. } => assert_eq!(field, "version"),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn values() {
+        let v = value_of(Some("s3cr3t".into()), None, Some("v1".into())).unwrap();
+        assert_eq!(v.bytes(), b"s3cr3t");
+        assert_eq!(v.version(), "v1");
+        let v = value_of(None, Some(Blob::new(vec![0, 1, 2])), None).unwrap();
+        assert_eq!(v.bytes(), [0, 1, 2]);
+        assert!(value_of(None, None, None).is_none());
+    }
+
+    fn config(auth: AwsAuth) -> AwsConfig {
+        AwsConfig {
+            region: "eu-west-1".into(),
+            endpoint: None,
+            auth,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn statik() -> AwsAuth {
+        AwsAuth::Static {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: SecretString::from("wJalrXUtnFEMI"),
+            session_token: None,
+        }
+    }
+
+    async fn field_of(c: AwsConfig) -> &'static str {
+        match AwsSession::new(c, Arc::new(NoObserver)).await {
+            Err(Error::InvalidConfig { field, .. }) => field,
+            Err(other) => panic!("not InvalidConfig: {other}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[tokio::test]
+    async fn config_errors_name_the_field() {
+        let mut c = config(statik());
+        c.region = " ".into();
+        assert_eq!(field_of(c).await, "region");
+        let mut c = config(statik());
+        c.endpoint = Some("localhost:4566".into());
+        assert_eq!(field_of(c).await, "endpoint");
+        let mut c = config(statik());
+        c.timeout = Duration::ZERO;
+        assert_eq!(field_of(c).await, "timeout");
+        let c = config(AwsAuth::Static {
+            access_key_id: "".into(),
+            secret_access_key: SecretString::from("x"),
+            session_token: None,
+        });
+        assert_eq!(field_of(c).await, "auth.access_key_id");
+        let c = config(AwsAuth::Static {
+            access_key_id: "AKID".into(),
+            secret_access_key: SecretString::from(""),
+            session_token: None,
+        });
+        assert_eq!(field_of(c).await, "auth.secret_access_key");
+        let token: TokenSource = Arc::new(|| Box::pin(async { Err("unused".to_owned()) }));
+        let c = config(AwsAuth::WebIdentity {
+            role_arn: "sigil".into(),
+            token,
+        });
+        assert_eq!(field_of(c).await, "auth.role_arn");
+    }
+
+    #[tokio::test]
+    async fn valid_config_builds_and_debug_hides_secrets() {
+        let mut c = config(statik());
+        c.endpoint = Some("http://127.0.0.1:4566".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+        let s = AwsSession::new(c, Arc::new(NoObserver)).await.unwrap();
+        assert_eq!(s.logins(), 0);
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn empty_keys_are_refused_without_a_call() {
+        let mut c = config(statik());
+        c.endpoint = Some("http://127.0.0.1:1".into());
+        let s = AwsSession::new(c, Arc::new(NoObserver)).await.unwrap();
+        assert_eq!(
+            s.read(" ", None).await.unwrap_err().kind(),
+            ErrorKind::InvalidConfig
+        );
+        let out = s.read_batch(&[String::new()]).await;
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].1.as_ref().unwrap_err().kind(),
+            ErrorKind::InvalidConfig
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! Long-lived sessions with the secret stores Sigil reads: Vault (and OpenBao) KV v2
+//! and AWS Secrets Manager.
+//!
+//! A session is built once per store and shared by every reconcile that reads from it:
+//! it logs in lazily, keeps its token (Vault) or credentials (AWS web identity) and
+//! renews them before they expire, so a busy controller makes one login per store
+//! rather than one per read. Every request is reported to an [`Observer`] (the
+//! controller turns the reports into metrics), every failure is an [`Error`] whose
+//! [`ErrorKind`] tells the caller whether to back off, fix its configuration or give
+//! up, and secret values are held in zeroizing buffers that are never printed. The
+//! crate knows nothing of Kubernetes: a Kubernetes ServiceAccount token reaches it
+//! through a [`TokenSource`].
+
+pub mod aws;
+mod error;
+pub mod vault;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use zeroize::Zeroizing;
+
+pub use error::{Error, ErrorKind, Result};
+
+/// Which provider a session talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// HashiCorp Vault or OpenBao, KV version 2.
+    Vault,
+    /// AWS Secrets Manager.
+    Aws,
+}
+
+impl Provider {
+    /// A stable lowercase name, e.g. for a metric label: `"vault"` or `"aws"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Vault => "vault",
+            Provider::Aws => "aws",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Provider::Vault => "Vault",
+            Provider::Aws => "AWS Secrets Manager",
+        })
+    }
+}
+
+/// What a session asked of its provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// Obtaining a token or credentials (Vault login, STS AssumeRoleWithWebIdentity).
+    Login,
+    /// Extending a Vault token (`auth/token/renew-self`).
+    Renew,
+    /// Reading one secret.
+    Read,
+    /// Reading many secrets in one request (AWS BatchGetSecretValue).
+    BatchRead,
+    /// Proving that the held token or credentials work (Vault `auth/token/lookup-self`,
+    /// AWS ListSecrets with one result), for a store's Ready condition.
+    Check,
+}
+
+impl Operation {
+    /// A stable lowercase name, e.g. for a metric label: `"login"`, `"renew"`,
+    /// `"read"`, `"batch_read"` or `"check"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Login => "login",
+            Operation::Renew => "renew",
+            Operation::Read => "read",
+            Operation::BatchRead => "batch_read",
+            Operation::Check => "check",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Login => "login",
+            Operation::Renew => "token renewal",
+            Operation::Read => "read",
+            Operation::BatchRead => "batch read",
+            Operation::Check => "credentials check",
+        })
+    }
+}
+
+/// A secret as read from its store: the whole value and the version it came from.
+///
+/// For Vault KV v2 the value is the version's `data` object serialized as JSON and
+/// the version is the KV version number in decimal; for AWS it is the bytes of
+/// `SecretString` (or of `SecretBinary`) and the version is the `VersionId`. The bytes
+/// are zeroized on drop and `Debug` shows only the version and the length.
+#[derive(Clone)]
+pub struct RemoteValue {
+    bytes: Zeroizing<Vec<u8>>,
+    version: String,
+}
+
+impl RemoteValue {
+    /// Wraps a value read from a store; `bytes` is zeroized when the value drops.
+    pub fn new(bytes: Vec<u8>, version: String) -> Self {
+        RemoteValue {
+            bytes: Zeroizing::new(bytes),
+            version,
+        }
+    }
+
+    /// The whole value.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The version it was read at (KV v2 version number or AWS VersionId).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+impl fmt::Debug for RemoteValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteValue")
+            .field("version", &self.version)
+            .field("len", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Told about every request a session makes, when it has finished.
+///
+/// The controller turns these reports into Prometheus metrics; tests count logins.
+/// Implementations must be cheap and must not block: they run on the request's task.
+pub trait Observer: Send + Sync + 'static {
+    /// One request to `provider` for `operation` ended with `outcome` after `elapsed`.
+    fn observe(
+        &self,
+        provider: Provider,
+        operation: Operation,
+        outcome: std::result::Result<(), ErrorKind>,
+        elapsed: Duration,
+    );
+}
+
+/// An [`Observer`] that ignores everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn observe(
+        &self,
+        _: Provider,
+        _: Operation,
+        _: std::result::Result<(), ErrorKind>,
+        _: Duration,
+    ) {
+    }
+}
+
+/// Produces a fresh JWT each time a login needs one, e.g. a Kubernetes TokenRequest
+/// token for a ServiceAccount.
+///
+/// The error `String` describes what went wrong and must not contain a secret.
+pub type TokenSource = Arc<
+    dyn Fn() -> BoxFuture<'static, std::result::Result<secrecy::SecretString, String>>
+        + Send
+        + Sync,
+>;
+
+/// Reports the outcome of one request to `observer` and passes the result on.
+pub(crate) fn report<T>(
+    observer: &dyn Observer,
+    provider: Provider,
+    operation: Operation,
+    started: std::time::Instant,
+    result: Result<T>,
+) -> Result<T> {
+    let outcome = match &result {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.kind()),
+    };
+    observer.observe(provider, operation, outcome, started.elapsed());
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_value_debug_shows_no_value() {
+        let v = RemoteValue::new(b"hunter2-password".to_vec(), "7".to_owned());
+        let shown = format!("{v:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("\"7\""), "{shown}");
+        assert!(shown.contains("16"), "{shown}");
+        assert_eq!(v.bytes(), b"hunter2-password");
+        assert_eq!(v.version(), "7");
+    }
+
+    #[test]
+    fn stable_names() {
+        assert_eq!(Provider::Vault.as_str(), "vault");
+        assert_eq!(Provider::Aws.as_str(), "aws");
+        let ops = [
+            Operation::Login,
+            Operation::Renew,
+            Operation::Read,
+            Operation::BatchRead,
+            Operation::Check,
+        ];
+        let names: Vec<_> = ops.iter().map(|o| o.as_str()).collect();
+        assert_eq!(names, ["login", "renew", "read", "batch_read", "check"]);
+    }
+}
