@@ -63,6 +63,8 @@ pub struct Config {
     pub identity: String,
     /// Only this namespace's SealedSecrets (all namespaces when unset).
     pub watch_namespace: Option<String>,
+    /// Whether ClusterSecretStores are served.
+    pub cluster_secret_stores: bool,
 }
 
 /// Runs until SIGTERM/SIGINT, or until leadership is lost (an error: the process should
@@ -188,6 +190,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         metrics.clone(),
         sync::SyncConfig {
             watch_namespace: config.watch_namespace.clone(),
+            cluster_secret_stores: config.cluster_secret_stores,
             concurrency: config.concurrency,
             api_qps: config.api_qps,
             api_burst: config.api_burst,

@@ -47,6 +47,9 @@ struct Args {
     /// Only unseal this namespace's SealedSecrets (default: every namespace).
     #[arg(long)]
     watch_namespace: Option<String>,
+    /// Serve ClusterSecretStores (needs cluster-wide read of them and of Namespaces).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    cluster_secret_stores: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         lease_duration: args.lease_duration,
         identity,
         watch_namespace: args.watch_namespace,
+        cluster_secret_stores: args.cluster_secret_stores,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

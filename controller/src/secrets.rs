@@ -247,13 +247,13 @@ impl SecretWriter<'_> {
                     ))));
                 }
             }
-            (Some(existing), Mode::Merge { manager }) => {
-                if merged_by_others(existing, desired, manager, self.manager) {
-                    return Ok(Written::Refused(Refusal::Conflict(format!(
-                        "another {} already merges some of these keys into Secret {namespace}/{name}; nothing was written. Each key may come from one {} only",
-                        claim.kind, claim.kind
-                    ))));
-                }
+            (Some(existing), Mode::Merge { manager })
+                if merged_by_others(existing, desired, manager, self.manager) =>
+            {
+                return Ok(Written::Refused(Refusal::Conflict(format!(
+                    "another {} already merges some of these keys into Secret {namespace}/{name}; nothing was written. Each key may come from one {} only",
+                    claim.kind, claim.kind
+                ))));
             }
             _ => {}
         }
@@ -280,6 +280,30 @@ impl SecretWriter<'_> {
             api.delete(&name, &params)
                 .await
                 .during(|| format!("replace Secret {namespace}/{name}"))?;
+        }
+        // Keys that another field manager put there (a taken-over Secret) would survive
+        // an apply: remove them first, so an owned Secret holds exactly its data.
+        if let Some(existing) = &existing
+            && whole
+        {
+            let want = desired.data.clone().unwrap_or_default();
+            let extra: serde_json::Map<String, serde_json::Value> = existing
+                .data
+                .iter()
+                .flatten()
+                .filter(|(k, _)| !want.contains_key(*k))
+                .map(|(k, _)| (k.clone(), serde_json::Value::Null))
+                .collect();
+            if !extra.is_empty() {
+                self.throttle().await;
+                api.patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({ "data": extra })),
+                )
+                .await
+                .during(|| format!("remove foreign keys from Secret {namespace}/{name}"))?;
+            }
         }
         self.throttle().await;
         match api

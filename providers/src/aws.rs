@@ -25,7 +25,7 @@ use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::config::{
     BehaviorVersion, Credentials, IdentityCache, Region, SharedCredentialsProvider,
 };
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::primitives::Blob;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -113,7 +113,7 @@ pub(crate) fn parse_version(version: Option<&str>) -> Result<Version> {
         None | Some("") => Ok(Version::Current),
         Some(v) => match v.strip_prefix("uuid/") {
             Some("") => Err(Error::InvalidConfig {
-                field: "version",
+                field: "remoteRef.version",
                 detail: "`uuid/` names no VersionId; write `uuid/<VersionId>`".to_owned(),
             }),
             Some(id) => Ok(Version::Id(id.to_owned())),
@@ -177,10 +177,13 @@ impl AwsSession {
             } => {
                 let access_key_id = access_key_id.trim();
                 if access_key_id.is_empty() {
-                    return Err(invalid("auth.access_key_id", "is empty"));
+                    return Err(invalid("auth.secretRef.accessKeyIDSecretRef", "is empty"));
                 }
                 if secret_access_key.expose_secret().trim().is_empty() {
-                    return Err(invalid("auth.secret_access_key", "is empty"));
+                    return Err(invalid(
+                        "auth.secretRef.secretAccessKeySecretRef",
+                        "is empty",
+                    ));
                 }
                 let credentials = Credentials::new(
                     access_key_id,
@@ -197,7 +200,7 @@ impl AwsSession {
                 let role_arn = role_arn.trim().to_owned();
                 if !role_arn.starts_with("arn:") || role_arn.split(':').count() < 6 {
                     return Err(invalid(
-                        "auth.role_arn",
+                        "role",
                         "is not a role ARN like arn:aws:iam::123456789012:role/name",
                     ));
                 }
@@ -205,7 +208,8 @@ impl AwsSession {
                     .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
                     .region(aws_sdk_sts::config::Region::new(region.clone()))
                     .timeout_config(timeouts.clone())
-                    .retry_config(RetryConfig::standard().with_max_attempts(3));
+                    // Fail fast: the read that needs the login retries as a whole.
+                    .retry_config(RetryConfig::standard().with_max_attempts(2));
                 if let Some(url) = &endpoint {
                     sts = sts.endpoint_url(url.as_str());
                 }
@@ -279,7 +283,10 @@ impl AwsSession {
     pub async fn read(&self, key: &str, version: Option<&str>) -> Result<RemoteValue> {
         let key = key.trim();
         if key.is_empty() {
-            return Err(invalid("key", "is empty; name the secret (name or ARN)"));
+            return Err(invalid(
+                "remoteRef.key",
+                "is empty; name the secret (name or ARN)",
+            ));
         }
         let selector = parse_version(version)?;
         let asked = version.map(str::trim).filter(|v| !v.is_empty());
@@ -322,7 +329,7 @@ impl AwsSession {
             if trimmed.is_empty() {
                 found.insert(
                     key.as_str(),
-                    Err(invalid("key", "is empty; name the secret")),
+                    Err(invalid("remoteRef.key", "is empty; name the secret")),
                 );
             } else if !found.contains_key(trimmed) && !wanted.contains(&trimmed) {
                 wanted.push(trimmed);
@@ -487,7 +494,15 @@ where
     if let Some(inner) = find_in_chain::<Error>(&err) {
         return inner.clone();
     }
-    let detail = DisplayErrorContext(&err).to_string();
+    // An unreadable answer may hold secret data: say no more than that.
+    if let SdkError::ResponseError(_) = &err {
+        return Error::Unavailable {
+            provider: AWS,
+            operation,
+            detail: "the answer could not be understood".to_owned(),
+        };
+    }
+    let detail = describe(&err);
     if let Some(credentials) = find_in_chain::<CredentialsError>(&err) {
         let kind = match credentials {
             CredentialsError::ProviderTimedOut(_) => ErrorKind::Unavailable,
@@ -503,7 +518,7 @@ where
     }
     match err {
         SdkError::ConstructionFailure(_) => Error::InvalidConfig {
-            field: "request",
+            field: "remoteRef",
             detail,
         },
         _ => Error::Unavailable {
@@ -512,6 +527,22 @@ where
             detail,
         },
     }
+}
+
+/// An error and its sources, by `Display` only (an SDK error's `Debug` may show the
+/// raw response), each source once.
+fn describe(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut current = err.source();
+    while let Some(e) = current {
+        let message = e.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        current = e.source();
+    }
+    text
 }
 
 fn find_in_chain<'a, T: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a T> {
@@ -581,7 +612,11 @@ fn classify(
             _ => ErrorKind::Unavailable,
         },
     };
-    let field = if version.is_some() { "version" } else { "key" };
+    let field = if version.is_some() {
+        "remoteRef.version"
+    } else {
+        "remoteRef.key"
+    };
     Error::of_kind(kind, AWS, operation, key, version, field, detail)
 }
 
@@ -645,19 +680,46 @@ impl ProvideCredentials for WebIdentity {
         Self: 'a,
     {
         provider::future::ProvideCredentials::new(async move {
-            let started = Instant::now();
+            // The identity cache may drop this future at its load timeout: report that too.
+            let mut pending = PendingLogin {
+                observer: &*self.observer,
+                started: Instant::now(),
+                done: false,
+            };
+            let result = self.assume().await;
+            pending.done = true;
             let result = crate::report(
                 &*self.observer,
                 AWS,
                 Operation::Login,
-                started,
-                self.assume().await,
+                pending.started,
+                result,
             );
             result.map_err(|e| match e.kind() {
                 ErrorKind::InvalidConfig => CredentialsError::invalid_configuration(e),
                 _ => CredentialsError::provider_error(e),
             })
         })
+    }
+}
+
+/// Reports a web identity login that was abandoned (timed out) before it finished.
+struct PendingLogin<'a> {
+    observer: &'a dyn Observer,
+    started: Instant,
+    done: bool,
+}
+
+impl Drop for PendingLogin<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.observer.observe(
+                AWS,
+                Operation::Login,
+                Err(ErrorKind::Unavailable),
+                self.started.elapsed(),
+            );
+        }
     }
 }
 
@@ -708,7 +770,7 @@ mod tests {
             Version::Stage("uuidish".into())
         );
         match parse_version(Some("uuid/")) {
-            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "version"),
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "remoteRef.version"),
             other => panic!("{other:?}"),
         }
     }
@@ -770,9 +832,46 @@ mod tests {
             "a",
             Some("x"),
         ) {
-            Error::InvalidConfig { field, .. } => assert_eq!(field, "version"),
+            Error::InvalidConfig { field, .. } => assert_eq!(field, "remoteRef.version"),
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn transport_errors_are_unavailable_and_described_by_display() {
+        use aws_sdk_secretsmanager::error::ConnectorError;
+        use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err: SdkError<GetSecretValueError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io(io.into()));
+        match map_sdk_error(err, Operation::Read, "k", None) {
+            Error::Unavailable {
+                operation, detail, ..
+            } => {
+                assert_eq!(operation, Operation::Read);
+                assert!(detail.contains("refused"), "{detail}");
+                assert!(
+                    !detail.contains("DispatchFailure"),
+                    "no Debug output: {detail}"
+                );
+            }
+            other => panic!("{other}"),
+        }
+        // A failed web identity login inside the chain keeps its own kind and message.
+        let login = Error::AuthFailed {
+            provider: AWS,
+            operation: Operation::Login,
+            detail: "InvalidIdentityToken: expired".into(),
+        };
+        let err: SdkError<GetSecretValueError, HttpResponse> = SdkError::dispatch_failure(
+            ConnectorError::other(CredentialsError::provider_error(login).into(), None),
+        );
+        let mapped = map_sdk_error(err, Operation::Read, "k", None);
+        assert_eq!(mapped.kind(), ErrorKind::AuthFailed);
+        assert!(
+            mapped.to_string().contains("InvalidIdentityToken"),
+            "{mapped}"
+        );
     }
 
     #[test]
@@ -826,19 +925,19 @@ mod tests {
             secret_access_key: SecretString::from("x"),
             session_token: None,
         });
-        assert_eq!(field_of(c).await, "auth.access_key_id");
+        assert_eq!(field_of(c).await, "auth.secretRef.accessKeyIDSecretRef");
         let c = config(AwsAuth::Static {
             access_key_id: "AKID".into(),
             secret_access_key: SecretString::from(""),
             session_token: None,
         });
-        assert_eq!(field_of(c).await, "auth.secret_access_key");
+        assert_eq!(field_of(c).await, "auth.secretRef.secretAccessKeySecretRef");
         let token: TokenSource = Arc::new(|| Box::pin(async { Err("unused".to_owned()) }));
         let c = config(AwsAuth::WebIdentity {
             role_arn: "sigil".into(),
             token,
         });
-        assert_eq!(field_of(c).await, "auth.role_arn");
+        assert_eq!(field_of(c).await, "role");
     }
 
     #[tokio::test]

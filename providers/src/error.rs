@@ -96,7 +96,10 @@ pub enum Error {
     /// an empty role, and so on.
     #[error("invalid secret store configuration: `{field}` {detail}")]
     InvalidConfig {
-        /// The configuration field at fault, e.g. `server` or `auth.role`.
+        /// The field at fault, named as in the store's provider spec (External
+        /// Secrets Operator's names), e.g. `server`, `path` (the KV mount),
+        /// `caBundle`, `auth.appRole.roleId`, `role` (the AWS role ARN) or
+        /// `remoteRef.version`.
         field: &'static str,
         /// What is wrong with it and what to do.
         detail: String,

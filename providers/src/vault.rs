@@ -237,7 +237,7 @@ impl VaultSession {
         let mount = clean_path(&config.mount);
         if mount.is_empty() {
             return Err(invalid(
-                "mount",
+                "path",
                 "is empty; name the KV v2 mount, e.g. `secret`",
             ));
         }
@@ -278,11 +278,11 @@ impl VaultSession {
             VaultAuth::Token(token) => {
                 let token = Zeroizing::new(token.expose_secret().trim().to_owned());
                 if token.is_empty() {
-                    return Err(invalid("auth.token", "is empty"));
+                    return Err(invalid("auth.tokenSecretRef", "is empty"));
                 }
                 if !header_safe(&token) {
                     return Err(invalid(
-                        "auth.token",
+                        "auth.tokenSecretRef",
                         "contains a character that cannot be sent in an HTTP header",
                     ));
                 }
@@ -293,7 +293,7 @@ impl VaultSession {
                 role,
                 jwt,
             } => {
-                let mount = auth_mount(&mount_path, "auth.kubernetes.mount_path")?;
+                let mount = auth_mount(&mount_path, "auth.kubernetes.mountPath")?;
                 if role.trim().is_empty() {
                     return Err(invalid(
                         "auth.kubernetes.role",
@@ -308,12 +308,12 @@ impl VaultSession {
                 role_id,
                 secret_id,
             } => {
-                let mount = auth_mount(&mount_path, "auth.appRole.mount_path")?;
+                let mount = auth_mount(&mount_path, "auth.appRole.path")?;
                 if role_id.trim().is_empty() {
-                    return Err(invalid("auth.appRole.role_id", "is empty"));
+                    return Err(invalid("auth.appRole.roleId", "is empty"));
                 }
                 if secret_id.expose_secret().is_empty() {
-                    return Err(invalid("auth.appRole.secret_id", "is empty"));
+                    return Err(invalid("auth.appRole.secretRef", "is empty"));
                 }
                 let role_id = role_id.trim().to_owned();
                 (
@@ -384,7 +384,7 @@ impl VaultSession {
         let key = clean_path(key);
         if key.is_empty() {
             return Err(invalid(
-                "key",
+                "remoteRef.key",
                 "is empty; name the secret's path below the mount",
             ));
         }
@@ -454,7 +454,7 @@ impl VaultSession {
             .path(key)
             .version(version)
             .build()
-            .map_err(|e| invalid("key", &format!("cannot form the request: {e}")))?;
+            .map_err(|e| invalid("remoteRef.key", &format!("cannot form the request: {e}")))?;
         let mut answer = vaultrs::api::exec_with_result(&client.0, endpoint)
             .await
             .map_err(|e| map_client_error(e, Operation::Read, key, asked.as_deref()))?;
@@ -562,7 +562,10 @@ impl VaultSession {
         let started = Instant::now();
         let answer = match &self.login {
             Login::Static => {
-                return Err(invalid("auth.token", "a static token cannot log in"));
+                return Err(invalid(
+                    "auth.tokenSecretRef",
+                    "a static token cannot log in",
+                ));
             }
             Login::Kubernetes { mount, role, jwt } => {
                 let token = match jwt().await {
@@ -652,8 +655,10 @@ impl VaultSession {
         auth.client_token.zeroize();
         let lease = Duration::from_secs(auth.lease_duration);
         held.set_lease(Instant::now(), lease);
-        // Granted less than at login: the token hit its maximum TTL; log in next time.
-        held.renewable = auth.renewable && !lease.is_zero() && lease >= held.granted;
+        // Granted clearly less than at login: the token hit its maximum TTL; log in
+        // next time instead of renewing an ever shorter lease.
+        let slack = (held.granted / 10).max(Duration::from_secs(1));
+        held.renewable = auth.renewable && !lease.is_zero() && lease + slack >= held.granted;
         tracing::debug!(
             server = %self.base,
             lease_secs = auth.lease_duration,
@@ -727,10 +732,10 @@ fn http_client(address: &Url, ca_pem: Option<&[u8]>, timeout: Duration) -> Resul
         builder = builder.tls_certs_only(Vec::new());
     } else if let Some(pem) = ca_pem {
         let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| invalid("ca_pem", &format!("is not a PEM certificate bundle: {e}")))?;
+            .map_err(|e| invalid("caBundle", &format!("is not a PEM certificate bundle: {e}")))?;
         if certs.is_empty() {
             return Err(invalid(
-                "ca_pem",
+                "caBundle",
                 "holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)",
             ));
         }
@@ -738,7 +743,7 @@ fn http_client(address: &Url, ca_pem: Option<&[u8]>, timeout: Duration) -> Resul
     }
     builder
         .build()
-        .map_err(|e| invalid("ca_pem", &format!("cannot build the HTTPS client: {e}")))
+        .map_err(|e| invalid("caBundle", &format!("cannot build the HTTPS client: {e}")))
 }
 
 fn auth_mount(path: &str, field: &'static str) -> Result<String> {
@@ -841,7 +846,7 @@ fn map_status(
         404 if operation == Operation::Read => {
             if errors.iter().any(|e| e.contains("no handler for route")) {
                 return invalid_owned(
-                    "mount",
+                    "path",
                     format!("names no KV v2 mount on this server ({detail})"),
                 );
             }
@@ -851,7 +856,7 @@ fn map_status(
         400 | 404 if operation == Operation::Login => ErrorKind::AuthFailed,
         _ => ErrorKind::Unavailable,
     };
-    Error::of_kind(kind, VAULT, operation, key, version, "request", detail)
+    Error::of_kind(kind, VAULT, operation, key, version, "remoteRef", detail)
 }
 
 fn invalid_owned(field: &'static str, detail: String) -> Error {
@@ -916,19 +921,19 @@ mod tests {
         assert_eq!(field_of(new(c)), "server");
         let mut c = config(token("t"));
         c.mount = " / ".into();
-        assert_eq!(field_of(new(c)), "mount");
+        assert_eq!(field_of(new(c)), "path");
         let mut c = config(token("t"));
         c.server = "https://vault.example".into();
         c.ca_pem = Some(b"not a certificate".to_vec());
-        assert_eq!(field_of(new(c)), "ca_pem");
+        assert_eq!(field_of(new(c)), "caBundle");
         let mut c = config(token("t"));
         c.namespace = Some("bad\nns".into());
         assert_eq!(field_of(new(c)), "namespace");
         let mut c = config(token("t"));
         c.timeout = Duration::ZERO;
         assert_eq!(field_of(new(c)), "timeout");
-        assert_eq!(field_of(new(config(token("  \n")))), "auth.token");
-        assert_eq!(field_of(new(config(token("a\tb")))), "auth.token");
+        assert_eq!(field_of(new(config(token("  \n")))), "auth.tokenSecretRef");
+        assert_eq!(field_of(new(config(token("a\tb")))), "auth.tokenSecretRef");
         let jwt: TokenSource = Arc::new(|| Box::pin(async { Err("unused".to_owned()) }));
         let kube = VaultAuth::Kubernetes {
             mount_path: "kubernetes".into(),
@@ -941,19 +946,19 @@ mod tests {
             role: "r".into(),
             jwt,
         };
-        assert_eq!(field_of(new(config(kube))), "auth.kubernetes.mount_path");
+        assert_eq!(field_of(new(config(kube))), "auth.kubernetes.mountPath");
         let approle = VaultAuth::AppRole {
             mount_path: "approle".into(),
             role_id: "".into(),
             secret_id: SecretString::from("s"),
         };
-        assert_eq!(field_of(new(config(approle))), "auth.appRole.role_id");
+        assert_eq!(field_of(new(config(approle))), "auth.appRole.roleId");
         let approle = VaultAuth::AppRole {
             mount_path: "approle".into(),
             role_id: "r".into(),
             secret_id: SecretString::from(""),
         };
-        assert_eq!(field_of(new(config(approle))), "auth.appRole.secret_id");
+        assert_eq!(field_of(new(config(approle))), "auth.appRole.secretRef");
     }
 
     #[test]
@@ -1006,7 +1011,7 @@ aQnQh6l5a14ZjV9A55tisSCoPFy2Xkj5aLFq9N0uEA==
         }
         let route = vec!["no handler for route \"nope/data/x\". route entry not found.".to_owned()];
         match map_status(404, &route, Operation::Read, "x", None) {
-            Error::InvalidConfig { field, .. } => assert_eq!(field, "mount"),
+            Error::InvalidConfig { field, .. } => assert_eq!(field, "path"),
             other => panic!("{other}"),
         }
         assert_eq!(

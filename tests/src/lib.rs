@@ -13,14 +13,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 
 /// Errors of the test harness.
@@ -70,6 +72,23 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The chart's CRD file could not be read or parsed.
+    #[error("reading the CRDs in {path}")]
+    CrdFile {
+        /// Path of the CRD file.
+        path: PathBuf,
+        /// The I/O or YAML error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The apiserver did not establish a CRD in time.
+    #[error("CRD {name} was not Established within {timeout:?}")]
+    CrdNotEstablished {
+        /// The CRD's name.
+        name: String,
+        /// How long the harness waited.
+        timeout: Duration,
+    },
     /// A Vault client could not be built.
     #[error("building a Vault client for {addr}")]
     Vault {
@@ -99,6 +118,72 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
+}
+
+/// Path of the chart's CRDs, generated from `sigil-types`.
+pub fn chart_crds_path() -> PathBuf {
+    repo_root().join("charts/sigil/crds/sigil.dev.yaml")
+}
+
+/// Installs (or updates) the chart's CRDs with server-side apply and waits until the
+/// apiserver has established each. Idempotent, and shared by every test.
+pub async fn install_crds(client: &Client) -> Result<()> {
+    const TIMEOUT: Duration = Duration::from_secs(20);
+    let path = chart_crds_path();
+    let file_err = |source: Box<dyn std::error::Error + Send + Sync>| Error::CrdFile {
+        path: path.clone(),
+        source,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| file_err(e.into()))?;
+    let crds: Vec<CustomResourceDefinition> =
+        serde_saphyr::from_multiple(&text).map_err(|e| file_err(e.into()))?;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds {
+        let name = crd.name_any();
+        api.patch(
+            &name,
+            &PatchParams::apply("sigil-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .map_err(|source| Error::Kube {
+            what: format!("applying CRD {name}"),
+            source,
+        })?;
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let established = api.get(&name).await.ok().and_then(|crd| {
+                Some(
+                    crd.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True"),
+                )
+            });
+            if established == Some(true) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::CrdNotEstablished {
+                    name,
+                    timeout: TIMEOUT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Sigil's namespaced custom resources, which the harness empties out of a test's
+/// namespace: the namespace is finalized without a namespace controller, and they would
+/// outlive it.
+fn namespaced_sigil_resources() -> [ApiResource; 3] {
+    [
+        ApiResource::erase::<sigil_types::SealedSecret>(&()),
+        ApiResource::erase::<sigil_types::ExternalSecret>(&()),
+        ApiResource::erase::<sigil_types::SecretStore>(&()),
+    ]
 }
 
 impl Env {
@@ -291,9 +376,11 @@ fn unique_id(test: &str) -> String {
 /// One test's own corner of every server, cleaned up on drop.
 ///
 /// The namespace is created by [`TestContext::new`]. On drop the harness deletes the
-/// namespace (Secrets, ConfigMaps and ServiceAccounts in it first, then the namespace,
-/// finalizing it itself since no controller-manager runs), every CRD registered with
-/// [`TestContext::track_crd`], every KV v2 secret under [`TestContext::vault_prefix`]
+/// namespace (Secrets, ConfigMaps, ServiceAccounts, SealedSecrets, ExternalSecrets and
+/// SecretStores in it first, dropping finalizers no controller is left to remove, then
+/// the namespace, finalizing it itself since no controller-manager runs), every CRD registered with
+/// [`TestContext::track_crd`], every ClusterSecretStore registered with
+/// [`TestContext::track_cluster_store`], every KV v2 secret under [`TestContext::vault_prefix`]
 /// and every AWS secret whose name starts with [`TestContext::aws_prefix`].
 pub struct TestContext {
     /// The environment.
@@ -309,6 +396,7 @@ pub struct TestContext {
     /// An admin Kubernetes client.
     pub kube: Client,
     crds: Mutex<Vec<String>>,
+    cluster_stores: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for TestContext {
@@ -354,12 +442,21 @@ impl TestContext {
             id,
             kube,
             crds: Mutex::new(Vec::new()),
+            cluster_stores: Mutex::new(Vec::new()),
         })
     }
 
     /// Registers a cluster-scoped CRD (by name) to delete when the context drops.
     pub fn track_crd(&self, name: &str) {
         self.crds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.to_owned());
+    }
+
+    /// Registers a ClusterSecretStore (by name) to delete when the context drops.
+    pub fn track_cluster_store(&self, name: &str) {
+        self.cluster_stores
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(name.to_owned());
@@ -376,6 +473,7 @@ impl TestContext {
         vault_prefix: &str,
         aws_prefix: &str,
         crds: &[String],
+        cluster_stores: &[String],
     ) {
         let warn = |what: &str, e: &dyn std::error::Error| {
             eprintln!("sigil-tests cleanup: {what}: {}", Report(e));
@@ -402,25 +500,22 @@ impl TestContext {
                     .delete_collection(&dp, &lp)
                     .await
                     .err();
-                // Custom resources of Sigil's own CRDs would outlive the namespace too.
-                let sealed = kube::discovery::ApiResource {
-                    group: "sigil.dev".into(),
-                    version: "v1".into(),
-                    api_version: "sigil.dev/v1".into(),
-                    kind: "SealedSecret".into(),
-                    plural: "sealedsecrets".into(),
-                };
-                let r4 = Api::<kube::api::DynamicObject>::namespaced_with(
-                    client.clone(),
-                    namespace,
-                    &sealed,
-                )
-                .delete_collection(&dp, &lp)
-                .await
-                .err()
-                .filter(|e| !matches!(e, kube::Error::Api(s) if s.code == 404));
-                for e in [r1, r2, r3, r4].into_iter().flatten() {
+                for e in [r1, r2, r3].into_iter().flatten() {
                     warn(&format!("emptying namespace {namespace}"), &e);
+                }
+                for resource in namespaced_sigil_resources() {
+                    let api =
+                        Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource);
+                    if let Err(e) = delete_all(&api, &[]).await {
+                        warn(&format!("deleting {} in {namespace}", resource.plural), &e);
+                    }
+                }
+                if !cluster_stores.is_empty() {
+                    let resource = ApiResource::erase::<sigil_types::ClusterSecretStore>(&());
+                    let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+                    if let Err(e) = delete_all(&api, cluster_stores).await {
+                        warn("deleting ClusterSecretStores", &e);
+                    }
                 }
                 let nss = Api::<Namespace>::all(client);
                 match nss.delete(namespace, &dp).await {
@@ -515,6 +610,44 @@ impl TestContext {
     }
 }
 
+/// Deletes the custom resources `names` of `api` (all of them when `names` is empty,
+/// with one delete-collection), then drops the finalizers of any left behind, since the
+/// controller that would remove them may be gone. A CRD that is not installed, or an
+/// object already gone, is not an error.
+async fn delete_all(api: &Api<DynamicObject>, names: &[String]) -> Result<(), kube::Error> {
+    let absent = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
+    let dp = DeleteParams::default();
+    let left: Vec<String> = if names.is_empty() {
+        let lp = ListParams::default();
+        match api.delete_collection(&dp, &lp).await {
+            Err(e) if absent(&e) => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        let list = api.list_metadata(&lp).await?;
+        list.items.iter().map(ResourceExt::name_any).collect()
+    } else {
+        for name in names {
+            match api.delete(name, &dp).await {
+                Err(e) if !absent(&e) => return Err(e),
+                _ => {}
+            }
+        }
+        names.to_vec()
+    };
+    let no_finalizers = Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}}));
+    for name in &left {
+        match api
+            .patch(name, &PatchParams::default(), &no_finalizers)
+            .await
+        {
+            Err(e) if !absent(&e) => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl Drop for TestContext {
     fn drop(&mut self) {
         let env = self.env;
@@ -522,6 +655,12 @@ impl Drop for TestContext {
         let vault_prefix = self.vault_prefix.clone();
         let aws_prefix = self.aws_prefix.clone();
         let crds = std::mem::take(&mut *self.crds.lock().unwrap_or_else(|e| e.into_inner()));
+        let cluster_stores = std::mem::take(
+            &mut *self
+                .cluster_stores
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         // Drop cannot await, and the test's runtime may be single-threaded or shutting
         // down: clean up on a thread with a runtime of its own, and wait for it.
         let joined = std::thread::spawn(move || {
@@ -535,6 +674,7 @@ impl Drop for TestContext {
                 &vault_prefix,
                 &aws_prefix,
                 &crds,
+                &cluster_stores,
             ));
         })
         .join();

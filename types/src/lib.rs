@@ -234,7 +234,11 @@ mod tests {
     fn schemas_carry_no_defaults() {
         let mut found = Vec::new();
         for crd in crds() {
-            defaults(&crd["spec"]["versions"], crd["metadata"]["name"].as_str().unwrap(), &mut found);
+            defaults(
+                &crd["spec"]["versions"],
+                crd["metadata"]["name"].as_str().unwrap(),
+                &mut found,
+            );
         }
         assert!(found.is_empty(), "schema defaults: {found:?}");
     }
@@ -243,7 +247,11 @@ mod tests {
     fn every_crd_has_status_category_and_ready_columns() {
         for crd in crds() {
             let name = crd["metadata"]["name"].as_str().unwrap().to_owned();
-            assert_eq!(crd["spec"]["names"]["categories"], serde_json::json!(["sigil"]), "{name}");
+            assert_eq!(
+                crd["spec"]["names"]["categories"],
+                serde_json::json!(["sigil"]),
+                "{name}"
+            );
             let version = &crd["spec"]["versions"][0];
             assert!(version["subresources"]["status"].is_object(), "{name}");
             let columns = version["additionalPrinterColumns"].to_string();

@@ -124,8 +124,12 @@ impl From<&ClusterSecretStoreSpec> for SecretStoreSpec {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "has(self.vault) != has(self.aws)",
-        "message": "set exactly one provider, `vault` or `aws`; to read from both, make one store for each"
+        "rule": "has(self.vault) || has(self.aws)",
+        "message": "set a provider: `vault` (HashiCorp Vault or OpenBao, KV v2) or `aws` (AWS Secrets Manager)"
+    },
+    {
+        "rule": "!(has(self.vault) && has(self.aws))",
+        "message": "set only one provider, `vault` or `aws`; to read from both, make one store for each"
     }
 ]))]
 pub struct StoreProvider {

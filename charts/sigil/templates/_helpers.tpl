@@ -75,25 +75,59 @@ The controller image: repository@digest, or repository:tag (tag defaults to appV
 {{- end }}
 
 {{/*
-Rules for what the controller does with SealedSecrets, the Secrets it writes and its
-Events: in every namespace (ClusterRole) or only in watchNamespace (Role).
+Rules for what the controller does in the namespaces it serves: in every namespace
+(ClusterRole) or only in watchNamespace (Role). SealedSecrets, ExternalSecrets and
+SecretStores, the Secrets it writes and reads, and its Events.
 */}}
 {{- define "sigil.unsealRules" -}}
 - apiGroups: ["sigil.dev"]
-  resources: ["sealedsecrets"]
+  resources: ["sealedsecrets", "externalsecrets", "secretstores"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["sigil.dev"]
-  resources: ["sealedsecrets/status"]
+  resources: ["sealedsecrets/status", "externalsecrets/status", "secretstores/status"]
   verbs: ["get", "patch", "update"]
-# The unsealed Secrets: written by server-side apply, watched by label to restore them
-# when edited or deleted by hand, deleted when they are no longer wanted.
+# The Secrets it writes (unsealed, or synced from a store): written by server-side
+# apply, watched by label to restore them when edited or deleted by hand, deleted when
+# no longer wanted. Also the Secrets a store's credentials are read from.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# A Vault store's CA certificates (`caProvider` of type ConfigMap).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get"]
+# The role an AWS web-identity store assumes, from its ServiceAccount's
+# eks.amazonaws.com/role-arn annotation (read only).
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get"]
+# ServiceAccount tokens for Vault's Kubernetes auth and AWS web identity
+# (`serviceAccountRef`), from the TokenRequest API. This grants no access to the
+# ServiceAccounts themselves.
+- apiGroups: [""]
+  resources: ["serviceaccounts/token"]
+  verbs: ["create"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+Rules that only a ClusterRole can grant, rendered only when the controller serves every
+namespace: ClusterSecretStores, and the Namespaces whose labels their `conditions`
+select. With watchNamespace set, only namespaced SecretStores are served.
+*/}}
+{{- define "sigil.clusterRules" -}}
+- apiGroups: ["sigil.dev"]
+  resources: ["clustersecretstores"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["sigil.dev"]
+  resources: ["clustersecretstores/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
 {{- end }}

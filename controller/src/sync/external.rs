@@ -39,6 +39,8 @@ pub const FORCE_SYNC_ANNOTATION: &str = "sigil.dev/force-sync";
 pub const EXTERNAL_SECRET_LABEL: &str = "sigil.dev/external-secret";
 /// The field manager prefix of `Merge` writes; the ExternalSecret's UID follows.
 const MERGE_MANAGER_PREFIX: &str = "sigil-controller/es/";
+/// How often a Secret that is in the way is looked at again.
+const NOT_OWNED_POLL: Duration = Duration::from_secs(10);
 /// How long failures of a sync-once ExternalSecret wait at most between retries.
 const ONCE_RETRY_CAP: Duration = Duration::from_secs(3600);
 
@@ -219,7 +221,12 @@ async fn finish_failed(
     record_failed(obj, ctx, &failure).await?;
     count(ctx, failure.reason);
     tracing::warn!(reason = failure.reason.as_str(), message = %failure.message, "not synced");
-    let delay = ctx.backoff.failed(key, interval.unwrap_or(ONCE_RETRY_CAP));
+    let mut delay = ctx.backoff.failed(key, interval.unwrap_or(ONCE_RETRY_CAP));
+    if failure.reason == SyncReason::SecretNotOwned {
+        // The Secret in the way carries no label the controller watches, so its opt-in
+        // (or creation, for Merge) is polled for.
+        delay = delay.min(NOT_OWNED_POLL);
+    }
     Ok(Action::requeue(delay))
 }
 
@@ -360,19 +367,17 @@ async fn sync(
         .zip(reads.into_iter().map(|r| r.result))
         .collect();
 
-    let errors: Vec<(&(String, Option<String>), &Arc<ProviderError>)> = results
-        .iter()
-        .filter_map(|(k, r)| r.as_ref().err().map(|e| (k, e)))
-        .collect();
+    let errors: Vec<&Arc<ProviderError>> =
+        results.values().filter_map(|r| r.as_ref().err()).collect();
     if !errors.is_empty() {
         if errors
             .iter()
-            .any(|(_, e)| e.kind() == ErrorKind::AuthFailed)
+            .any(|e| e.kind() == ErrorKind::AuthFailed)
         {
             ctx.stores.forget_if(&store.store, &identity);
         }
-        let all_missing = errors.len() == results.len()
-            && errors.iter().all(|(_, e)| e.kind() == ErrorKind::NotFound);
+        let all_missing =
+            errors.len() == results.len() && errors.iter().all(|e| e.kind() == ErrorKind::NotFound);
         if all_missing && job.obj.deletion_policy() == DeletionPolicy::Delete {
             let removed = ctx
                 .writer()
@@ -390,13 +395,12 @@ async fn sync(
         // The most actionable failure first: credentials, then outages, then what is missing.
         let worst = errors
             .iter()
-            .min_by_key(|(_, e)| match e.kind() {
+            .min_by_key(|e| match e.kind() {
                 ErrorKind::AuthFailed => 0,
                 ErrorKind::Unavailable | ErrorKind::Throttled => 1,
                 ErrorKind::InvalidConfig => 2,
                 _ => 3,
             })
-            .map(|(_, e)| e)
             .expect("errors is not empty");
         let message = format!(
             "{} of {} remote reads through {} failed; the Secret was left as it was. {}",
@@ -406,7 +410,7 @@ async fn sync(
             errors
                 .iter()
                 .take(3)
-                .map(|(_, e)| e.to_string())
+                .map(|e| e.to_string())
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
@@ -468,12 +472,20 @@ async fn resolve_store(job: &Job<'_>, ctx: &SyncContext) -> Result<Result<StoreO
         },
         name: reference.name.clone(),
     };
-    let found: Option<StoreObject> = match kind {
-        StoreKind::ClusterSecretStore => ctx
-            .cluster_stores
+    let found: Option<StoreObject> = match (kind, &ctx.cluster_stores) {
+        (StoreKind::ClusterSecretStore, None) => {
+            return Ok(Err(Failure::new(
+                SyncReason::StoreNotReady,
+                format!(
+                    "{store_ref}: this controller does not serve ClusterSecretStores (it runs for one namespace, --cluster-secret-stores=false); use a SecretStore in namespace {}",
+                    job.namespace
+                ),
+            )));
+        }
+        (StoreKind::ClusterSecretStore, Some(cluster_stores)) => cluster_stores
             .get(&ObjectRef::new(&reference.name))
             .map(|s| s.as_ref().into()),
-        _ => ctx
+        (_, _) => ctx
             .secret_stores
             .get(&ObjectRef::new(&reference.name).within(&job.namespace))
             .map(|s| s.as_ref().into()),

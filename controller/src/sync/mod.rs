@@ -55,7 +55,8 @@ pub struct SyncContext {
     /// Secrets written by ExternalSecrets, as last seen by the watch.
     pub(crate) secrets: Store<Secret>,
     pub(crate) secret_stores: Store<SecretStore>,
-    pub(crate) cluster_stores: Store<ClusterSecretStore>,
+    /// `None` when ClusterSecretStores are not served.
+    pub(crate) cluster_stores: Option<Store<ClusterSecretStore>>,
     schedule: Mutex<HashMap<ObjectKey, Arc<Scheduled>>>,
     hasher: RandomState,
 }
@@ -130,6 +131,8 @@ impl Observer for MetricsObserver {
 pub struct SyncConfig {
     /// Only this namespace's stores and ExternalSecrets (all when unset).
     pub watch_namespace: Option<String>,
+    /// Whether ClusterSecretStores are served.
+    pub cluster_secret_stores: bool,
     /// ExternalSecrets reconciled at once.
     pub concurrency: u16,
     /// API requests per second (burst: `api_burst`).
@@ -171,10 +174,12 @@ pub async fn run(
         api::<SecretStore>(&client, ns),
         watcher::Config::default().any_semantic(),
     );
-    let cluster_controller = Controller::<ClusterSecretStore>::new(
-        Api::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    );
+    let cluster_controller = config.cluster_secret_stores.then(|| {
+        Controller::<ClusterSecretStore>::new(
+            Api::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+        )
+    });
     let es_controller = Controller::<ExternalSecret>::new(
         api::<ExternalSecret>(&client, ns),
         watcher::Config::default().any_semantic(),
@@ -193,15 +198,14 @@ pub async fn run(
         store_backoff: Backoff::default(),
         secrets,
         secret_stores: store_controller.store(),
-        cluster_stores: cluster_controller.store(),
+        cluster_stores: cluster_controller.as_ref().map(Controller::store),
         schedule: Mutex::default(),
         hasher: RandomState::new(),
     });
 
     let by_secret = externals.clone();
     let by_store = externals.clone();
-    let by_cluster_store = externals.clone();
-    let es_controller = es_controller
+    let mut es_controller = es_controller
         .watches(
             api::<Secret>(&client, ns),
             watcher::Config::default()
@@ -220,8 +224,10 @@ pub async fn run(
                     &store.name_any(),
                 )
             },
-        )
-        .watches(
+        );
+    if config.cluster_secret_stores {
+        let by_cluster_store = externals.clone();
+        es_controller = es_controller.watches(
             Api::<ClusterSecretStore>::all(client.clone()),
             watcher::Config::default().any_semantic(),
             move |store: ClusterSecretStore| {
@@ -232,8 +238,10 @@ pub async fn run(
                     &store.name_any(),
                 )
             },
-        )
-        .with_config(controller::Config::default().concurrency(config.concurrency));
+        );
+    }
+    let es_controller =
+        es_controller.with_config(controller::Config::default().concurrency(config.concurrency));
 
     let stop = futures::future::FutureExt::shared(Box::pin(stop));
     let es_run = es_controller
@@ -248,14 +256,20 @@ pub async fn run(
             context.clone(),
         )
         .for_each(log_event);
-    let cluster_run = cluster_controller
-        .graceful_shutdown_on(stop.clone())
-        .run(
-            stores::reconcile_store::<ClusterSecretStore>,
-            stores::store_error_policy::<ClusterSecretStore>,
-            context.clone(),
-        )
-        .for_each(log_event);
+    let cluster_context = context.clone();
+    let cluster_run = async move {
+        if let Some(controller) = cluster_controller {
+            controller
+                .graceful_shutdown_on(stop)
+                .run(
+                    stores::reconcile_store::<ClusterSecretStore>,
+                    stores::store_error_policy::<ClusterSecretStore>,
+                    cluster_context,
+                )
+                .for_each(log_event)
+                .await;
+        }
+    };
     let housekeeping = housekeeping(context, externals);
     tokio::select! {
         _ = futures::future::join3(es_run, store_run, cluster_run) => {}
@@ -297,9 +311,10 @@ async fn housekeeping(ctx: Arc<SyncContext>, externals: Store<ExternalSecret>) {
                 .set(counts.get(reason).copied().unwrap_or(0));
         }
         let exists = |kind: StoreKind, namespace: &str, name: &str| match kind {
-            StoreKind::ClusterSecretStore => {
-                ctx.cluster_stores.get(&ObjectRef::new(name)).is_some()
-            }
+            StoreKind::ClusterSecretStore => ctx
+                .cluster_stores
+                .as_ref()
+                .is_some_and(|stores| stores.get(&ObjectRef::new(name)).is_some()),
             _ => ctx
                 .secret_stores
                 .get(&ObjectRef::new(name).within(namespace))

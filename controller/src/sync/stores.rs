@@ -43,7 +43,7 @@ const IRSA_ROLE_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
 /// A provider session, shared by every ExternalSecret of one store.
 pub(crate) enum Session {
     /// Vault KV v2.
-    Vault(VaultSession),
+    Vault(Box<VaultSession>),
     /// AWS Secrets Manager.
     Aws(AwsSession),
 }
@@ -180,6 +180,7 @@ impl StoreProblem {
     }
 }
 
+type Labels = BTreeMap<String, String>;
 type Built = Result<(Arc<str>, Arc<Session>), StoreProblem>;
 
 struct Entry {
@@ -192,7 +193,7 @@ pub(crate) struct Stores {
     client: Client,
     observer: Arc<dyn Observer>,
     sessions: Mutex<HashMap<StoreRef, Entry>>,
-    namespace_labels: Mutex<HashMap<String, (Instant, BTreeMap<String, String>)>>,
+    namespace_labels: Mutex<HashMap<String, (Instant, Labels)>>,
 }
 
 impl Stores {
@@ -275,7 +276,8 @@ impl Stores {
         let session = match provider {
             ProviderRef::Vault(vault) => {
                 let config = self.vault_config(store, vault).await?;
-                VaultSession::new(config, self.observer.clone()).map(Session::Vault)
+                VaultSession::new(config, self.observer.clone())
+                    .map(|s| Session::Vault(Box::new(s)))
             }
             ProviderRef::Aws(aws) => {
                 let config = self.aws_config(store, aws).await?;

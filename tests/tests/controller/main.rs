@@ -4,4 +4,5 @@
 mod ha;
 mod keys;
 mod support;
+mod sync;
 mod unseal;

@@ -43,34 +43,9 @@ fn binary(name: &str) -> PathBuf {
 
 /// Installs the CRDs from the chart (idempotent; shared by every test).
 pub async fn install_crds(client: &Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let text =
-        std::fs::read_to_string(repo_root().join("charts/sigil/crds/sigil.dev.yaml")).unwrap();
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in serde_saphyr::from_multiple::<CustomResourceDefinition>(&text).unwrap() {
-        api.patch(
-            &crd.name_any(),
-            &PatchParams::apply("sigil-tests").force(),
-            &Patch::Apply(&crd),
-        )
+    sigil_tests::install_crds(client)
         .await
-        .unwrap();
-        let name = crd.name_any();
-        eventually(Duration::from_secs(20), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let crd = api.get(&name).await.ok()?;
-                let established = crd
-                    .status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                established.then_some(())
-            }
-        })
-        .await;
-    }
+        .expect("installing the chart's CRDs");
 }
 
 /// Polls `check` until it gives a value, or panics after `timeout`.

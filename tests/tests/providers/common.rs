@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use sigil_providers::{ErrorKind, Observer, Operation, Provider};
 
+/// One kind of report: which provider, what was asked, and how it ended.
+type Report = (Provider, Operation, Result<(), ErrorKind>);
+
 /// Counts every report by operation and outcome.
 #[derive(Debug, Default)]
 pub struct Counter {
-    seen: Mutex<HashMap<(Provider, Operation, Result<(), ErrorKind>), u64>>,
+    seen: Mutex<HashMap<Report, u64>>,
 }
 
 impl Counter {

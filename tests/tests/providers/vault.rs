@@ -41,7 +41,9 @@ fn audit_log(env: &Env) -> Result<PathBuf> {
 
 async fn write(vault: &VaultClient, path: &str, password: &str) -> Result<u64> {
     let data = HashMap::from([("password", password)]);
-    Ok(vaultrs::kv2::set(vault, "secret", path, &data).await?.version)
+    Ok(vaultrs::kv2::set(vault, "secret", path, &data)
+        .await?
+        .version)
 }
 
 fn json(bytes: &[u8]) -> serde_json::Value {
@@ -86,7 +88,8 @@ impl Drop for Cleanup {
                     let _ = vaultrs::auth::approle::role::delete(&root, &mount, &role).await;
                 }
                 for role in kube_roles {
-                    let _ = vaultrs::auth::kubernetes::role::delete(&root, "kubernetes", &role).await;
+                    let _ =
+                        vaultrs::auth::kubernetes::role::delete(&root, "kubernetes", &role).await;
                 }
                 for mount in mounts {
                     let _ = vaultrs::sys::auth::disable(&root, &mount).await;
@@ -186,14 +189,14 @@ async fn token_auth_reads_latest_pinned_and_missing() -> Result<()> {
 
     let counter = Arc::new(Counter::default());
     let token = SecretString::from(ctx.env.var("VAULT_TOKEN")?);
-    let session = VaultSession::new(
-        config(ctx.env, VaultAuth::Token(token))?,
-        counter.clone(),
-    )?;
+    let session = VaultSession::new(config(ctx.env, VaultAuth::Token(token))?, counter.clone())?;
     session.check().await?;
 
     let latest = session.read(&key, None).await?;
-    assert_eq!(json(latest.bytes()), serde_json::json!({"password": "three"}));
+    assert_eq!(
+        json(latest.bytes()),
+        serde_json::json!({"password": "three"})
+    );
     assert_eq!(latest.version(), "3");
     let pinned = session.read(&key, Some(1)).await?;
     assert_eq!(pinned.bytes(), br#"{"password":"one"}"#);
@@ -229,12 +232,15 @@ async fn token_auth_reads_latest_pinned_and_missing() -> Result<()> {
     assert_eq!(counter.failed(Operation::Read, ErrorKind::NotFound), 4);
 
     // A wrong mount names the field.
-    let mut wrong = config(ctx.env, VaultAuth::Token(SecretString::from(ctx.env.var("VAULT_TOKEN")?)))?;
+    let mut wrong = config(
+        ctx.env,
+        VaultAuth::Token(SecretString::from(ctx.env.var("VAULT_TOKEN")?)),
+    )?;
     wrong.mount = format!("{}-no-such-mount", ctx.id);
     let session = VaultSession::new(wrong, Arc::new(NoObserver))?;
     match session.read(&key, None).await {
-        Err(Error::InvalidConfig { field: "mount", .. }) => {}
-        other => bail!("a missing mount was not InvalidConfig(mount): {other:?}"),
+        Err(Error::InvalidConfig { field: "path", .. }) => {}
+        other => bail!("a missing mount was not InvalidConfig(path): {other:?}"),
     }
     Ok(())
 }
@@ -277,7 +283,10 @@ async fn approle_session_logs_in_once_for_50_concurrent_reads() -> Result<()> {
     assert_eq!(counter.ok(Operation::Read), 51);
     let log = audit_log(ctx.env)?;
     let audited = audited_responses(&log, &format!("auth/{mount}/login"), "role_name", &role);
-    assert_eq!(audited, 1, "OpenBao's audit log shows one login by role {role}");
+    assert_eq!(
+        audited, 1,
+        "OpenBao's audit log shows one login by role {role}"
+    );
     Ok(())
 }
 
@@ -321,7 +330,9 @@ async fn kubernetes_session_reads_with_one_login() -> Result<()> {
     }
     let pinned = session.read(&key, Some(1)).await?;
     assert_eq!(json(pinned.bytes())["password"], "k1");
-    let missing = session.read(&format!("{}/none", ctx.vault_prefix), None).await;
+    let missing = session
+        .read(&format!("{}/none", ctx.vault_prefix), None)
+        .await;
     assert_eq!(missing.unwrap_err().kind(), ErrorKind::NotFound);
 
     assert_eq!(session.logins(), 1);
@@ -341,7 +352,10 @@ async fn kubernetes_session_reads_with_one_login() -> Result<()> {
         jwt: Arc::new(|| Box::pin(async { Ok(SecretString::from("not.a.jwt")) })),
     };
     let refused = VaultSession::new(config(ctx.env, other)?, Arc::new(NoObserver))?;
-    assert_eq!(refused.read(&key, None).await.unwrap_err().kind(), ErrorKind::AuthFailed);
+    assert_eq!(
+        refused.read(&key, None).await.unwrap_err().kind(),
+        ErrorKind::AuthFailed
+    );
     // A failing token source is an auth failure that names it, without a login request.
     let broken = VaultAuth::Kubernetes {
         mount_path: mount.to_owned(),
@@ -372,7 +386,10 @@ async fn wrong_approle_secret_id_is_auth_failed() -> Result<()> {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
     assert!(!err.to_string().contains("00000000-0000"), "{err}");
-    assert_eq!(session.check().await.unwrap_err().kind(), ErrorKind::AuthFailed);
+    assert_eq!(
+        session.check().await.unwrap_err().kind(),
+        ErrorKind::AuthFailed
+    );
     assert_eq!(session.logins(), 2, "each call tried to log in once");
     assert_eq!(counter.failed(Operation::Login, ErrorKind::AuthFailed), 2);
     assert_eq!(counter.total(Operation::Read), 0, "no read without a token");
@@ -407,7 +424,11 @@ async fn short_lived_token_is_renewed_not_replaced() -> Result<()> {
     assert_eq!(counter.total(Operation::Login), 1);
     let renewals = counter.ok(Operation::Renew);
     assert!((2..=3).contains(&renewals), "{renewals} renewals");
-    assert_eq!(counter.total(Operation::Renew), renewals, "no renewal failed");
+    assert_eq!(
+        counter.total(Operation::Renew),
+        renewals,
+        "no renewal failed"
+    );
     assert_eq!(counter.ok(Operation::Read), reads);
     let log = audit_log(ctx.env)?;
     assert_eq!(
@@ -446,7 +467,11 @@ async fn revoked_token_is_replaced_by_one_login() -> Result<()> {
         .env("BAO_TOKEN", ctx.env.var("VAULT_TOKEN")?)
         .output()
         .context("running bao lease revoke")?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The next read is refused (403), logs in again and succeeds.
     session.read(&key, None).await?;
@@ -470,7 +495,11 @@ async fn unreachable_vault_is_unavailable_quickly() -> Result<()> {
     let started = Instant::now();
     let err = session.read("app/db", None).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(counter.failed(Operation::Read, ErrorKind::Unavailable), 1);
 
     cfg.auth = approle_auth("approle", "role", "secret");
@@ -478,7 +507,11 @@ async fn unreachable_vault_is_unavailable_quickly() -> Result<()> {
     let started = Instant::now();
     let err = session.check().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(counter.failed(Operation::Login, ErrorKind::Unavailable), 1);
     Ok(())
 }

@@ -1,0 +1,819 @@
+//! ExternalSecrets on the real servers: OpenBao (KV v2; token, kubernetes and AppRole
+//! auth), moto (Secrets Manager; static keys and web identity through its STS) and
+//! kube-apiserver, each test with its own controller, namespace and remote prefix.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Event, Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sigil_tests::TestContext;
+use sigil_types::{ClusterSecretStore, ExternalSecret, SecretStore};
+
+use crate::support::*;
+
+// ---------------------------------------------------------------------------
+// helpers
+
+/// Server-side applies a Sigil object written as JSON (without apiVersion/kind).
+async fn apply_obj<K>(api: Api<K>, kind: &str, body: Value)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let mut body = body;
+    body["apiVersion"] = json!("sigil.dev/v1");
+    body["kind"] = json!(kind);
+    let obj: K = serde_json::from_value(body).unwrap();
+    let name = obj.meta().name.clone().unwrap();
+    api.patch(
+        &name,
+        &PatchParams::apply("gitops").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap();
+}
+
+async fn store(ctx: &TestContext, name: &str, provider: Value) {
+    apply_obj::<SecretStore>(
+        Api::namespaced(ctx.kube.clone(), &ctx.namespace),
+        "SecretStore",
+        json!({"metadata": {"name": name, "namespace": ctx.namespace}, "spec": {"provider": provider}}),
+    )
+    .await;
+}
+
+async fn external(ctx: &TestContext, name: &str, spec: Value) {
+    apply_obj::<ExternalSecret>(
+        Api::namespaced(ctx.kube.clone(), &ctx.namespace),
+        "ExternalSecret",
+        json!({"metadata": {"name": name, "namespace": ctx.namespace}, "spec": spec}),
+    )
+    .await;
+}
+
+async fn put_secret(
+    ctx: &TestContext,
+    name: &str,
+    data: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(ctx.namespace.clone()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .patch(
+            name,
+            &PatchParams::apply("person").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+}
+
+/// A Secret holding the root token of OpenBao, and a store that uses it.
+async fn vault_token_store(ctx: &TestContext, name: &str) {
+    let token = ctx.env.var("VAULT_TOKEN").unwrap().to_owned();
+    put_secret(ctx, "vault-token", &[("token", &token)], &[]).await;
+    store(
+        ctx,
+        name,
+        json!({"vault": {"server": ctx.env.var("VAULT_ADDR").unwrap(), "path": "secret", "version": "v2",
+            "auth": {"tokenSecretRef": {"name": "vault-token", "key": "token"}}}}),
+    )
+    .await;
+}
+
+/// A store for moto with static keys from a Secret, at `endpoint`.
+async fn aws_store(ctx: &TestContext, name: &str, endpoint: &str) {
+    put_secret(
+        ctx,
+        "aws-credentials",
+        &[
+            ("access-key-id", "testing"),
+            ("secret-access-key", "testing"),
+        ],
+        &[],
+    )
+    .await;
+    store(
+        ctx,
+        name,
+        json!({"aws": {"service": "SecretsManager", "region": "us-east-1", "endpoint": endpoint,
+            "auth": {"secretRef": {
+                "accessKeyIDSecretRef": {"name": "aws-credentials", "key": "access-key-id"},
+                "secretAccessKeySecretRef": {"name": "aws-credentials", "key": "secret-access-key"}}}}}),
+    )
+    .await;
+}
+
+async fn vault_put(ctx: &TestContext, key: &str, data: Value) -> u64 {
+    let vault = ctx.env.vault_client(None).unwrap();
+    let path = format!("{}/{key}", ctx.vault_prefix);
+    vaultrs::kv2::set(&vault, "secret", &path, &data)
+        .await
+        .unwrap()
+        .version
+}
+
+/// Creates or updates an AWS secret; returns the new VersionId.
+async fn aws_put(ctx: &TestContext, key: &str, value: &str) -> String {
+    let sm = ctx.env.secretsmanager().unwrap();
+    let name = format!("{}{key}", ctx.aws_prefix);
+    match sm
+        .put_secret_value()
+        .secret_id(&name)
+        .secret_string(value)
+        .send()
+        .await
+    {
+        Ok(out) => out.version_id().unwrap().to_owned(),
+        Err(_) => sm
+            .create_secret()
+            .name(&name)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap()
+            .version_id()
+            .unwrap()
+            .to_owned(),
+    }
+}
+
+async fn secret_data(ctx: &TestContext, name: &str) -> Option<BTreeMap<String, String>> {
+    let secret = Api::<Secret>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .get_opt(name)
+        .await
+        .unwrap()?;
+    Some(
+        secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, ByteString(v))| (k, String::from_utf8(v).unwrap()))
+            .collect(),
+    )
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The Ready condition (status, reason, message) once it describes the current generation.
+async fn es_ready(ctx: &TestContext, name: &str) -> Option<(String, String, String)> {
+    let obj = Api::<ExternalSecret>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .get(name)
+        .await
+        .ok()?;
+    let status = obj.status?;
+    if status.observed_generation != obj.metadata.generation {
+        return None;
+    }
+    let c = status.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status, c.reason, c.message))
+}
+
+async fn wait_es(ctx: &TestContext, name: &str, reason: &str) -> String {
+    eventually(Duration::from_secs(40), || async {
+        let (_, r, message) = es_ready(ctx, name).await?;
+        (r == reason).then_some(message)
+    })
+    .await
+}
+
+async fn wait_data(ctx: &TestContext, name: &str, want: &BTreeMap<String, String>) {
+    eventually(Duration::from_secs(40), || async {
+        (secret_data(ctx, name).await.as_ref() == Some(want)).then_some(())
+    })
+    .await;
+}
+
+async fn events(ctx: &TestContext) -> Vec<Event> {
+    Api::<Event>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+}
+
+/// The value of a metric line `name{labels}` (labels as printed, e.g. `outcome="hit"`).
+fn metric(controller: &Controller, name: &str, labels: &[&str]) -> f64 {
+    let (_, body) = controller.get("/metrics").unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn started(ctx: &TestContext) -> Controller {
+    install_crds(&ctx.kube).await;
+    let controller = Controller::start(ctx, "a", &[]);
+    controller.wait_ready().await;
+    controller
+}
+
+// ---------------------------------------------------------------------------
+// tests
+
+#[tokio::test]
+async fn vault_token_property_template_and_versions() {
+    let ctx = TestContext::new("sync-vault-token").await.unwrap();
+    let controller = started(&ctx).await;
+    let canary = format!("canary-{}-value", ctx.id);
+    vault_put(
+        &ctx,
+        "app/db",
+        json!({"user": "app", "password": canary, "nested": {"port": "5432"}}),
+    )
+    .await;
+    vault_put(&ctx, "app/flags", json!({"beta": "on", "limit": "7"})).await;
+    let version = vault_put(
+        &ctx,
+        "app/db",
+        json!({"user": "app", "password": canary, "nested": {"port": "5433"}}),
+    )
+    .await;
+    assert_eq!(version, 2);
+    vault_token_store(&ctx, "vault").await;
+    let prefix = &ctx.vault_prefix;
+    external(
+        &ctx,
+        "app",
+        json!({
+            "refreshInterval": "1h",
+            "secretStoreRef": {"name": "vault", "kind": "SecretStore"},
+            "target": {"name": "app-secret", "template": {
+                "type": "kubernetes.io/basic-auth",
+                "metadata": {"labels": {"team": "a"}, "annotations": {"note": "templated"}},
+                "data": {
+                    "username": "{{ .user }}",
+                    "password": "{{ .password }}",
+                    "url": "postgres://{{ .user }}:{{ .password }}@db:{{ .port }}/app?beta={{ .beta }}",
+                    "oldport": "{{ index . \"old-port\" }}"
+                }}},
+            "data": [
+                {"secretKey": "user", "remoteRef": {"key": format!("{prefix}/app/db"), "property": "user"}},
+                {"secretKey": "password", "remoteRef": {"key": format!("{prefix}/app/db"), "property": "password"}},
+                {"secretKey": "port", "remoteRef": {"key": format!("{prefix}/app/db"), "property": "nested.port"}},
+                {"secretKey": "old-port", "remoteRef": {"key": format!("{prefix}/app/db"), "property": "nested.port", "version": "1"}}
+            ],
+            "dataFrom": [{"extract": {"key": format!("{prefix}/app/flags")}}]
+        }),
+    )
+    .await;
+    wait_es(&ctx, "app", "SecretSynced").await;
+    let secret = Api::<Secret>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .get("app-secret")
+        .await
+        .unwrap();
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    assert_eq!(secret.labels().get("team").map(String::as_str), Some("a"));
+    assert_eq!(
+        secret.annotations().get("note").map(String::as_str),
+        Some("templated")
+    );
+    let owner = &secret.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("ExternalSecret", "app")
+    );
+    assert_eq!(
+        secret_data(&ctx, "app-secret").await.unwrap(),
+        map(&[
+            ("username", "app"),
+            ("password", &canary),
+            (
+                "url",
+                &format!("postgres://app:{canary}@db:5433/app?beta=on")
+            ),
+            ("oldport", "5432"),
+        ])
+    );
+    let es = Api::<ExternalSecret>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .get("app")
+        .await
+        .unwrap();
+    let status = es.status.unwrap();
+    assert_eq!(
+        status
+            .synced_versions
+            .get(&format!("{prefix}/app/db"))
+            .map(String::as_str),
+        Some("2")
+    );
+    assert_eq!(
+        status
+            .synced_versions
+            .get(&format!("{prefix}/app/db@1"))
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        status
+            .synced_versions
+            .get(&format!("{prefix}/app/flags"))
+            .map(String::as_str),
+        Some("1")
+    );
+    assert!(status.refresh_time.is_some());
+
+    // The canary is in the Secret and nowhere else.
+    let status_text = serde_json::to_string(
+        &Api::<ExternalSecret>::namespaced(ctx.kube.clone(), &ctx.namespace)
+            .get("app")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(!status_text.contains(&canary));
+    let events_text = serde_json::to_string(&events(&ctx).await).unwrap();
+    assert!(!events_text.contains(&canary));
+    assert!(!controller.logs().contains(&canary));
+    assert!(!controller.get("/metrics").unwrap().1.contains(&canary));
+    assert!(
+        metric(
+            &controller,
+            "sigil_sync_total",
+            &["result=\"SecretSynced\""]
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &controller,
+            "sigil_provider_requests_total",
+            &[
+                "provider=\"vault\"",
+                "operation=\"read\"",
+                "result=\"success\""
+            ]
+        ) >= 3.0
+    );
+}
+
+#[tokio::test]
+async fn vault_kubernetes_and_approle_auth() {
+    let ctx = TestContext::new("sync-vault-auth").await.unwrap();
+    let _controller = started(&ctx).await;
+    vault_put(&ctx, "db", json!({"password": "from-vault"})).await;
+    Api::<ServiceAccount>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: ObjectMeta {
+                    name: Some("reader".into()),
+                    ..ObjectMeta::default()
+                },
+                ..ServiceAccount::default()
+            },
+        )
+        .await
+        .unwrap();
+    let server = ctx.env.var("VAULT_ADDR").unwrap();
+    store(
+        &ctx,
+        "vault-k8s",
+        json!({"vault": {"server": server, "path": "secret", "version": "v2", "auth": {"kubernetes": {
+            "mountPath": ctx.env.var("SIGIL_VAULT_KUBE_MOUNT").unwrap(),
+            "role": ctx.env.var("SIGIL_VAULT_KUBE_ROLE").unwrap(),
+            "serviceAccountRef": {"name": "reader"}}}}}),
+    )
+    .await;
+    put_secret(
+        &ctx,
+        "approle",
+        &[(
+            "secret-id",
+            ctx.env.var("SIGIL_VAULT_APPROLE_SECRET_ID").unwrap(),
+        )],
+        &[],
+    )
+    .await;
+    store(
+        &ctx,
+        "vault-approle",
+        json!({"vault": {"server": server, "path": "secret", "version": "v2", "auth": {"appRole": {
+            "path": ctx.env.var("SIGIL_VAULT_APPROLE_MOUNT").unwrap(),
+            "roleId": ctx.env.var("SIGIL_VAULT_APPROLE_ROLE_ID").unwrap(),
+            "secretRef": {"name": "approle", "key": "secret-id"}}}}}),
+    )
+    .await;
+    for (name, store) in [("via-k8s", "vault-k8s"), ("via-approle", "vault-approle")] {
+        external(
+            &ctx,
+            name,
+            json!({"secretStoreRef": {"name": store},
+                "data": [{"secretKey": "password", "remoteRef": {"key": format!("{}/db", ctx.vault_prefix), "property": "password"}}]}),
+        )
+        .await;
+    }
+    for name in ["via-k8s", "via-approle"] {
+        wait_es(&ctx, name, "SecretSynced").await;
+        assert_eq!(
+            secret_data(&ctx, name).await.unwrap(),
+            map(&[("password", "from-vault")])
+        );
+    }
+    // The stores report Ready.
+    for name in ["vault-k8s", "vault-approle"] {
+        let reason = eventually(Duration::from_secs(20), || async {
+            let s = Api::<SecretStore>::namespaced(ctx.kube.clone(), &ctx.namespace)
+                .get(name)
+                .await
+                .ok()?;
+            let c = s
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (c.status == "True").then_some(c.reason)
+        })
+        .await;
+        assert_eq!(reason, "Valid");
+    }
+}
+
+#[tokio::test]
+async fn aws_static_keys_extract_versions_and_batching() {
+    let ctx = TestContext::new("sync-aws").await.unwrap();
+    let controller = started(&ctx).await;
+    let endpoint = ctx.env.var("AWS_ENDPOINT_URL").unwrap().to_owned();
+    let v1 = aws_put(&ctx, "db", r#"{"username":"admin","password":"one"}"#).await;
+    let _v2 = aws_put(&ctx, "db", r#"{"username":"admin","password":"two"}"#).await;
+    aws_put(&ctx, "plain", "not json at all").await;
+    for i in 0..25 {
+        aws_put(&ctx, &format!("many/{i}"), &format!("value-{i}")).await;
+    }
+    aws_store(&ctx, "aws", &endpoint).await;
+    let p = &ctx.aws_prefix;
+    external(
+        &ctx,
+        "db",
+        json!({"refreshInterval": "15m", "secretStoreRef": {"name": "aws"},
+            "data": [
+                {"secretKey": "plain", "remoteRef": {"key": format!("{p}plain")}},
+                {"secretKey": "first", "remoteRef": {"key": format!("{p}db"), "property": "password", "version": format!("uuid/{v1}")}},
+                {"secretKey": "previous", "remoteRef": {"key": format!("{p}db"), "property": "password", "version": "AWSPREVIOUS"}}
+            ],
+            "dataFrom": [{"extract": {"key": format!("{p}db")}}]}),
+    )
+    .await;
+    wait_es(&ctx, "db", "SecretSynced").await;
+    assert_eq!(
+        secret_data(&ctx, "db").await.unwrap(),
+        map(&[
+            ("username", "admin"),
+            ("password", "two"),
+            ("plain", "not json at all"),
+            ("first", "one"),
+            ("previous", "one")
+        ])
+    );
+    // 25 ExternalSecrets over 25 keys created at once: a handful of batch calls.
+    let reads_before = metric(
+        &controller,
+        "sigil_provider_requests_total",
+        &["provider=\"aws\"", "operation=\"read\""],
+    );
+    for i in 0..25 {
+        external(
+            &ctx,
+            &format!("many-{i}"),
+            json!({"secretStoreRef": {"name": "aws"},
+                "data": [{"secretKey": "v", "remoteRef": {"key": format!("{p}many/{i}")}}]}),
+        )
+        .await;
+    }
+    for i in 0..25 {
+        wait_data(
+            &ctx,
+            &format!("many-{i}"),
+            &map(&[("v", &format!("value-{i}"))]),
+        )
+        .await;
+    }
+    let batches = metric(
+        &controller,
+        "sigil_provider_requests_total",
+        &["provider=\"aws\"", "operation=\"batch_read\""],
+    );
+    let reads = metric(
+        &controller,
+        "sigil_provider_requests_total",
+        &["provider=\"aws\"", "operation=\"read\""],
+    ) - reads_before;
+    assert!(
+        batches <= 6.0,
+        "{batches} BatchGetSecretValue calls for 26 keys"
+    );
+    assert_eq!(reads, 0.0, "current versions are read in batches only");
+}
+
+#[tokio::test]
+async fn aws_web_identity_through_sts() {
+    let ctx = TestContext::new("sync-aws-jwt").await.unwrap();
+    let _controller = started(&ctx).await;
+    aws_put(&ctx, "token", "from-web-identity").await;
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("irsa".into()),
+            annotations: Some(BTreeMap::from([(
+                "eks.amazonaws.com/role-arn".to_owned(),
+                "arn:aws:iam::123456789012:role/sigil".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        ..ServiceAccount::default()
+    };
+    Api::<ServiceAccount>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    store(
+        &ctx,
+        "aws-jwt",
+        json!({"aws": {"service": "SecretsManager", "region": "us-east-1",
+            "endpoint": ctx.env.var("AWS_ENDPOINT_URL").unwrap(),
+            "auth": {"jwt": {"serviceAccountRef": {"name": "irsa"}}}}}),
+    )
+    .await;
+    external(
+        &ctx,
+        "token",
+        json!({"secretStoreRef": {"name": "aws-jwt"},
+            "data": [{"secretKey": "token", "remoteRef": {"key": format!("{}token", ctx.aws_prefix)}}]}),
+    )
+    .await;
+    wait_es(&ctx, "token", "SecretSynced").await;
+    assert_eq!(
+        secret_data(&ctx, "token").await.unwrap(),
+        map(&[("token", "from-web-identity")])
+    );
+}
+
+#[tokio::test]
+async fn changes_are_picked_up_on_the_interval_at_once_with_force_sync_and_edits_are_restored() {
+    let ctx = TestContext::new("sync-refresh").await.unwrap();
+    let _controller = started(&ctx).await;
+    vault_token_store(&ctx, "vault").await;
+    vault_put(&ctx, "fast", json!({"v": "1"})).await;
+    vault_put(&ctx, "slow", json!({"v": "1"})).await;
+    let spec = |key: &str, interval: &str| {
+        json!({"refreshInterval": interval, "secretStoreRef": {"name": "vault"},
+            "data": [{"secretKey": "v", "remoteRef": {"key": format!("{}/{key}", ctx.vault_prefix), "property": "v"}}]})
+    };
+    external(&ctx, "fast", spec("fast", "3s")).await;
+    external(&ctx, "slow", spec("slow", "1h")).await;
+    wait_data(&ctx, "fast", &map(&[("v", "1")])).await;
+    wait_data(&ctx, "slow", &map(&[("v", "1")])).await;
+
+    vault_put(&ctx, "fast", json!({"v": "2"})).await;
+    vault_put(&ctx, "slow", json!({"v": "2"})).await;
+    // The next interval (3 s ± 10%, plus one cache window) brings the change.
+    let started_at = std::time::Instant::now();
+    wait_data(&ctx, "fast", &map(&[("v", "2")])).await;
+    assert!(
+        started_at.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started_at.elapsed()
+    );
+    assert_eq!(secret_data(&ctx, "slow").await.unwrap(), map(&[("v", "1")]));
+
+    // force-sync: at once, past the cache.
+    let annotate =
+        |value: &str| json!({"metadata": {"annotations": {"sigil.dev/force-sync": value}}});
+    Api::<ExternalSecret>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .patch(
+            "slow",
+            &PatchParams::default(),
+            &Patch::Merge(annotate("1")),
+        )
+        .await
+        .unwrap();
+    let started_at = std::time::Instant::now();
+    wait_data(&ctx, "slow", &map(&[("v", "2")])).await;
+    assert!(started_at.elapsed() < Duration::from_secs(5));
+
+    // A hand edit is undone at once, not at the next interval (1 h).
+    put_secret(&ctx, "slow", &[("v", "edited")], &[]).await;
+    let started_at = std::time::Instant::now();
+    wait_data(&ctx, "slow", &map(&[("v", "2")])).await;
+    assert!(started_at.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn creation_and_deletion_policies() {
+    let ctx = TestContext::new("sync-policies").await.unwrap();
+    let _controller = started(&ctx).await;
+    vault_token_store(&ctx, "vault").await;
+    vault_put(&ctx, "k", json!({"a": "1", "b": "2"})).await;
+    let key = format!("{}/k", ctx.vault_prefix);
+    let data = |secret_key: &str, property: &str| json!([{"secretKey": secret_key, "remoteRef": {"key": key, "property": property}}]);
+
+    // Owner never takes over a Secret it did not create...
+    put_secret(&ctx, "taken", &[("mine", "hands off")], &[]).await;
+    external(&ctx, "owner", json!({"secretStoreRef": {"name": "vault"}, "target": {"name": "taken"}, "data": data("a", "a")})).await;
+    let message = wait_es(&ctx, "owner", "SecretNotOwned").await;
+    assert!(message.contains("sigil.dev/managed"), "{message}");
+    assert_eq!(
+        secret_data(&ctx, "taken").await.unwrap(),
+        map(&[("mine", "hands off")])
+    );
+    // ...unless it opts in.
+    put_secret(
+        &ctx,
+        "taken",
+        &[("mine", "hands off")],
+        &[("sigil.dev/managed", "true")],
+    )
+    .await;
+    wait_data(&ctx, "taken", &map(&[("a", "1")])).await;
+
+    // A second Owner of the same Secret: Conflict, nothing written.
+    external(&ctx, "rival", json!({"secretStoreRef": {"name": "vault"}, "target": {"name": "taken"}, "data": data("b", "b")})).await;
+    wait_es(&ctx, "rival", "Conflict").await;
+    assert_eq!(
+        secret_data(&ctx, "taken").await.unwrap(),
+        map(&[("a", "1")])
+    );
+
+    // Merge adds only its keys to an existing Secret, and never creates one.
+    put_secret(&ctx, "shared", &[("keep", "me")], &[]).await;
+    external(&ctx, "merge", json!({"secretStoreRef": {"name": "vault"}, "target": {"name": "shared", "creationPolicy": "Merge"}, "data": data("b", "b")})).await;
+    wait_data(&ctx, "shared", &map(&[("keep", "me"), ("b", "2")])).await;
+    external(&ctx, "merge-missing", json!({"secretStoreRef": {"name": "vault"}, "target": {"name": "nowhere", "creationPolicy": "Merge"}, "data": data("b", "b")})).await;
+    wait_es(&ctx, "merge-missing", "SecretNotOwned").await;
+    assert!(secret_data(&ctx, "nowhere").await.is_none());
+
+    // Orphan: the Secret carries no owner reference, so it outlives the ExternalSecret.
+    external(&ctx, "orphan", json!({"secretStoreRef": {"name": "vault"}, "target": {"creationPolicy": "Orphan"}, "data": data("a", "a")})).await;
+    wait_data(&ctx, "orphan", &map(&[("a", "1")])).await;
+    let orphan = Api::<Secret>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .get("orphan")
+        .await
+        .unwrap();
+    assert!(orphan.owner_references().is_empty());
+    Api::<ExternalSecret>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .delete("orphan", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        secret_data(&ctx, "orphan").await.unwrap(),
+        map(&[("a", "1")])
+    );
+
+    // deletionPolicy Delete: the Secret goes when the remote key is gone; Retain keeps it.
+    vault_put(&ctx, "doomed", json!({"a": "1"})).await;
+    let doomed = format!("{}/doomed", ctx.vault_prefix);
+    for (name, policy) in [("deleted", "Delete"), ("retained", "Retain")] {
+        external(
+            &ctx,
+            name,
+            json!({"refreshInterval": "2s", "secretStoreRef": {"name": "vault"},
+            "target": {"deletionPolicy": policy},
+            "data": [{"secretKey": "a", "remoteRef": {"key": doomed, "property": "a"}}]}),
+        )
+        .await;
+        wait_data(&ctx, name, &map(&[("a", "1")])).await;
+    }
+    let vault = ctx.env.vault_client(None).unwrap();
+    vaultrs::kv2::delete_metadata(&vault, "secret", &doomed)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), || async {
+        secret_data(&ctx, "deleted").await.is_none().then_some(())
+    })
+    .await;
+    wait_es(&ctx, "retained", "RemoteKeyNotFound").await;
+    assert_eq!(
+        secret_data(&ctx, "retained").await.unwrap(),
+        map(&[("a", "1")])
+    );
+}
+
+#[tokio::test]
+async fn stores_are_boundaries() {
+    let ctx = TestContext::new("sync-boundaries").await.unwrap();
+    let controller = started(&ctx).await;
+    vault_put(&ctx, "k", json!({"a": "1"})).await;
+    let key = format!("{}/k", ctx.vault_prefix);
+    let token = ctx.env.var("VAULT_TOKEN").unwrap().to_owned();
+    put_secret(&ctx, "vault-token", &[("token", &token)], &[]).await;
+    let server = ctx.env.var("VAULT_ADDR").unwrap();
+    // A ClusterSecretStore that serves another namespace only.
+    let cluster_store = format!("{}-only-payments", ctx.id);
+    ctx.track_cluster_store(&cluster_store);
+    apply_obj::<ClusterSecretStore>(
+        Api::all(ctx.kube.clone()),
+        "ClusterSecretStore",
+        json!({"metadata": {"name": cluster_store}, "spec": {
+            "conditions": [{"namespaces": ["payments"]}],
+            "provider": {"vault": {"server": server, "path": "secret", "version": "v2",
+                "auth": {"tokenSecretRef": {"name": "vault-token", "key": "token", "namespace": ctx.namespace}}}}}}),
+    )
+    .await;
+    let reads_before = metric(
+        &controller,
+        "sigil_provider_requests_total",
+        &["provider=\"vault\"", "operation=\"read\""],
+    );
+    external(
+        &ctx,
+        "excluded",
+        json!({"secretStoreRef": {"name": cluster_store, "kind": "ClusterSecretStore"},
+        "data": [{"secretKey": "a", "remoteRef": {"key": key, "property": "a"}}]}),
+    )
+    .await;
+    let message = wait_es(&ctx, "excluded", "StoreNotAllowed").await;
+    assert!(message.contains(&ctx.namespace), "{message}");
+    assert!(secret_data(&ctx, "excluded").await.is_none());
+    assert_eq!(
+        metric(
+            &controller,
+            "sigil_provider_requests_total",
+            &["provider=\"vault\"", "operation=\"read\""]
+        ),
+        reads_before,
+        "no read for a namespace the store excludes"
+    );
+
+    // A namespaced SecretStore cannot use credentials from another namespace.
+    store(
+        &ctx,
+        "borrowing",
+        json!({"vault": {"server": server, "path": "secret", "version": "v2",
+            "auth": {"tokenSecretRef": {"name": "vault-token", "key": "token", "namespace": "sigil-system"}}}}),
+    )
+    .await;
+    external(
+        &ctx,
+        "borrower",
+        json!({"secretStoreRef": {"name": "borrowing"},
+        "data": [{"secretKey": "a", "remoteRef": {"key": key, "property": "a"}}]}),
+    )
+    .await;
+    let message = wait_es(&ctx, "borrower", "StoreNotReady").await;
+    assert!(message.contains("its own namespace"), "{message}");
+    // Missing keys and properties say which.
+    vault_token_store(&ctx, "vault").await;
+    external(
+        &ctx,
+        "no-prop",
+        json!({"secretStoreRef": {"name": "vault"},
+        "data": [{"secretKey": "a", "remoteRef": {"key": key, "property": "nope"}}]}),
+    )
+    .await;
+    let message = wait_es(&ctx, "no-prop", "PropertyNotFound").await;
+    assert!(message.contains("`nope`"), "{message}");
+    external(
+        &ctx,
+        "no-key",
+        json!({"secretStoreRef": {"name": "vault"},
+        "data": [{"secretKey": "a", "remoteRef": {"key": format!("{key}-missing")}}]}),
+    )
+    .await;
+    wait_es(&ctx, "no-key", "RemoteKeyNotFound").await;
+    let warnings: Vec<String> = events(&ctx)
+        .await
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter_map(|e| e.reason)
+        .collect();
+    for reason in [
+        "StoreNotAllowed",
+        "StoreNotReady",
+        "PropertyNotFound",
+        "RemoteKeyNotFound",
+    ] {
+        assert!(
+            warnings.iter().any(|r| r == reason),
+            "no {reason} Warning in {warnings:?}"
+        );
+    }
+}
