@@ -314,6 +314,46 @@ impl Env {
         VaultClient::new(settings).map_err(|e| err(e.into()))
     }
 
+    /// OpenBao's audit log entries (`SIGIL_VAULT_AUDIT_LOG`), one JSON value a line.
+    pub fn vault_audit(&self) -> Result<Vec<serde_json::Value>> {
+        let path = PathBuf::from(self.var("SIGIL_VAULT_AUDIT_LOG")?);
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::EnvFile {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect())
+    }
+
+    /// Successful responses in the audit log to `path` whose token metadata has `key` =
+    /// `value`, e.g. `auth/approle/login` with `role_name` = a test's own role. Only
+    /// successful logins and renewals carry metadata.
+    pub fn vault_audited_responses(&self, path: &str, key: &str, value: &str) -> Result<usize> {
+        Ok(self
+            .vault_audit()?
+            .iter()
+            .filter(|entry| entry["type"] == "response")
+            .filter(|entry| entry["request"]["path"] == path)
+            .filter(|entry| entry["auth"]["metadata"][key] == value)
+            .count())
+    }
+
+    /// Requests in the audit log whose path starts with `prefix`.
+    pub fn vault_audited_requests(&self, prefix: &str) -> Result<usize> {
+        Ok(self
+            .vault_audit()?
+            .iter()
+            .filter(|entry| entry["type"] == "request")
+            .filter(|entry| {
+                entry["request"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with(prefix))
+            })
+            .count())
+    }
+
     /// An AWS Secrets Manager client pointed at the moto server.
     pub fn secretsmanager(&self) -> Result<aws_sdk_secretsmanager::Client> {
         let credentials = Credentials::new(

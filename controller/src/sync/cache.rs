@@ -20,7 +20,7 @@ use crate::metrics::{CacheLabel, CacheOutcome, Metrics};
 const BATCH_LIMIT: usize = 20;
 /// How long a batch waits for more reads to join it.
 const BATCH_LINGER: Duration = Duration::from_millis(30);
-/// How fresh a cached value must be for an ExternalSecret that syncs once.
+/// How recent a cached value must be for an ExternalSecret that syncs once.
 const ONCE_FRESHNESS: Duration = Duration::from_secs(10);
 
 /// A read's result, shared by everyone who waited for it.
@@ -60,12 +60,6 @@ pub(crate) struct ReadCache {
     metrics: Arc<Metrics>,
 }
 
-/// A value and when it was read from the provider.
-pub(crate) struct Read {
-    pub result: Fetch,
-    pub fetched_at: Instant,
-}
-
 impl ReadCache {
     pub(crate) fn new(metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
@@ -83,15 +77,26 @@ impl ReadCache {
     }
 
     /// Reads `key` through `session` for an ExternalSecret refreshing every `interval`
-    /// (`None`: once); `bypass` (force-sync) always asks the provider.
+    /// (`None`: once) that last refreshed at `last_refresh`: a value read since then is
+    /// new to it and serves it, so that one read per interval serves every
+    /// ExternalSecret of the key however their jittered schedules fall. `bypass`
+    /// (force-sync) always asks the provider.
     pub(crate) async fn read(
         self: &Arc<Self>,
         session: &Arc<Session>,
         key: CacheKey,
         interval: Option<Duration>,
+        last_refresh: Option<Instant>,
         bypass: bool,
-    ) -> Read {
-        let freshness = interval.map_or(ONCE_FRESHNESS, |i| i / 4);
+    ) -> Fetch {
+        // Never refreshed (new, changed or after a restart): a value read in the last
+        // half interval is recent enough, which lets a burst of new objects share reads.
+        let since = last_refresh.unwrap_or_else(|| {
+            let window = interval.map_or(ONCE_FRESHNESS, |i| i / 2);
+            Instant::now()
+                .checked_sub(window)
+                .unwrap_or_else(Instant::now)
+        });
         let interval = interval.unwrap_or(Duration::MAX);
         let pending = {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
@@ -100,15 +105,12 @@ impl ReadCache {
                     at,
                     value,
                     interval: shortest,
-                }) if !bypass && at.elapsed() <= freshness => {
+                }) if !bypass && *at > since => {
                     *shortest = (*shortest).min(interval);
-                    let read = Read {
-                        result: Ok(value.clone()),
-                        fetched_at: *at,
-                    };
+                    let value = value.clone();
                     drop(slots);
                     self.count(CacheOutcome::Hit);
-                    return read;
+                    return Ok(value);
                 }
                 Some(Slot::Pending(shared)) if !bypass => {
                     let shared = shared.clone();
@@ -151,7 +153,7 @@ impl ReadCache {
                 }
             }
         }
-        Read { result, fetched_at }
+        result
     }
 
     fn start(

@@ -149,7 +149,6 @@ struct Synced {
     wrote: bool,
     deleted: bool,
     versions: BTreeMap<String, String>,
-    fetched_at: Instant,
     data_hash: u64,
     keys: Option<Vec<String>>,
 }
@@ -183,15 +182,19 @@ pub async fn reconcile(obj: Arc<ExternalSecret>, ctx: Arc<SyncContext>) -> Resul
     if let Some(wait) = ctx.not_due(&key, &obj, force.as_deref(), &job) {
         return Ok(Action::requeue(wait));
     }
-    let bypass = ctx.schedule_of(&key).is_some_and(|s| s.force != force);
-    match sync(&job, &ctx, bypass).await? {
+    let previous = ctx.schedule_of(&key);
+    let bypass = previous.as_ref().is_some_and(|s| s.force != force);
+    let last_refresh = previous.as_ref().map(|s| s.refreshed_at);
+    let refreshed_at = Instant::now();
+    match sync(&job, &ctx, last_refresh, bypass).await? {
         Ok(synced) => {
-            let next = next_refresh(synced.fetched_at, interval);
+            let next = next_refresh(refreshed_at, interval);
             ctx.schedule(
                 key.clone(),
                 Scheduled {
                     generation: obj.metadata.generation,
                     force,
+                    refreshed_at,
                     next_due: next,
                     data_hash: synced.data_hash,
                     keys: synced.keys.clone(),
@@ -237,13 +240,12 @@ fn count(ctx: &SyncContext, reason: SyncReason) {
         .inc();
 }
 
-/// When to refresh next: the interval ±10% after the values were read, so that every
-/// ExternalSecret sharing a remote key stays within one cache window of the others, and
-/// objects created together drift apart.
-fn next_refresh(fetched_at: Instant, interval: Option<Duration>) -> Option<Instant> {
+/// When to refresh next: the interval ±10% after this refresh, so that objects created
+/// together drift apart instead of firing together forever.
+fn next_refresh(refreshed_at: Instant, interval: Option<Duration>) -> Option<Instant> {
     let interval = interval?;
     let jitter = rand::random_range(0.9..=1.1);
-    Some(fetched_at + interval.mul_f64(jitter))
+    Some(refreshed_at + interval.mul_f64(jitter))
 }
 
 fn object_key(obj: &ExternalSecret) -> ObjectKey {
@@ -315,6 +317,7 @@ impl SyncContext {
 async fn sync(
     job: &Job<'_>,
     ctx: &Arc<SyncContext>,
+    last_refresh: Option<Instant>,
     bypass: bool,
 ) -> Result<Result<Synced, Failure>> {
     let store = match resolve_store(job, ctx).await? {
@@ -354,26 +357,17 @@ async fn sync(
             key: key.clone(),
             version: version.clone(),
         };
-        ctx.cache.read(&session, cache_key, job.interval, bypass)
+        ctx.cache
+            .read(&session, cache_key, job.interval, last_refresh, bypass)
     }))
     .await;
-    let fetched_at = reads
-        .iter()
-        .map(|r| r.fetched_at)
-        .min()
-        .unwrap_or_else(Instant::now);
-    let results: BTreeMap<(String, Option<String>), Fetch> = wanted
-        .into_iter()
-        .zip(reads.into_iter().map(|r| r.result))
-        .collect();
+    let results: BTreeMap<(String, Option<String>), Fetch> =
+        wanted.into_iter().zip(reads).collect();
 
     let errors: Vec<&Arc<ProviderError>> =
         results.values().filter_map(|r| r.as_ref().err()).collect();
     if !errors.is_empty() {
-        if errors
-            .iter()
-            .any(|e| e.kind() == ErrorKind::AuthFailed)
-        {
+        if errors.iter().any(|e| e.kind() == ErrorKind::AuthFailed) {
             ctx.stores.forget_if(&store.store, &identity);
         }
         let all_missing =
@@ -387,7 +381,6 @@ async fn sync(
                 wrote: removed,
                 deleted: true,
                 versions: BTreeMap::new(),
-                fetched_at,
                 data_hash: 0,
                 keys: None,
             }));
@@ -455,7 +448,6 @@ async fn sync(
         wrote,
         deleted: false,
         versions,
-        fetched_at,
         data_hash,
         keys,
     }))
@@ -765,4 +757,33 @@ pub(crate) fn users_of(
         })
         .map(|es| ObjectRef::from_obj(es.as_ref()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refreshes_fall_within_ten_percent_of_the_interval_and_spread_out() {
+        let now = Instant::now();
+        let interval = Duration::from_secs(100);
+        let due: Vec<Duration> = (0..200)
+            .map(|_| next_refresh(now, Some(interval)).unwrap() - now)
+            .collect();
+        assert!(
+            due.iter().all(|d| (90..=110).contains(&d.as_secs())),
+            "{due:?}"
+        );
+        let earliest = due.iter().min().unwrap();
+        let latest = due.iter().max().unwrap();
+        assert!(
+            *latest - *earliest > Duration::from_secs(10),
+            "objects created together drift apart"
+        );
+        assert_eq!(
+            next_refresh(now, None),
+            None,
+            "refreshInterval 0 syncs once"
+        );
+    }
 }

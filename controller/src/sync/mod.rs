@@ -33,6 +33,8 @@ pub use external::{EXTERNAL_SECRET_LABEL, FORCE_SYNC_ANNOTATION, SyncReason};
 pub(crate) struct Scheduled {
     generation: Option<i64>,
     force: Option<String>,
+    /// When the last refresh began: values read since then are new to this object.
+    refreshed_at: Instant,
     /// `None`: synced once, never due again.
     next_due: Option<Instant>,
     /// Keyed hash of the data written (only of `keys` when merging).

@@ -817,3 +817,269 @@ async fn stores_are_boundaries() {
         );
     }
 }
+
+/// A TCP proxy on loopback in front of a real server, to take it away and bring it back
+/// without touching the server other tests share.
+struct Outage {
+    port: u16,
+    upstream: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Outage {
+    async fn new(upstream_url: &str) -> Self {
+        let upstream = upstream_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut proxy = Outage {
+            port,
+            upstream,
+            task: None,
+        };
+        proxy.restore().await;
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Serves again on the same port.
+    async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let upstream = self.upstream.clone();
+        self.task = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                connections.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Refuses connections and cuts the open ones.
+    fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_keeps_every_secret_and_recovers_within_one_interval() {
+    let ctx = TestContext::new("sync-outage").await.unwrap();
+    let controller = started(&ctx).await;
+    let mut vault = Outage::new(ctx.env.var("VAULT_ADDR").unwrap()).await;
+    let mut aws = Outage::new(ctx.env.var("AWS_ENDPOINT_URL").unwrap()).await;
+    let token = ctx.env.var("VAULT_TOKEN").unwrap().to_owned();
+    put_secret(&ctx, "vault-token", &[("token", &token)], &[]).await;
+    store(
+        &ctx,
+        "vault",
+        json!({"vault": {"server": vault.url(), "path": "secret", "version": "v2",
+            "auth": {"tokenSecretRef": {"name": "vault-token", "key": "token"}}}}),
+    )
+    .await;
+    aws_store(&ctx, "aws", &aws.url()).await;
+    vault_put(&ctx, "db", json!({"password": "before"})).await;
+    aws_put(&ctx, "db", "before").await;
+    let interval = Duration::from_secs(3);
+    let vault_spec = json!({"refreshInterval": "3s", "secretStoreRef": {"name": "vault"},
+        "data": [{"secretKey": "password", "remoteRef": {"key": format!("{}/db", ctx.vault_prefix), "property": "password"}}]});
+    let aws_spec = json!({"refreshInterval": "3s", "secretStoreRef": {"name": "aws"},
+        "data": [{"secretKey": "password", "remoteRef": {"key": format!("{}db", ctx.aws_prefix)}}]});
+    external(&ctx, "from-vault", vault_spec).await;
+    external(&ctx, "from-aws", aws_spec).await;
+    let before = map(&[("password", "before")]);
+    wait_data(&ctx, "from-vault", &before).await;
+    wait_data(&ctx, "from-aws", &before).await;
+    let secrets = Api::<Secret>::namespaced(ctx.kube.clone(), &ctx.namespace);
+    let versions = |name: &'static str| {
+        let secrets = secrets.clone();
+        async move { secrets.get(name).await.unwrap().resource_version() }
+    };
+    let (vault_rv, aws_rv) = (versions("from-vault").await, versions("from-aws").await);
+
+    // Both providers go away for more than two intervals; the values change meanwhile.
+    vault.cut();
+    aws.cut();
+    vault_put(&ctx, "db", json!({"password": "after"})).await;
+    aws_put(&ctx, "db", "after").await;
+    for name in ["from-vault", "from-aws"] {
+        let message = wait_es(&ctx, name, "ProviderUnavailable").await;
+        assert!(message.contains("left as it was"), "{message}");
+    }
+    tokio::time::sleep(interval * 2 + Duration::from_secs(1)).await;
+    for name in ["from-vault", "from-aws"] {
+        assert_eq!(
+            secret_data(&ctx, name).await.unwrap(),
+            before,
+            "{name} kept its data"
+        );
+        let (_, reason, _) = es_ready(&ctx, name).await.unwrap();
+        assert_eq!(reason, "ProviderUnavailable");
+    }
+    assert_eq!(
+        versions("from-vault").await,
+        vault_rv,
+        "no write during the outage"
+    );
+    assert_eq!(
+        versions("from-aws").await,
+        aws_rv,
+        "no write during the outage"
+    );
+    let warnings = events(&ctx)
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.type_.as_deref() == Some("Warning")
+                && e.reason.as_deref() == Some("ProviderUnavailable")
+        })
+        .count();
+    assert!(warnings >= 2, "a Warning Event for each ExternalSecret");
+
+    // Back: each Secret is current within one interval (plus the last backoff step,
+    // which is capped at the interval).
+    vault.restore().await;
+    aws.restore().await;
+    let back = std::time::Instant::now();
+    let after = map(&[("password", "after")]);
+    wait_data(&ctx, "from-vault", &after).await;
+    wait_data(&ctx, "from-aws", &after).await;
+    assert!(
+        back.elapsed() <= interval * 2,
+        "current again after {:?}",
+        back.elapsed()
+    );
+    wait_es(&ctx, "from-vault", "SecretSynced").await;
+    assert!(
+        metric(
+            &controller,
+            "sigil_sync_total",
+            &["result=\"ProviderUnavailable\""]
+        ) >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_login_per_store_across_twenty_refresh_cycles_of_fifty_external_secrets() {
+    let ctx = TestContext::new("sync-logins").await.unwrap();
+    let controller = started(&ctx).await;
+    // The test's own AppRole role, with a short token TTL so that renewals happen.
+    let vault = ctx.env.vault_client(None).unwrap();
+    let role = ctx.id.clone();
+    let mount = ctx.env.var("SIGIL_VAULT_APPROLE_MOUNT").unwrap();
+    vaultrs::auth::approle::role::set(
+        &vault,
+        mount,
+        &role,
+        Some(
+            &mut vaultrs::api::auth::approle::requests::SetAppRoleRequest::builder()
+                .token_policies(vec!["sigil-test".to_owned()])
+                .token_ttl("6s")
+                .token_max_ttl("1h"),
+        ),
+    )
+    .await
+    .unwrap();
+    let role_id = vaultrs::auth::approle::role::read_id(&vault, mount, &role)
+        .await
+        .unwrap()
+        .role_id;
+    let secret_id = vaultrs::auth::approle::role::secret::generate(&vault, mount, &role, None)
+        .await
+        .unwrap()
+        .secret_id;
+    put_secret(&ctx, "approle", &[("secret-id", &secret_id)], &[]).await;
+    store(
+        &ctx,
+        "vault",
+        json!({"vault": {"server": ctx.env.var("VAULT_ADDR").unwrap(), "path": "secret", "version": "v2",
+            "auth": {"appRole": {"path": mount, "roleId": role_id, "secretRef": {"name": "approle", "key": "secret-id"}}}}}),
+    )
+    .await;
+    let keys = 5;
+    for k in 0..keys {
+        vault_put(&ctx, &format!("k{k}"), json!({"v": format!("{k}")})).await;
+    }
+    for i in 0..50 {
+        external(
+            &ctx,
+            &format!("es-{i}"),
+            json!({"refreshInterval": "1s", "secretStoreRef": {"name": "vault"},
+                "data": [{"secretKey": "v", "remoteRef": {"key": format!("{}/k{}", ctx.vault_prefix, i % keys), "property": "v"}}]}),
+        )
+        .await;
+    }
+    let started_at = std::time::Instant::now();
+    eventually(Duration::from_secs(90), || async {
+        (metric(
+            &controller,
+            "sigil_sync_total",
+            &["result=\"SecretSynced\""],
+        ) >= 50.0 * 20.0)
+            .then_some(())
+    })
+    .await;
+    let elapsed = started_at.elapsed().as_secs_f64();
+    let logins = ctx
+        .env
+        .vault_audited_responses(&format!("auth/{mount}/login"), "role_name", &role)
+        .unwrap();
+    let renewals = ctx
+        .env
+        .vault_audited_responses("auth/token/renew-self", "role_name", &role)
+        .unwrap();
+    assert_eq!(
+        logins, 1,
+        "one login for the store in 20 cycles of 50 ExternalSecrets"
+    );
+    assert!(renewals >= 1, "the 6 s token was renewed, not replaced");
+    // The server's own count of reads: about one per remote key per interval.
+    let reads = ctx
+        .env
+        .vault_audited_requests(&format!("secret/data/{}/", ctx.vault_prefix))
+        .unwrap();
+    let per_key_per_interval = reads as f64 / (keys as f64 * elapsed);
+    let cache: Vec<f64> = ["hit", "miss", "coalesced"]
+        .iter()
+        .map(|o| {
+            metric(
+                &controller,
+                "sigil_read_cache_total",
+                &[&format!("outcome=\"{o}\"")],
+            )
+        })
+        .collect();
+    assert!(
+        per_key_per_interval <= 1.3,
+        "{reads} reads of {keys} keys in {elapsed:.1} s = {per_key_per_interval:.2} per key per 1 s interval (cache hit/miss/coalesced: {cache:?})"
+    );
+    assert_eq!(
+        metric(
+            &controller,
+            "sigil_provider_requests_total",
+            &["operation=\"login\""]
+        ),
+        1.0
+    );
+}

@@ -1,7 +1,6 @@
 //! Shared test helpers: an Observer that counts, and OpenBao's audit log.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -66,17 +65,4 @@ impl Observer for Counter {
             .entry((provider, operation, outcome))
             .or_default() += 1;
     }
-}
-
-/// Responses in OpenBao's audit log (`SIGIL_VAULT_AUDIT_LOG`) to `path` whose token
-/// metadata has `key` = `value`, e.g. `auth/approle/login` with `role_name` = the
-/// test's own role. Only successful logins and renewals carry metadata.
-pub fn audited_responses(log: &Path, path: &str, key: &str, value: &str) -> usize {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|entry| entry["type"] == "response")
-        .filter(|entry| entry["request"]["path"] == path)
-        .filter(|entry| entry["auth"]["metadata"][key] == value)
-        .count()
 }

@@ -4,7 +4,6 @@
 //! replaced, a revoked token is replaced once, and errors have the right kind.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use vaultrs::api::auth::approle::requests::SetAppRoleRequest;
 use vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest;
 use vaultrs::client::VaultClient;
 
-use crate::common::{Counter, audited_responses};
+use crate::common::Counter;
 
 const POLICY: &str = "sigil-test";
 
@@ -33,10 +32,6 @@ fn config(env: &Env, auth: VaultAuth) -> Result<VaultConfig> {
         auth,
         timeout: Duration::from_secs(10),
     })
-}
-
-fn audit_log(env: &Env) -> Result<PathBuf> {
-    Ok(PathBuf::from(env.var("SIGIL_VAULT_AUDIT_LOG")?))
 }
 
 async fn write(vault: &VaultClient, path: &str, password: &str) -> Result<u64> {
@@ -281,8 +276,9 @@ async fn approle_session_logs_in_once_for_50_concurrent_reads() -> Result<()> {
     assert_eq!(counter.ok(Operation::Login), 1);
     assert_eq!(counter.total(Operation::Login), 1);
     assert_eq!(counter.ok(Operation::Read), 51);
-    let log = audit_log(ctx.env)?;
-    let audited = audited_responses(&log, &format!("auth/{mount}/login"), "role_name", &role);
+    let audited =
+        ctx.env
+            .vault_audited_responses(&format!("auth/{mount}/login"), "role_name", &role)?;
     assert_eq!(
         audited, 1,
         "OpenBao's audit log shows one login by role {role}"
@@ -337,11 +333,11 @@ async fn kubernetes_session_reads_with_one_login() -> Result<()> {
 
     assert_eq!(session.logins(), 1);
     assert_eq!(counter.ok(Operation::Login), 1);
-    let log = audit_log(ctx.env)?;
     let path = format!("auth/{mount}/login");
-    assert_eq!(audited_responses(&log, &path, "role", &role), 1);
+    assert_eq!(ctx.env.vault_audited_responses(&path, "role", &role)?, 1);
     assert_eq!(
-        audited_responses(&log, &path, "service_account_namespace", &ctx.namespace),
+        ctx.env
+            .vault_audited_responses(&path, "service_account_namespace", &ctx.namespace)?,
         1
     );
 
@@ -430,12 +426,14 @@ async fn short_lived_token_is_renewed_not_replaced() -> Result<()> {
         "no renewal failed"
     );
     assert_eq!(counter.ok(Operation::Read), reads);
-    let log = audit_log(ctx.env)?;
     assert_eq!(
-        audited_responses(&log, &format!("auth/{mount}/login"), "role_name", &role),
+        ctx.env
+            .vault_audited_responses(&format!("auth/{mount}/login"), "role_name", &role)?,
         1
     );
-    let audited_renewals = audited_responses(&log, "auth/token/renew-self", "role_name", &role);
+    let audited_renewals =
+        ctx.env
+            .vault_audited_responses("auth/token/renew-self", "role_name", &role)?;
     assert_eq!(audited_renewals as u64, renewals);
     Ok(())
 }

@@ -1,0 +1,746 @@
+#!/usr/bin/env bash
+# ExternalSecret sync at scale (issue 7, point 9): N ExternalSecrets in M namespaces over
+# K + K remote keys (OpenBao KV v2 mount `secret`, moto Secrets Manager), created at once.
+# Prints a table: time to the first full sync, provider calls per refresh interval as the
+# servers count them (OpenBao's audit log; moto's request recorder, which keeps the
+# X-Amz-Target of every call), logins, the controller's read cache and peak RSS, each
+# beside its target. Not a test: it prints and exits 0 whatever the numbers are.
+#
+# Usage: bench/sync.sh [options] [-- extra sigil-controller flags, e.g. --concurrency 64]
+#   -n N            ExternalSecrets (default 1000): per namespace half Vault, half AWS
+#   --namespaces M  namespaces they are spread over (default 10)
+#   --keys K        remote keys per provider (default 50); every key is used by N/(2K)
+#                   ExternalSecrets, one per namespace when N/M = 2K
+#   --interval S    refreshInterval in seconds (default 60, standing for 1h)
+#   --intervals I   refresh intervals measured after the first full sync (default 3)
+#   --layout L      cluster (default): one ClusterSecretStore per provider serves every
+#                   namespace (credentials in the controller's namespace), so one read can
+#                   serve all namespaces; namespaced: one SecretStore per provider in every
+#                   namespace (sessions and the read cache are per store)
+#   --cold          create every object first, then start the controller and time from
+#                   its start (default: the controller runs and its stores are Ready
+#                   before the ExternalSecrets arrive; time from the first create)
+#   --env E         private (default): a throwaway environment of its own (scripts/env up
+#                   with SIGIL_ENV_DIR in a temporary directory, stopped at the end). The
+#                   controller watches every namespace, so in the shared environment it
+#                   would also reconcile (and fight over) other people's test objects.
+#                   shared: the running .env (started if down); this run's calls are told
+#                   apart by its own AppRole role and AWS access key id.
+# Release build (cargo build --release --locked -p sigil-controller). Everything this run
+# made (objects, stores, remote keys under bench/<run>/, the AppRole role) is removed at
+# the end; BENCH_KEEP=1 keeps the temporary directory (logs) instead of removing it.
+set -euo pipefail
+n=1000 namespaces=10 keys=50 interval=60 intervals=3 layout=cluster cold=0 envmode=private
+while (($#)); do
+  case $1 in
+    -n) n=$2; shift 2 ;;
+    --namespaces) namespaces=$2; shift 2 ;;
+    --keys) keys=$2; shift 2 ;;
+    --interval) interval=$2; shift 2 ;;
+    --intervals) intervals=$2; shift 2 ;;
+    --layout) layout=$2; shift 2 ;;
+    --cold) cold=1; shift ;;
+    --env) envmode=$2; shift 2 ;;
+    --) shift; break ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+for v in "$n" "$namespaces" "$keys" "$interval" "$intervals"; do
+  [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "bench: counts and the interval are whole numbers > 0" >&2; exit 2; }
+done
+((n % (2 * namespaces) == 0)) || { echo "bench: -n must be a multiple of 2 x --namespaces" >&2; exit 2; }
+[[ $layout == cluster || $layout == namespaced ]] || { echo "bench: --layout is cluster or namespaced" >&2; exit 2; }
+[[ $envmode == private || $envmode == shared ]] || { echo "bench: --env is private or shared" >&2; exit 2; }
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+nice -n 10 cargo build --quiet --release --locked -p sigil-controller --manifest-path "$root/Cargo.toml"
+controller=$root/target/release/sigil-controller
+
+run=$(date +%s)-$$
+work=$(mktemp -d)
+pid=
+cleanup() {
+  local rc=$?
+  if [[ -n $pid ]]; then
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+  if ((rc != 0)) && [[ -f $work/controller.log ]]; then
+    echo "bench: failed; last lines of the controller's log:" >&2
+    tail -n 15 "$work/controller.log" >&2 || true
+  fi
+  # No controller-manager runs: every object is deleted explicitly, then the remote keys.
+  if [[ -n ${SIGIL_KUBE_SERVER:-} && -f $work/bench.py ]]; then
+    python3 "$work/bench.py" cleanup || echo "bench: cleanup was incomplete (see above)" >&2
+  fi
+  if [[ $envmode == private && -d $work/env ]]; then
+    SIGIL_ENV_DIR=$work/env "$root/scripts/env" down >/dev/null 2>&1 || true
+  fi
+  if [[ ${BENCH_KEEP:-0} == 1 ]]; then echo "bench: kept $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+if [[ $envmode == private ]]; then
+  echo "bench: starting a private environment in $work/env ..." >&2
+  # Moto's recorder (started later through /moto-api/) writes here, not into a cwd.
+  (cd "$work" && SIGIL_ENV_DIR=$work/env MOTO_RECORDER_FILEPATH=$work/env/moto_recording \
+    "$root/scripts/env" up --until-exit $$ 2>"$work/env-up.log") ||
+    { cat "$work/env-up.log" >&2; exit 1; }
+  envfile=$work/env/env
+else
+  "$root/scripts/env" status >/dev/null 2>&1 || "$root/scripts/env" up
+  envfile=$root/.env/env
+  echo "bench: shared environment: this controller also reconciles every other ExternalSecret and SealedSecret in the cluster" >&2
+fi
+set -a
+# shellcheck disable=SC1090
+source "$envfile"
+set +a
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export BENCH_RUN=$run BENCH_N=$n BENCH_NS=$namespaces BENCH_KEYS=$keys BENCH_INTERVAL=$interval \
+  BENCH_INTERVALS=$intervals BENCH_LAYOUT=$layout BENCH_COLD=$cold BENCH_ENV=$envmode \
+  BENCH_WORK=$work BENCH_ROOT=$root BENCH_PORT=$port BENCH_FLAGS="$*"
+
+cat >"$work/bench.py" <<'PY'
+"""The bench's client side: setup, the bulk create, counting, the table and cleanup."""
+import http.client
+import json
+import os
+import re
+import secrets
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+E = os.environ
+RUN, N, M, K = E["BENCH_RUN"], int(E["BENCH_N"]), int(E["BENCH_NS"]), int(E["BENCH_KEYS"])
+T, I, LAYOUT = float(E["BENCH_INTERVAL"]), int(E["BENCH_INTERVALS"]), E["BENCH_LAYOUT"]
+WORK, ROOT, PORT = E["BENCH_WORK"], E["BENCH_ROOT"], int(E["BENCH_PORT"])
+STATE = os.path.join(WORK, "state.json")
+CTL_NS = f"bench-sync-{RUN}"
+NAMESPACES = [f"bench-sync-{RUN}-{i}" for i in range(M)]
+ROLE = f"sigil-bench-{RUN}"
+AKID = f"bench-{RUN}"  # the controller's AWS access key id: moto's recorder shows it
+PREFIX = f"bench/{RUN}"
+LABEL = "sigil.dev/bench"
+WORKERS = 16  # parallel create requests
+AUDIT = E["SIGIL_VAULT_AUDIT_LOG"]
+MOTO_LOG = os.path.join(E["SIGIL_ENV_DIR"], "logs", "moto.log")
+
+
+class Http:
+    """Keep-alive JSON over HTTP(S), one connection per thread."""
+
+    def __init__(self, base, headers, cafile=None):
+        u = urllib.parse.urlsplit(base)
+        self.host, self.port, self.https = u.hostname, u.port, u.scheme == "https"
+        self.ctx = ssl.create_default_context(cafile=cafile) if self.https else None
+        self.headers, self.local = headers, threading.local()
+
+    def _conn(self):
+        c = getattr(self.local, "c", None)
+        if c is None:
+            if self.https:
+                c = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=60)
+            else:
+                c = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            self.local.c = c
+        return c
+
+    def call(self, method, path, body=None, headers=None, ok=(200, 201, 202, 204)):
+        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+        h = dict(self.headers, **(headers or {}))
+        for attempt in range(3):
+            c = self._conn()
+            try:
+                c.request(method, path, body=data, headers=h)
+                r = c.getresponse()
+                raw = r.read()
+                break
+            except (http.client.HTTPException, OSError):
+                c.close()
+                self.local.c = None
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        if ok is not None and r.status not in ok:
+            raise RuntimeError(f"{method} {path}: HTTP {r.status}: {raw[:400].decode(errors='replace')}")
+        return r.status, raw
+
+    def json(self, method, path, body=None, **kw):
+        _, raw = self.call(method, path, body, **kw)
+        return json.loads(raw) if raw else None
+
+
+kube = Http(E["SIGIL_KUBE_SERVER"], {"Authorization": f"Bearer {E['SIGIL_KUBE_ADMIN_TOKEN']}",
+            "Content-Type": "application/json", "Accept": "application/json"}, E["SIGIL_KUBE_CA_FILE"])
+vault = Http(E["VAULT_ADDR"], {"X-Vault-Token": E["VAULT_TOKEN"], "Content-Type": "application/json"})
+moto = Http(E["AWS_ENDPOINT_URL"], {})
+ctl = Http(f"http://127.0.0.1:{PORT}", {})
+
+
+def aws(op, body, ok=(200,)):
+    """One Secrets Manager call to moto (which does not check signatures), as `testing`."""
+    headers = {"X-Amz-Target": f"secretsmanager.{op}", "Content-Type": "application/x-amz-json-1.1",
+               "X-Amz-Date": "20260101T000000Z",
+               "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/secretsmanager/"
+                                "aws4_request, SignedHeaders=host;x-amz-date, Signature=" + "0" * 64}
+    return moto.call("POST", "/", body, headers=headers, ok=ok)
+
+
+def load_state():
+    try:
+        with open(STATE) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
+def save_state(state):
+    with open(STATE + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(STATE + ".tmp", STATE)
+
+
+def key_name(k):
+    return f"{PREFIX}/key-{k:0{len(str(K - 1))}d}"
+
+
+def store_of(ns, provider):
+    """(kind, namespace or '', name) of the store an ExternalSecret in `ns` uses."""
+    if LAYOUT == "cluster":
+        return ("ClusterSecretStore", "", f"bench-sync-{RUN}-{provider}")
+    return ("SecretStore", ns, provider)
+
+
+def externals():
+    """(namespace, name, provider, key index) of every ExternalSecret."""
+    per = N // M
+    half = per // 2
+    for i, ns in enumerate(NAMESPACES):
+        for j in range(per):
+            provider, h = ("vault", j) if j < half else ("aws", j - half)
+            yield ns, f"es-{j}", provider, (i * half + h) % K
+
+
+def pairs(provider):
+    return {(store_of(ns, p), k) for ns, _, p, k in externals() if p == provider}
+
+
+def par(fn, items):
+    with ThreadPoolExecutor(WORKERS) as pool:
+        return list(pool.map(fn, items))
+
+
+# ---------------------------------------------------------------------------- setup
+
+def apply_crds():
+    folder = os.path.join(ROOT, "charts/sigil/crds")
+    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    try:
+        import yaml
+    except ImportError:
+        subprocess.run(["kubectl", "apply", "--server-side", "-f", folder], check=True, stdout=subprocess.DEVNULL)
+        docs = [{"metadata": {"name": f"{p}.sigil.dev"}} for p in
+                ("sealedsecrets", "secretstores", "clustersecretstores", "externalsecrets")]
+    else:
+        docs = []
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name)) as f:
+                docs += [d for d in yaml.safe_load_all(f) if d]
+        for doc in docs:  # created when missing; never changed (a shared env has them)
+            status, _ = kube.call("GET", f"{base}/{doc['metadata']['name']}", ok=None)
+            if status == 404:
+                kube.call("POST", base, doc, ok=(201, 409))
+    for doc in docs:
+        deadline = time.time() + 30
+        while True:
+            crd = kube.json("GET", f"{base}/{doc['metadata']['name']}")
+            conds = (crd.get("status") or {}).get("conditions") or []
+            if any(c["type"] == "Established" and c["status"] == "True" for c in conds):
+                break
+            if time.time() > deadline:
+                sys.exit(f"bench: CRD {doc['metadata']['name']} not Established after 30s")
+            time.sleep(0.2)
+
+
+def audit_device():
+    """The name of the audit device writing SIGIL_VAULT_AUDIT_LOG (for sys/audit-hash)."""
+    devices = vault.json("GET", "/v1/sys/audit")
+    devices = devices.get("data", devices)
+    for path, dev in devices.items():
+        if isinstance(dev, dict) and (dev.get("options") or {}).get("file_path") == AUDIT:
+            return path.rstrip("/")
+    return None
+
+
+def setup():
+    state = {"t_setup": time.time()}
+    # A role of this run's own: its requests carry auth.metadata.role_name in the audit
+    # log, and its role_id's audit HMAC tells its logins apart.
+    vault.call("POST", f"/v1/auth/approle/role/{ROLE}",
+               {"token_policies": "sigil-test", "token_ttl": "1h", "secret_id_ttl": 0})
+    state["role"] = ROLE
+    save_state(state)
+    role_id = vault.json("GET", f"/v1/auth/approle/role/{ROLE}/role-id")["data"]["role_id"]
+    secret_id = vault.json("POST", f"/v1/auth/approle/role/{ROLE}/secret-id", {})["data"]["secret_id"]
+    device = audit_device()
+    if device:
+        hashed = vault.json("POST", f"/v1/sys/audit-hash/{device}", {"input": role_id})
+        state["role_id_hmac"] = (hashed.get("data") or hashed).get("hash")
+    # The recorder keeps every request with its headers (X-Amz-Target, the access key).
+    moto.call("POST", "/moto-api/recorder/start-recording", b"", ok=(200,))
+    state["recording"] = True
+    if E["BENCH_ENV"] == "shared":
+        # The recorder writes into moto's working directory; remember whether the file was
+        # there, so that cleanup removes it only if this run made it.
+        try:
+            with open(os.path.join(E["SIGIL_ENV_PID_FILE_DIR"], "moto")) as f:
+                where = os.path.realpath(f"/proc/{f.read().strip()}/cwd/moto_recording")
+            state["recording_file"] = None if os.path.exists(where) else where
+        except OSError:
+            state["recording_file"] = None
+    save_state(state)
+
+    def value(k):
+        return {"username": f"user-{k}", "password": secrets.token_hex(12)}
+
+    state["keys"] = True
+    save_state(state)
+    par(lambda k: vault.call("POST", f"/v1/secret/data/{key_name(k)}", {"data": value(k)}), range(K))
+    par(lambda k: aws("CreateSecret", {"Name": key_name(k), "SecretString": json.dumps(value(k))}), range(K))
+
+    apply_crds()
+    labels = {LABEL: RUN}
+    state["namespaces"] = [CTL_NS] + NAMESPACES
+    save_state(state)
+    par(lambda ns: kube.call("POST", "/api/v1/namespaces",
+                             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}),
+        state["namespaces"])
+
+    def credentials(ns):
+        for name, data in (("approle", {"secret-id": secret_id}), ("aws", {"id": AKID, "key": "testing"})):
+            kube.call("POST", f"/api/v1/namespaces/{ns}/secrets",
+                      {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "labels": labels},
+                       "stringData": data})
+
+    def provider(kind, ref_ns):
+        ns = {"namespace": ref_ns} if ref_ns else {}
+        if kind == "vault":
+            return {"vault": {"server": E["VAULT_ADDR"], "path": "secret", "version": "v2",
+                              "auth": {"appRole": {"path": "approle", "roleId": role_id,
+                                                   "secretRef": {"name": "approle", "key": "secret-id", **ns}}}}}
+        return {"aws": {"service": "SecretsManager", "region": "us-east-1", "endpoint": E["AWS_ENDPOINT_URL"],
+                        "auth": {"secretRef": {"accessKeyIDSecretRef": {"name": "aws", "key": "id", **ns},
+                                               "secretAccessKeySecretRef": {"name": "aws", "key": "key", **ns}}}}}
+
+    if LAYOUT == "cluster":
+        credentials(CTL_NS)
+        state["cluster_stores"] = [store_of("", p)[2] for p in ("vault", "aws")]
+        save_state(state)
+        for p in ("vault", "aws"):
+            kube.call("POST", "/apis/sigil.dev/v1/clustersecretstores",
+                      {"apiVersion": "sigil.dev/v1", "kind": "ClusterSecretStore",
+                       "metadata": {"name": store_of("", p)[2], "labels": labels},
+                       "spec": {"provider": provider(p, CTL_NS), "conditions": [{"namespaces": NAMESPACES}]}})
+    else:
+        def namespaced(ns):
+            credentials(ns)
+            for p in ("vault", "aws"):
+                kube.call("POST", f"/apis/sigil.dev/v1/namespaces/{ns}/secretstores",
+                          {"apiVersion": "sigil.dev/v1", "kind": "SecretStore",
+                           "metadata": {"name": p, "labels": labels}, "spec": {"provider": provider(p, None)}})
+        par(namespaced, NAMESPACES)
+
+
+def wait_stores():
+    """Until every store of this run says Ready=True."""
+    if LAYOUT == "cluster":
+        path, want = "/apis/sigil.dev/v1/clustersecretstores", 2
+    else:
+        path, want = "/apis/sigil.dev/v1/secretstores", 2 * M
+    deadline = time.time() + 120
+    while True:
+        items = kube.json("GET", f"{path}?labelSelector={LABEL}%3D{RUN}")["items"]
+        ready = sum(1 for s in items for c in (s.get("status") or {}).get("conditions", [])
+                    if c["type"] == "Ready" and c["status"] == "True")
+        if ready >= want:
+            return
+        if time.time() > deadline:
+            msgs = {c.get("message") for s in items for c in (s.get("status") or {}).get("conditions", [])}
+            sys.exit(f"bench: only {ready} of {want} stores Ready after 120s: {msgs}")
+        time.sleep(0.2)
+
+
+def create_es():
+    """Every ExternalSecret at once ({WORKERS} requests in flight); returns the seconds it took."""
+    interval = f"{int(T)}s"
+
+    def create(es):
+        ns, name, p, k = es
+        kind, _, store = store_of(ns, p)
+        kube.call("POST", f"/apis/sigil.dev/v1/namespaces/{ns}/externalsecrets",
+                  {"apiVersion": "sigil.dev/v1", "kind": "ExternalSecret",
+                   "metadata": {"name": name, "labels": {LABEL: RUN}},
+                   "spec": {"refreshInterval": interval, "secretStoreRef": {"name": store, "kind": kind},
+                            "data": [{"secretKey": "password",
+                                      "remoteRef": {"key": key_name(k), "property": "password"}}]}})
+
+    t = time.time()
+    par(create, list(externals()))
+    return time.time() - t
+
+
+# ---------------------------------------------------------------------------- counting
+
+LABELS_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def metrics():
+    try:
+        _, raw = ctl.call("GET", "/metrics", ok=(200,))
+    except (OSError, RuntimeError, http.client.HTTPException):
+        return []
+    out = []
+    for line in raw.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        name, _, labels = series.partition("{")
+        out.append((name, dict(LABELS_RE.findall(labels)), float(value)))
+    return out
+
+
+def metric(snap, name, **labels):
+    return sum(v for n, l, v in snap if n == name and all(l.get(k) == w for k, w in labels.items()))
+
+
+def recording():
+    status, raw = moto.call("GET", "/moto-api/recorder/download-recording", ok=None)
+    return raw.decode(errors="replace").splitlines() if status == 200 else []
+
+
+def moto_log_posts():
+    try:
+        with open(MOTO_LOG, errors="replace") as f:
+            return sum(1 for line in f if '"POST / ' in line)
+    except OSError:
+        return 0
+
+
+def snapshot():
+    return {"t": time.time(), "audit": os.path.getsize(AUDIT), "rec": len(recording()),
+            "moto_log": moto_log_posts(), "metrics": metrics()}
+
+
+def vault_calls(start, end, state):
+    """OpenBao's audit log between two offsets: this run's requests, by kind, and the
+    KV reads per (remote key)."""
+    kinds, per_key = Counter(), Counter()
+    read_prefix = f"secret/data/{PREFIX}/"
+    with open(AUDIT, "rb") as f:
+        f.seek(start)
+        # A line belongs to the window its first byte was written in.
+        pos = start
+        for line in f:
+            first, pos = pos, pos + len(line)
+            if first >= end:
+                break
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("type") != "request":
+                continue
+            req = entry.get("request") or {}
+            path = req.get("path", "")
+            mine = ((entry.get("auth") or {}).get("metadata") or {}).get("role_name") == ROLE
+            if path.endswith("/login") and path.startswith("auth/"):
+                if (req.get("data") or {}).get("role_id") == state.get("role_id_hmac"):
+                    kinds["login"] += 1
+                continue
+            if path.startswith(read_prefix) and req.get("operation") == "read":
+                kinds["read"] += 1
+                per_key[path[len(read_prefix):]] += 1
+            elif mine:
+                kinds[{"auth/token/renew-self": "renew", "auth/token/lookup-self": "check"}.get(path, "other")] += 1
+    return kinds, per_key
+
+
+def aws_calls(lines):
+    ops = Counter()
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            ops["unparsed"] += 1
+            continue
+        headers = {k.lower(): v for k, v in (entry.get("headers") or {}).items()}
+        cred = re.search(r"Credential=([^/]+)/", headers.get("authorization", ""))
+        if not cred or cred.group(1) != AKID:
+            continue
+        target = headers.get("x-amz-target", "")
+        ops[target.split(".", 1)[-1] if target else "other"] += 1
+    return ops
+
+
+def api_counts():
+    """ExternalSecrets of this run with Ready=True, and the Secrets they wrote."""
+    items = kube.json("GET", f"/apis/sigil.dev/v1/externalsecrets?labelSelector={LABEL}%3D{RUN}")["items"]
+    ready = sum(1 for o in items for c in (o.get("status") or {}).get("conditions", [])
+                if c["type"] == "Ready" and c["status"] == "True")
+    wanted = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in items}
+    written = kube.json("GET", "/api/v1/secrets?labelSelector=sigil.dev%2Fexternal-secret")["items"]
+    have = sum(1 for s in written if (s["metadata"]["namespace"], s["metadata"]["name"]) in wanted
+               and "password" in (s.get("data") or {}))
+    return ready, have
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()
+    except OSError:
+        return False
+
+
+def measure(pid, t0):
+    state = load_state()
+    snaps = []
+    if t0 is None:  # warm: the controller runs; the objects arrive now
+        snaps.append(("start", snapshot()))
+        t0 = time.time()
+        state["create_s"] = create_es()
+    else:
+        snaps.append(("start", state["cold_start_snapshot"]))
+    deadline = t0 + max(300.0, 3 * T)
+    while metric(metrics(), "sigil_sync_total", result="SecretSynced") < N:
+        if not alive(pid):
+            sys.exit("bench: the controller exited before the first full sync")
+        if time.time() > deadline:
+            snap = metrics()
+            fails = {l["result"]: v for n, l, v in snap if n == "sigil_sync_total" and v}
+            sys.exit(f"bench: first full sync not done after {deadline - t0:.0f}s; sync_total {fails}; "
+                     f"API (Ready, Secrets) = {api_counts()}")
+        time.sleep(0.05)
+    t_sync = time.time()
+    # The controller's counter may count an object twice; the API server decides.
+    while api_counts() != (N, N):
+        if time.time() > deadline:
+            sys.exit(f"bench: API (Ready, Secrets) = {api_counts()}, want ({N}, {N})")
+        time.sleep(0.5)
+        t_sync = time.time()
+    snaps.append(("first sync", snapshot()))
+    for k in range(1, I + 1):
+        while time.time() < t_sync + k * T:
+            if not alive(pid):
+                sys.exit(f"bench: the controller exited during interval {k}")
+            time.sleep(min(1.0, max(0.0, t_sync + k * T - time.time())))
+        snaps.append((f"interval {k}", snapshot()))
+    with open(f"/proc/{pid}/status") as f:
+        hwm_kib = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+    end_counts = api_counts()
+    report(state, t0, t_sync, snaps, hwm_kib, end_counts)
+
+
+# ---------------------------------------------------------------------------- the table
+
+def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
+    rec = recording()
+    rows = []
+    for (_, a), (name, b) in zip(snaps, snaps[1:]):
+        kinds, per_key = vault_calls(a["audit"], b["audit"], state)
+        ops = aws_calls(rec[a["rec"]:b["rec"]])
+        d = lambda metric_name, **l: metric(b["metrics"], metric_name, **l) - metric(a["metrics"], metric_name, **l)
+        rows.append({"name": name, "len": b["t"] - a["t"], "vault": kinds, "per_key": per_key, "aws": ops,
+                     "moto_log": b["moto_log"] - a["moto_log"], "d": d})
+    window = rows[1:]
+    nv, na = pairs("vault"), pairs("aws")
+    stores_v = len({s for s, _ in nv})
+    stores_a = len({s for s, _ in na})
+    es_per_key = N // (2 * K)
+    sync_s = t_sync - t0
+    vault_reads = sum(r["vault"]["read"] for r in window) / I
+    aws_total = sum(sum(r["aws"].values()) for r in window) / I
+    per_key = vault_reads / K
+    per_pair = vault_reads / len(nv)
+    aws_per_50 = aws_total / (len(na) / 50)
+    logins_first = rows[0]["vault"]["login"]
+    logins_window = sum(r["vault"]["login"] for r in window)
+    rss = hwm_kib / 1024
+
+    def verdict(value, limit):
+        return "ok" if value <= limit else "MISSED"
+
+    flags = E["BENCH_FLAGS"] or "(none)"
+    how = ("cold: every object created first, timed from the controller's start" if E["BENCH_COLD"] == "1"
+           else f"warm: controller running and stores Ready; timed from the first of the creates "
+                f"({WORKERS} in flight, all sent in {state.get('create_s', 0):.1f} s)")
+    layout = (f"cluster: 1 ClusterSecretStore per provider for all {M} namespaces" if LAYOUT == "cluster"
+              else f"namespaced: 1 SecretStore per provider in each of the {M} namespaces")
+    print(f"sigil bench/sync.sh  run {RUN}  env {E['BENCH_ENV']}  controller flags: {flags}")
+    print(f"  {N} ExternalSecrets ({N // 2} Vault, {N // 2} AWS) in {M} namespaces over {K} + {K} remote keys; "
+          f"each key used by {es_per_key} ExternalSecrets")
+    print(f"  layout {layout}: {stores_v} + {stores_a} stores, {len(nv)} + {len(na)} (store, key) pairs, "
+          f"{N // 2 // len(nv)} ExternalSecrets per pair")
+    print(f"  refreshInterval {int(T)}s (standing for 1h); {I} intervals measured after the first full sync")
+    print(f"  {how}")
+    print()
+    tv = "per remote key" if LAYOUT == "cluster" else "per (store, key)"
+    print(f"{'':48}{'measured':>10}  {'target':<9}")
+    lines = [
+        (f"first full sync: all {N} Ready, Secrets written (s)", f"{sync_s:.1f}", "<= 15", verdict(sync_s, 15)),
+        ("Vault KV reads / remote key / interval", f"{per_key:.2f}",
+         "<= 1.1" if LAYOUT == "cluster" else "", verdict(per_key, 1.1) if LAYOUT == "cluster" else ""),
+        ("Vault KV reads / (store, key) / interval", f"{per_pair:.2f}",
+         "<= 1.1" if LAYOUT != "cluster" else "", verdict(per_pair, 1.1) if LAYOUT != "cluster" else ""),
+        (f"AWS calls / interval ({len(na)} (store, key) pairs)", f"{aws_total:.1f}", "", ""),
+        ("AWS calls / interval / 50 (store, key) pairs", f"{aws_per_50:.1f}", "<= 10", verdict(aws_per_50, 10)),
+        ("Vault logins: first sync / measured intervals", f"{logins_first} / {logins_window}",
+         f"<= {stores_v} / 0", verdict(logins_first, stores_v) if logins_window == 0 else "MISSED"),
+        ("controller peak RSS, VmHWM (MiB)", f"{rss:.1f}", "<= 64", verdict(rss, 64)),
+    ]
+    for label, value, target, ok in lines:
+        print(f"{label:48}{value:>10}  {target:<9}{ok}")
+    print(f"(the Vault target applies {tv}: the layout's unit of sharing; a key read through "
+          f"{stores_v} stores is read once by each)")
+    print()
+    print("Provider calls counted by the servers: OpenBao audit log (this run's AppRole role; KV reads under "
+          f"secret/data/{PREFIX}/), moto's recorder (access key {AKID}, by X-Amz-Target)")
+    aws_ops = sorted({op for r in rows for op in r["aws"]})
+    head = (f"{'window':<12}{'s':>6} | {'KV read':>7}{'max/key':>8}{'login':>6}{'renew':>6}{'check':>6}{'other':>6} |"
+            + "".join(f"{op:>{max(len(op), 5) + 1}}" for op in aws_ops) + f"{'total':>6} | {'moto.log POST':>13}")
+    print(head)
+    for r in rows + [None]:
+        if r is None:
+            if I < 2:
+                break
+            name = f"mean of {I}"
+            vk = Counter({k: sum(x["vault"][k] for x in window) / I for k in ("read", "login", "renew", "check", "other")})
+            mx = max(max(x["per_key"].values(), default=0) for x in window)
+            ak = Counter({op: sum(x["aws"][op] for x in window) / I for op in aws_ops})
+            length = sum(x["len"] for x in window) / I
+            ml = sum(x["moto_log"] for x in window) / I
+            fmt = lambda v: f"{v:.1f}"
+        else:
+            name, vk, ak, length, ml = r["name"], r["vault"], r["aws"], r["len"], r["moto_log"]
+            mx = max(r["per_key"].values(), default=0)
+            fmt = lambda v: f"{v:.0f}"
+        print(f"{name:<12}{length:>6.1f} | {fmt(vk['read']):>7}{mx:>8}{fmt(vk['login']):>6}{fmt(vk['renew']):>6}"
+              f"{fmt(vk['check']):>6}{fmt(vk['other']):>6} |"
+              + "".join(f"{fmt(ak[op]):>{max(len(op), 5) + 1}}" for op in aws_ops)
+              + f"{fmt(sum(ak[op] for op in aws_ops)):>6} | {fmt(ml):>13}")
+    print("(max/key: most reads of one remote key in the window; moto.log POST: every POST / moto logged, "
+          "from any client)")
+    print()
+    print("The controller's own counters (sigil_provider_requests_total, sigil_read_cache_total, sigil_sync_total)")
+    prov = sorted({(l["provider"], l["operation"]) for _, b in snaps[1:] for n, l, _ in b["metrics"]
+                   if n == "sigil_provider_requests_total"})
+    results = sorted({l["result"] for _, b in snaps[1:] for n, l, _ in b["metrics"] if n == "sigil_sync_total"} - {"SecretSynced"})
+    head = (f"{'window':<12} |" + "".join(f"{p + ' ' + o:>{len(p + o) + 2}}" for p, o in prov)
+            + f" | {'hit':>6}{'miss':>6}{'coalesced':>10} | {'synced':>7}"
+            + "".join(f"{x:>{len(x) + 1}}" for x in results))
+    print(head)
+    for r in rows:
+        d = r["d"]
+        print(f"{r['name']:<12} |" + "".join(f"{d('sigil_provider_requests_total', provider=p, operation=o):>{len(p + o) + 2}.0f}"
+                                             for p, o in prov)
+              + f" | {d('sigil_read_cache_total', outcome='hit'):>6.0f}{d('sigil_read_cache_total', outcome='miss'):>6.0f}"
+                f"{d('sigil_read_cache_total', outcome='coalesced'):>10.0f} | {d('sigil_sync_total', result='SecretSynced'):>7.0f}"
+              + "".join(f"{d('sigil_sync_total', result=x):>{len(x) + 1}.0f}" for x in results))
+    failed = [x for x in results if sum(r["d"]("sigil_sync_total", result=x) for r in rows)]
+    print(f"(provider requests of every result; sync failures: {', '.join(failed) if failed else 'none'})")
+    print(f"at the end: {end_counts[0]} of {N} ExternalSecrets Ready, {end_counts[1]} Secrets hold the value")
+
+
+# ---------------------------------------------------------------------------- cleanup
+
+def cleanup():
+    state = load_state()
+    problems = []
+
+    def attempt(what, fn, *args):
+        try:
+            fn(*args)
+        except Exception as err:  # keep going: remove as much as possible
+            problems.append(f"{what}: {err}")
+
+    gone = (200, 202, 404)
+    for ns in state.get("namespaces", []):
+        for path in (f"/apis/sigil.dev/v1/namespaces/{ns}/externalsecrets",
+                     f"/apis/sigil.dev/v1/namespaces/{ns}/secretstores",
+                     f"/api/v1/namespaces/{ns}/secrets", f"/api/v1/namespaces/{ns}/configmaps",
+                     f"/api/v1/namespaces/{ns}/events",
+                     f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"):
+            attempt(path, kube.call, "DELETE", path, None, None, gone)
+        attempt(ns, kube.call, "DELETE", f"/api/v1/namespaces/{ns}", None, None, gone)
+    for name in state.get("cluster_stores", []):
+        attempt(name, kube.call, "DELETE", f"/apis/sigil.dev/v1/clustersecretstores/{name}", None, None, gone)
+    if state.get("keys"):
+        def drop(k):
+            vault.call("DELETE", f"/v1/secret/metadata/{key_name(k)}", ok=(200, 204, 404))
+            aws("DeleteSecret", {"SecretId": key_name(k), "ForceDeleteWithoutRecovery": True}, ok=(200, 400))
+        attempt("remote keys", par, drop, range(K))
+    if state.get("role"):
+        attempt("AppRole role", vault.call, "DELETE", f"/v1/auth/approle/role/{ROLE}", None, None, (200, 204, 404))
+    if state.get("recording"):
+        attempt("moto recorder", moto.call, "POST", "/moto-api/recorder/stop-recording", b"", None, (200,))
+        if state.get("recording_file"):
+            attempt("moto recording", os.remove, state["recording_file"])
+    for p in problems:
+        print(f"bench: cleanup: {p}", file=sys.stderr)
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "setup":
+        setup()
+    elif cmd == "wait-stores":
+        wait_stores()
+    elif cmd == "create-es":
+        st = load_state()
+        st["create_s"] = create_es()
+        save_state(st)
+    elif cmd == "cold-snapshot":
+        st = load_state()
+        st["cold_start_snapshot"] = snapshot()
+        save_state(st)
+    elif cmd == "measure":
+        measure(int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else None)
+    elif cmd == "cleanup":
+        cleanup()
+PY
+
+bench() { python3 "$work/bench.py" "$@"; }
+echo "bench: run $run: remote keys, namespaces, stores ..." >&2
+bench setup
+start_controller() {
+  # Its own namespace for keys (and the Lease, were it on); every namespace is watched.
+  "$controller" --namespace "bench-sync-$run" --http-addr "127.0.0.1:$port" \
+    --leader-election false "$@" 2>"$work/controller.log" &
+  pid=$!
+}
+if ((cold)); then
+  echo "bench: creating $n ExternalSecrets, then starting the controller ..." >&2
+  bench create-es
+  bench cold-snapshot
+  t0=$(date +%s.%N)
+  start_controller "$@"
+  bench measure "$pid" "$t0"
+else
+  start_controller "$@"
+  until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do
+    kill -0 "$pid" 2>/dev/null || exit 1
+    sleep 0.1
+  done
+  bench wait-stores
+  echo "bench: creating $n ExternalSecrets at once; measuring for $intervals x ${interval}s after the first full sync ..." >&2
+  bench measure "$pid"
+fi
