@@ -281,7 +281,7 @@ def audit_device():
 
 
 def setup():
-    state = {"t_setup": time.time()}
+    state = {"t_setup": time.time(), "audit0": os.path.getsize(AUDIT)}
     # A role of this run's own: its requests carry auth.metadata.role_name in the audit
     # log, and its role_id's audit HMAC tells its logins apart.
     vault.call("POST", f"/v1/auth/approle/role/{ROLE}",
@@ -461,7 +461,8 @@ def vault_calls(start, end, state):
             req = entry.get("request") or {}
             path = req.get("path", "")
             mine = ((entry.get("auth") or {}).get("metadata") or {}).get("role_name") == ROLE
-            if path.endswith("/login") and path.startswith("auth/"):
+            if path.startswith("auth/") and path.endswith("/login"):
+                # Attempts, failed ones included: the role_id as the audit device hashes it.
                 if (req.get("data") or {}).get("role_id") == state.get("role_id_hmac"):
                     kinds["login"] += 1
                 continue
@@ -528,7 +529,7 @@ def measure(pid, t0):
             fails = {l["result"]: v for n, l, v in snap if n == "sigil_sync_total" and v}
             sys.exit(f"bench: first full sync not done after {deadline - t0:.0f}s; sync_total {fails}; "
                      f"API (Ready, Secrets) = {api_counts()}")
-        time.sleep(0.05)
+        time.sleep(0.1)
     t_sync = time.time()
     # The controller's counter may count an object twice; the API server decides.
     while api_counts() != (N, N):
@@ -557,7 +558,8 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
     for (_, a), (name, b) in zip(snaps, snaps[1:]):
         kinds, per_key = vault_calls(a["audit"], b["audit"], state)
         ops = aws_calls(rec[a["rec"]:b["rec"]])
-        d = lambda metric_name, **l: metric(b["metrics"], metric_name, **l) - metric(a["metrics"], metric_name, **l)
+        def d(name_, a=a, b=b, **l):
+            return metric(b["metrics"], name_, **l) - metric(a["metrics"], name_, **l)
         rows.append({"name": name, "len": b["t"] - a["t"], "vault": kinds, "per_key": per_key, "aws": ops,
                      "moto_log": b["moto_log"] - a["moto_log"], "d": d})
     window = rows[1:]
@@ -571,7 +573,7 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
     per_key = vault_reads / K
     per_pair = vault_reads / len(nv)
     aws_per_50 = aws_total / (len(na) / 50)
-    logins_first = rows[0]["vault"]["login"]
+    logins_run = vault_calls(state["audit0"], snaps[-1][1]["audit"], state)[0]["login"]
     logins_window = sum(r["vault"]["login"] for r in window)
     rss = hwm_kib / 1024
 
@@ -602,8 +604,8 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
          "<= 1.1" if LAYOUT != "cluster" else "", verdict(per_pair, 1.1) if LAYOUT != "cluster" else ""),
         (f"AWS calls / interval ({len(na)} (store, key) pairs)", f"{aws_total:.1f}", "", ""),
         ("AWS calls / interval / 50 (store, key) pairs", f"{aws_per_50:.1f}", "<= 10", verdict(aws_per_50, 10)),
-        ("Vault logins: first sync / measured intervals", f"{logins_first} / {logins_window}",
-         f"<= {stores_v} / 0", verdict(logins_first, stores_v) if logins_window == 0 else "MISSED"),
+        ("Vault logins: whole run / measured intervals", f"{logins_run} / {logins_window}",
+         f"{stores_v} / 0", "ok" if (logins_run, logins_window) == (stores_v, 0) else "MISSED"),
         ("controller peak RSS, VmHWM (MiB)", f"{rss:.1f}", "<= 64", verdict(rss, 64)),
     ]
     for label, value, target, ok in lines:

@@ -355,6 +355,11 @@ async fn vault_token_property_template_and_versions() {
     let events_text = serde_json::to_string(&events(&ctx).await).unwrap();
     assert!(!events_text.contains(&canary));
     assert!(!controller.logs().contains(&canary));
+    let token = ctx.env.var("VAULT_TOKEN").unwrap();
+    assert!(
+        !controller.logs().contains(token),
+        "the store's credential is not logged"
+    );
     assert!(!controller.get("/metrics").unwrap().1.contains(&canary));
     assert!(
         metric(
@@ -1081,5 +1086,18 @@ async fn one_login_per_store_across_twenty_refresh_cycles_of_fifty_external_secr
             &["operation=\"login\""]
         ),
         1.0
+    );
+    eventually(Duration::from_secs(15), || async {
+        (metric(
+            &controller,
+            "sigil_externalsecrets",
+            &["condition=\"SecretSynced\""],
+        ) == 50.0)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !controller.logs().contains(&secret_id),
+        "the AppRole secret id is not logged"
     );
 }
