@@ -44,7 +44,8 @@ struct Args {
     /// This replica's identity (the Pod name in a cluster).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Only unseal this namespace's SealedSecrets (default: every namespace).
+    /// Only this namespace's SealedSecrets, stores and ExternalSecrets (default: every
+    /// namespace).
     #[arg(long)]
     watch_namespace: Option<String>,
     /// Serve ClusterSecretStores (needs cluster-wide read of them and of Namespaces).

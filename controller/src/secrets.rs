@@ -247,6 +247,12 @@ impl SecretWriter<'_> {
                     ))));
                 }
             }
+            (Some(existing), Mode::Merge { .. }) if claim.rival(existing).is_some() => {
+                return Ok(Written::Refused(Refusal::Conflict(format!(
+                    "Secret {namespace}/{name} belongs to {}, which keeps it exactly as it wants it; nothing was merged. Merge into a Secret nothing owns",
+                    claim.rival(existing).unwrap_or_default()
+                ))));
+            }
             (Some(existing), Mode::Merge { manager })
                 if merged_by_others(existing, desired, manager, self.manager) =>
             {

@@ -436,8 +436,8 @@ pub struct SecretKeySelector {
     /// The data key within the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// The Secret's namespace. Only for a ClusterSecretStore, where it defaults to the
-    /// namespace of the ExternalSecret; a SecretStore reads its own namespace.
+    /// The Secret's namespace: required in a ClusterSecretStore (one set of credentials
+    /// serves every namespace it allows); a SecretStore may only name its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }
@@ -449,8 +449,8 @@ pub struct ServiceAccountSelector {
     /// The ServiceAccount's name.
     #[schemars(length(min = 1))]
     pub name: String,
-    /// The ServiceAccount's namespace. Only for a ClusterSecretStore, where it defaults to
-    /// the namespace of the ExternalSecret; a SecretStore uses its own namespace.
+    /// The ServiceAccount's namespace: required in a ClusterSecretStore; a SecretStore
+    /// may only name its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// Audiences of the requested token; the provider's usual audience when empty

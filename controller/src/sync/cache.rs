@@ -19,7 +19,7 @@ use crate::metrics::{CacheLabel, CacheOutcome, Metrics};
 /// The most secret ids `BatchGetSecretValue` takes in one call.
 const BATCH_LIMIT: usize = 20;
 /// How long a batch waits for more reads to join it.
-const BATCH_LINGER: Duration = Duration::from_millis(30);
+const BATCH_LINGER: Duration = Duration::from_millis(100);
 /// How recent a cached value must be for an ExternalSecret that syncs once.
 const ONCE_FRESHNESS: Duration = Duration::from_secs(10);
 

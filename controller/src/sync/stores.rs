@@ -593,7 +593,15 @@ impl Stores {
                     )?,
                 }
             }
-            (None, None) => AwsAuth::DefaultChain,
+            (None, None) => {
+                if aws.role.is_some() {
+                    return Err(StoreProblem::Config(format!(
+                        "{}: spec.provider.aws.role with the default credential chain is not supported; use `jwt` (web identity) to assume a role, or drop `role`",
+                        store.store
+                    )));
+                }
+                AwsAuth::DefaultChain
+            }
         };
         Ok(AwsConfig {
             region: aws.region.clone(),

@@ -505,15 +505,14 @@ async fn aws_static_keys_extract_versions_and_batching() {
         "sigil_provider_requests_total",
         &["provider=\"aws\"", "operation=\"read\""],
     );
-    for i in 0..25 {
-        external(
-            &ctx,
-            &format!("many-{i}"),
-            json!({"secretStoreRef": {"name": "aws"},
-                "data": [{"secretKey": "v", "remoteRef": {"key": format!("{p}many/{i}")}}]}),
-        )
-        .await;
-    }
+    // Created at once, as a GitOps sync would.
+    futures::future::join_all((0..25).map(|i| {
+        let ctx = &ctx;
+        let spec = json!({"secretStoreRef": {"name": "aws"},
+            "data": [{"secretKey": "v", "remoteRef": {"key": format!("{p}many/{i}")}}]});
+        async move { external(ctx, &format!("many-{i}"), spec).await }
+    }))
+    .await;
     for i in 0..25 {
         wait_data(
             &ctx,
@@ -662,6 +661,15 @@ async fn creation_and_deletion_policies() {
     // A second Owner of the same Secret: Conflict, nothing written.
     external(&ctx, "rival", json!({"secretStoreRef": {"name": "vault"}, "target": {"name": "taken"}, "data": data("b", "b")})).await;
     wait_es(&ctx, "rival", "Conflict").await;
+    // Nor may another ExternalSecret merge into it: its owner would undo that.
+    external(
+        &ctx,
+        "merge-into-owned",
+        json!({"secretStoreRef": {"name": "vault"}, "target": {"name": "taken", "creationPolicy": "Merge"}, "data": data("b", "b")}),
+    )
+    .await;
+    let message = wait_es(&ctx, "merge-into-owned", "Conflict").await;
+    assert!(message.contains("ExternalSecret owner"), "{message}");
     assert_eq!(
         secret_data(&ctx, "taken").await.unwrap(),
         map(&[("a", "1")])
