@@ -23,15 +23,15 @@ use sigil_types::SealedSecret;
 pub mod backoff;
 pub mod error;
 pub mod http;
-pub mod keys;
 pub mod leader;
 pub mod metrics;
+pub mod sealed;
 pub mod secrets;
 mod status;
 pub mod sync;
-pub mod unseal;
 
 pub use error::{Error, Result};
+use sealed::{keys, unseal};
 
 /// The field manager of every write.
 pub const MANAGER: &str = "sigil-controller";

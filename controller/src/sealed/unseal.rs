@@ -21,8 +21,8 @@ use zeroize::Zeroizing;
 use crate::MANAGER;
 use crate::backoff::{Backoff, ObjectKey};
 use crate::error::{Error, Result};
-use crate::keys::{KeyState, Keys};
 use crate::metrics::{Metrics, ResultLabel};
+use crate::sealed::keys::{KeyState, Keys};
 use crate::secrets::{Claim, Mode, Refusal, SecretWriter, Written};
 use crate::status;
 
