@@ -25,7 +25,9 @@ const ONCE_FRESHNESS: Duration = Duration::from_secs(10);
 
 /// A read's result, shared by everyone who waited for it.
 pub(crate) type Fetch = Result<Arc<RemoteValue>, Arc<ProviderError>>;
-type SharedFetch = Shared<BoxFuture<'static, Fetch>>;
+/// A read's result and when the provider gave it.
+pub(crate) type Read = (Fetch, Instant);
+type SharedRead = Shared<BoxFuture<'static, Read>>;
 
 /// What is read: a remote key at a version, through one store's session.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -39,7 +41,7 @@ pub(crate) struct CacheKey {
 }
 
 enum Slot {
-    Pending(SharedFetch),
+    Pending(SharedRead),
     Done {
         at: Instant,
         value: Arc<RemoteValue>,
@@ -48,9 +50,16 @@ enum Slot {
     },
 }
 
+/// Keys read together; the batch owns its list, so that a full batch, once replaced in
+/// the map by the next one, still sends exactly its own keys.
 struct Batch {
-    keys: Vec<String>,
-    result: Shared<BoxFuture<'static, Arc<HashMap<String, Fetch>>>>,
+    keys: Arc<Mutex<Vec<String>>>,
+    result: Shared<BoxFuture<'static, Arc<BatchResult>>>,
+}
+
+struct BatchResult {
+    values: HashMap<String, Fetch>,
+    at: Instant,
 }
 
 /// The shared read cache.
@@ -77,21 +86,21 @@ impl ReadCache {
     }
 
     /// Reads `key` through `session` for an ExternalSecret refreshing every `interval`
-    /// (`None`: once) that last refreshed at `last_refresh`: a value read since then is
+    /// (`None`: once) that holds a value of it read at `held`: any value read since is
     /// new to it and serves it, so that one read per interval serves every
     /// ExternalSecret of the key however their jittered schedules fall. `bypass`
-    /// (force-sync) always asks the provider.
+    /// (force-sync) always asks the provider. Returns the value and when it was read.
     pub(crate) async fn read(
         self: &Arc<Self>,
         session: &Arc<Session>,
         key: CacheKey,
         interval: Option<Duration>,
-        last_refresh: Option<Instant>,
+        held: Option<Instant>,
         bypass: bool,
-    ) -> Fetch {
-        // Never refreshed (new, changed or after a restart): a value read in the last
+    ) -> Read {
+        // Nothing held yet (new, changed or after a restart): a value read in the last
         // half interval is recent enough, which lets a burst of new objects share reads.
-        let since = last_refresh.unwrap_or_else(|| {
+        let since = held.unwrap_or_else(|| {
             let window = interval.map_or(ONCE_FRESHNESS, |i| i / 2);
             Instant::now()
                 .checked_sub(window)
@@ -107,10 +116,10 @@ impl ReadCache {
                     interval: shortest,
                 }) if !bypass && *at > since => {
                     *shortest = (*shortest).min(interval);
-                    let value = value.clone();
+                    let read = (Ok(value.clone()), *at);
                     drop(slots);
                     self.count(CacheOutcome::Hit);
-                    return Ok(value);
+                    return read;
                 }
                 Some(Slot::Pending(shared)) if !bypass => {
                     let shared = shared.clone();
@@ -127,8 +136,7 @@ impl ReadCache {
                 }
             }
         };
-        let result = pending.await;
-        let fetched_at = Instant::now();
+        let (result, fetched_at) = pending.await;
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         match &result {
             Ok(value) => {
@@ -153,26 +161,22 @@ impl ReadCache {
                 }
             }
         }
-        result
+        (result, fetched_at)
     }
 
-    fn start(
-        self: &Arc<Self>,
-        session: &Arc<Session>,
-        key: &CacheKey,
-        bypass: bool,
-    ) -> SharedFetch {
+    fn start(self: &Arc<Self>, session: &Arc<Session>, key: &CacheKey, bypass: bool) -> SharedRead {
         match session.as_ref() {
             Session::Aws(_) if key.version.is_none() && !bypass => self.join_batch(session, key),
             _ => {
                 let session = session.clone();
                 let key = key.clone();
                 async move {
-                    session
+                    let result = session
                         .read(&key.key, key.version.as_deref())
                         .await
                         .map(Arc::new)
-                        .map_err(Arc::new)
+                        .map_err(Arc::new);
+                    (result, Instant::now())
                 }
                 .boxed()
                 .shared()
@@ -181,21 +185,26 @@ impl ReadCache {
     }
 
     /// Adds `key` to the store's open batch, opening one (sent after a short linger)
-    /// when there is none or it is full.
-    fn join_batch(self: &Arc<Self>, session: &Arc<Session>, key: &CacheKey) -> SharedFetch {
+    /// when there is none; a batch that fills up leaves the map, so the next key opens
+    /// a new one.
+    fn join_batch(self: &Arc<Self>, session: &Arc<Session>, key: &CacheKey) -> SharedRead {
         let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
-        let open = batches
-            .get_mut(&key.store)
-            .filter(|batch| batch.keys.len() < BATCH_LIMIT);
-        let result = match open {
+        let result = match batches.get(&key.store) {
             Some(batch) => {
-                batch.keys.push(key.key.clone());
-                batch.result.clone()
+                let mut keys = batch.keys.lock().unwrap_or_else(|e| e.into_inner());
+                keys.push(key.key.clone());
+                let result = batch.result.clone();
+                if keys.len() >= BATCH_LIMIT {
+                    drop(keys);
+                    batches.remove(&key.store);
+                }
+                result
             }
             None => {
+                let keys = Arc::new(Mutex::new(vec![key.key.clone()]));
                 let result = self
                     .clone()
-                    .send_batch(session.clone(), key.store.clone())
+                    .send_batch(session.clone(), key.store.clone(), keys.clone())
                     .boxed()
                     .shared();
                 // Started now, so that it sends even if every waiter gives up.
@@ -203,7 +212,7 @@ impl ReadCache {
                 batches.insert(
                     key.store.clone(),
                     Batch {
-                        keys: vec![key.key.clone()],
+                        keys,
                         result: result.clone(),
                     },
                 );
@@ -212,14 +221,15 @@ impl ReadCache {
         };
         let name = key.key.clone();
         result
-            .map(move |results| {
-                results.get(&name).cloned().unwrap_or_else(|| {
+            .map(move |batch| {
+                let value = batch.values.get(&name).cloned().unwrap_or_else(|| {
                     Err(Arc::new(ProviderError::Unavailable {
                         provider: sigil_providers::Provider::Aws,
                         operation: sigil_providers::Operation::BatchRead,
                         detail: format!("the batch answered nothing for `{name}`"),
                     }))
-                })
+                });
+                (value, batch.at)
             })
             .boxed()
             .shared()
@@ -229,20 +239,28 @@ impl ReadCache {
         self: Arc<Self>,
         session: Arc<Session>,
         store: Arc<str>,
-    ) -> Arc<HashMap<String, Fetch>> {
+        own: Arc<Mutex<Vec<String>>>,
+    ) -> Arc<BatchResult> {
         tokio::time::sleep(BATCH_LINGER).await;
         let mut keys = {
             let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
-            batches.remove(&store).map(|b| b.keys).unwrap_or_default()
+            // Closed to newcomers from here on (unless it already left the map, full).
+            if batches
+                .get(&store)
+                .is_some_and(|open| Arc::ptr_eq(&open.keys, &own))
+            {
+                batches.remove(&store);
+            }
+            std::mem::take(&mut *own.lock().unwrap_or_else(|e| e.into_inner()))
         };
         let asked = keys.len();
         keys.extend(self.falling_due(&store, &keys, BATCH_LIMIT - asked % BATCH_LIMIT));
-        let Session::Aws(aws) = session.as_ref() else {
-            unreachable!("only AWS sessions batch");
+        let results = match session.as_ref() {
+            Session::Aws(aws) => aws.read_batch(&keys).await,
+            Session::Vault(_) => Vec::new(),
         };
-        let results = aws.read_batch(&keys).await;
-        let fetched_at = Instant::now();
-        let mut out = HashMap::with_capacity(results.len());
+        let at = Instant::now();
+        let mut values = HashMap::with_capacity(results.len());
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         for (name, result) in results {
             let result = result.map(Arc::new).map_err(Arc::new);
@@ -253,14 +271,19 @@ impl ReadCache {
                     version: None,
                 };
                 // Prefetched keys are stored here; asked ones by their readers.
-                if let Some(Slot::Done { at, value: old, .. }) = slots.get_mut(&cache_key) {
-                    *at = fetched_at;
+                if let Some(Slot::Done {
+                    at: old_at,
+                    value: old,
+                    ..
+                }) = slots.get_mut(&cache_key)
+                {
+                    *old_at = at;
                     *old = value.clone();
                 }
             }
-            out.insert(name, result);
+            values.insert(name, result);
         }
-        Arc::new(out)
+        Arc::new(BatchResult { values, at })
     }
 
     /// Up to `room` keys of `store` whose cached values are about to be asked for

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::cache::{CacheKey, Fetch};
 use super::stores::{StoreObject, StoreProblem, StoreRef};
 use super::values::{self, Data, ValueError};
-use super::{Scheduled, SyncContext};
+use super::{Held, Scheduled, SyncContext};
 use crate::backoff::ObjectKey;
 use crate::error::{Error, Result};
 use crate::metrics::SyncLabel;
@@ -151,6 +151,8 @@ struct Synced {
     versions: BTreeMap<String, String>,
     data_hash: u64,
     keys: Option<Vec<String>>,
+    /// When each remote value used was read.
+    held: Held,
 }
 
 /// Everything about one ExternalSecret that the reconcile needs.
@@ -184,9 +186,9 @@ pub async fn reconcile(obj: Arc<ExternalSecret>, ctx: Arc<SyncContext>) -> Resul
     }
     let previous = ctx.schedule_of(&key);
     let bypass = previous.as_ref().is_some_and(|s| s.force != force);
-    let last_refresh = previous.as_ref().map(|s| s.refreshed_at);
+    let held = previous.as_ref().map(|s| &s.held);
     let refreshed_at = Instant::now();
-    match sync(&job, &ctx, last_refresh, bypass).await? {
+    match sync(&job, &ctx, held, bypass).await? {
         Ok(synced) => {
             let next = next_refresh(refreshed_at, interval);
             ctx.schedule(
@@ -194,7 +196,7 @@ pub async fn reconcile(obj: Arc<ExternalSecret>, ctx: Arc<SyncContext>) -> Resul
                 Scheduled {
                     generation: obj.metadata.generation,
                     force,
-                    refreshed_at,
+                    held: synced.held.clone(),
                     next_due: next,
                     data_hash: synced.data_hash,
                     keys: synced.keys.clone(),
@@ -317,7 +319,7 @@ impl SyncContext {
 async fn sync(
     job: &Job<'_>,
     ctx: &Arc<SyncContext>,
-    last_refresh: Option<Instant>,
+    held: Option<&Held>,
     bypass: bool,
 ) -> Result<Result<Synced, Failure>> {
     let store = match resolve_store(job, ctx).await? {
@@ -357,12 +359,17 @@ async fn sync(
             key: key.clone(),
             version: version.clone(),
         };
+        let held_at = held.and_then(|h| h.get(&(key.clone(), version.clone())).copied());
         ctx.cache
-            .read(&session, cache_key, job.interval, last_refresh, bypass)
+            .read(&session, cache_key, job.interval, held_at, bypass)
     }))
     .await;
-    let results: BTreeMap<(String, Option<String>), Fetch> =
-        wanted.into_iter().zip(reads).collect();
+    let mut now_held = Held::new();
+    let mut results: BTreeMap<(String, Option<String>), Fetch> = BTreeMap::new();
+    for (wanted, (result, at)) in wanted.into_iter().zip(reads) {
+        now_held.insert(wanted.clone(), at);
+        results.insert(wanted, result);
+    }
 
     let errors: Vec<&Arc<ProviderError>> =
         results.values().filter_map(|r| r.as_ref().err()).collect();
@@ -383,6 +390,7 @@ async fn sync(
                 versions: BTreeMap::new(),
                 data_hash: 0,
                 keys: None,
+                held: now_held,
             }));
         }
         // The most actionable failure first: credentials, then outages, then what is missing.
@@ -450,6 +458,7 @@ async fn sync(
         versions,
         data_hash,
         keys,
+        held: now_held,
     }))
 }
 

@@ -29,12 +29,15 @@ pub mod values;
 
 pub use external::{EXTERNAL_SECRET_LABEL, FORCE_SYNC_ANNOTATION, SyncReason};
 
+/// (remote key, version) → when the value an ExternalSecret holds was read.
+pub(crate) type Held = std::collections::BTreeMap<(String, Option<String>), Instant>;
+
 /// What the last successful sync of an ExternalSecret left behind.
 pub(crate) struct Scheduled {
     generation: Option<i64>,
     force: Option<String>,
-    /// When the last refresh began: values read since then are new to this object.
-    refreshed_at: Instant,
+    /// When each remote value it holds was read: values read since are new to it.
+    held: Held,
     /// `None`: synced once, never due again.
     next_due: Option<Instant>,
     /// Keyed hash of the data written (only of `keys` when merging).

@@ -531,6 +531,15 @@ async fn aws_static_keys_extract_versions_and_batching() {
         "sigil_provider_requests_total",
         &["provider=\"aws\"", "operation=\"read\""],
     ) - reads_before;
+    assert_eq!(
+        metric(
+            &controller,
+            "sigil_sync_total",
+            &["result=\"ProviderUnavailable\""]
+        ),
+        0.0,
+        "no key of a full batch is lost"
+    );
     assert!(
         batches <= 6.0,
         "{batches} BatchGetSecretValue calls for 26 keys"
