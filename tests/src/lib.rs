@@ -502,6 +502,34 @@ impl TestContext {
             .push(name.to_owned());
     }
 
+    /// Creates the ServiceAccount `name` with `annotations` in the test's namespace.
+    pub async fn create_service_account(
+        &self,
+        name: &str,
+        annotations: &[(&str, &str)],
+    ) -> Result<ServiceAccount> {
+        let sa = ServiceAccount {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<ServiceAccount>::namespaced(self.kube.clone(), &self.namespace)
+            .create(&PostParams::default(), &sa)
+            .await
+            .map_err(|source| Error::Kube {
+                what: format!("creating ServiceAccount {name}"),
+                source,
+            })
+    }
+
     /// A name for a test's own API group, e.g. for a CRD: `<id>.sigil.test`.
     pub fn api_group(&self) -> String {
         format!("{}.sigil.test", self.id)

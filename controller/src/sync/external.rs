@@ -614,6 +614,27 @@ fn desired_secret(job: &Job<'_>, data: &Data) -> Secret {
     }
 }
 
+/// The `Ready` condition for `reason`, true only for `SecretSynced`.
+fn ready_condition(
+    obj: &ExternalSecret,
+    reason: SyncReason,
+    message: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let previous = obj
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    status::condition(
+        previous,
+        "Ready",
+        reason == SyncReason::SecretSynced,
+        reason.as_str(),
+        message,
+        obj.metadata.generation,
+    )
+}
+
 async fn record_synced(
     obj: &ExternalSecret,
     ctx: &SyncContext,
@@ -644,9 +665,6 @@ async fn record_synced(
         )
     };
     let previous = obj.status.as_ref();
-    let conditions = previous
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
     let status = ExternalSecretStatus {
         observed_generation: obj.metadata.generation,
         refresh_time: Some(Time(Timestamp::now())),
@@ -654,14 +672,7 @@ async fn record_synced(
         binding: (!synced.deleted).then(|| SecretBinding {
             name: job.target.clone(),
         }),
-        conditions: vec![status::condition(
-            conditions,
-            "Ready",
-            true,
-            SyncReason::SecretSynced.as_str(),
-            &message,
-            obj.metadata.generation,
-        )],
+        conditions: vec![ready_condition(obj, SyncReason::SecretSynced, &message)],
     };
     status::patch_status(ctx.api_of(obj), &ctx.limiter, obj, previous, &status).await?;
     if synced.wrote {
@@ -691,14 +702,7 @@ async fn record_failed(obj: &ExternalSecret, ctx: &SyncContext, failure: &Failur
         .unwrap_or_default();
     let status = ExternalSecretStatus {
         observed_generation: obj.metadata.generation,
-        conditions: vec![status::condition(
-            conditions,
-            "Ready",
-            false,
-            failure.reason.as_str(),
-            &failure.message,
-            obj.metadata.generation,
-        )],
+        conditions: vec![ready_condition(obj, failure.reason, &failure.message)],
         // What was last synced stays on record.
         ..previous.cloned().unwrap_or_default()
     };

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Event, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -386,19 +386,7 @@ async fn vault_kubernetes_and_approle_auth() {
     let ctx = TestContext::new("sync-vault-auth").await.unwrap();
     let _controller = started(&ctx).await;
     vault_put(&ctx, "db", json!({"password": "from-vault"})).await;
-    Api::<ServiceAccount>::namespaced(ctx.kube.clone(), &ctx.namespace)
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta {
-                    name: Some("reader".into()),
-                    ..ObjectMeta::default()
-                },
-                ..ServiceAccount::default()
-            },
-        )
-        .await
-        .unwrap();
+    ctx.create_service_account("reader", &[]).await.unwrap();
     let server = ctx.env.var("VAULT_ADDR").unwrap();
     store(
         &ctx,
@@ -552,21 +540,15 @@ async fn aws_web_identity_through_sts() {
     let ctx = TestContext::new("sync-aws-jwt").await.unwrap();
     let _controller = started(&ctx).await;
     aws_put(&ctx, "token", "from-web-identity").await;
-    let sa = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some("irsa".into()),
-            annotations: Some(BTreeMap::from([(
-                "eks.amazonaws.com/role-arn".to_owned(),
-                "arn:aws:iam::123456789012:role/sigil".to_owned(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        ..ServiceAccount::default()
-    };
-    Api::<ServiceAccount>::namespaced(ctx.kube.clone(), &ctx.namespace)
-        .create(&PostParams::default(), &sa)
-        .await
-        .unwrap();
+    ctx.create_service_account(
+        "irsa",
+        &[(
+            "eks.amazonaws.com/role-arn",
+            "arn:aws:iam::123456789012:role/sigil",
+        )],
+    )
+    .await
+    .unwrap();
     store(
         &ctx,
         "aws-jwt",

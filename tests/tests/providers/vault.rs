@@ -138,15 +138,8 @@ fn approle_auth(mount: &str, role_id: &str, secret_id: &str) -> VaultAuth {
 /// A TokenSource that mints a TokenRequest token for the ServiceAccount `app` of the
 /// test's namespace on every call, as the controller does.
 async fn service_account_tokens(ctx: &TestContext) -> Result<TokenSource> {
+    ctx.create_service_account("app", &[]).await?;
     let sas = Api::<ServiceAccount>::namespaced(ctx.kube.clone(), &ctx.namespace);
-    let sa = ServiceAccount {
-        metadata: kube::api::ObjectMeta {
-            name: Some("app".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    sas.create(&PostParams::default(), &sa).await?;
     let audience = ctx.env.var("SIGIL_KUBE_SERVER")?.to_owned();
     Ok(Arc::new(move || {
         let sas = sas.clone();

@@ -72,15 +72,8 @@ async fn kv2_cas_and_versions() -> Result<()> {
 #[tokio::test]
 async fn kubernetes_auth_with_token_request() -> Result<()> {
     let ctx = TestContext::new("kubernetes_auth_with_token_request").await?;
+    ctx.create_service_account("app", &[]).await?;
     let sas = Api::<ServiceAccount>::namespaced(ctx.kube.clone(), &ctx.namespace);
-    let sa = ServiceAccount {
-        metadata: kube::api::ObjectMeta {
-            name: Some("app".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    sas.create(&PostParams::default(), &sa).await?;
     let request = TokenRequest {
         spec: TokenRequestSpec {
             audiences: vec![ctx.env.var("SIGIL_KUBE_SERVER")?.to_owned()],
