@@ -13,6 +13,15 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A request to a secret store failed in a way worth retrying.
+    #[error("could not {action}")]
+    Provider {
+        /// What the controller was doing.
+        action: String,
+        /// The provider's error (never holds a value).
+        #[source]
+        source: sigil_providers::Error,
+    },
     /// An object could not be serialized for the API server.
     #[error("cannot serialize {0}")]
     Serialize(&'static str, #[source] serde_json::Error),

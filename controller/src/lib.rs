@@ -25,6 +25,8 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod restart;
+pub mod rotation;
 pub mod sealed;
 pub mod secrets;
 mod status;
@@ -65,6 +67,14 @@ pub struct Config {
     pub watch_namespace: Option<String>,
     /// Whether ClusterSecretStores are served.
     pub cluster_secret_stores: bool,
+    /// How long a Rotation waits for every mirror to hold the new version.
+    pub rotation_propagation_timeout: Duration,
+    /// Rollouts started and not yet complete, at most.
+    pub max_concurrent_restarts: usize,
+    /// How long a rollout may hold its slot before the next one starts anyway.
+    pub rollout_deadline: Duration,
+    /// How long a Secret must stay unchanged before opted-in workloads are reloaded.
+    pub reload_debounce: Duration,
 }
 
 /// Runs until SIGTERM/SIGINT, or until leadership is lost (an error: the process should
@@ -148,7 +158,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter.clone()),
         metrics: metrics.clone(),
-        keys,
+        keys: keys.clone(),
         limiter: RateLimiter::direct(
             Quota::per_second(config.api_qps).allow_burst(config.api_burst),
         ),
@@ -167,7 +177,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
             .with_config(controller::Config::default().concurrency(config.concurrency));
     let store = controller.store();
     tokio::spawn(mark_ready(store.clone(), ready.clone()));
-    tokio::spawn(count_by_key(store, metrics.clone()));
+    tokio::spawn(count_by_key(store.clone(), metrics.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -184,7 +194,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
                 tracing::debug!(error = %err, "controller event");
             }
         });
-    let sync_run = sync::run(
+    let (sync_context, sync_run) = sync::start(
         client.clone(),
         Recorder::new(client.clone(), reporter.clone()),
         metrics.clone(),
@@ -197,7 +207,44 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         },
         stopped(),
     );
-    let run = futures::future::join(unseal_run, sync_run);
+    let restarter = restart::Restarter::new(
+        client.clone(),
+        config.max_concurrent_restarts,
+        config.rollout_deadline,
+        metrics.clone(),
+    );
+    let reload_run = restart::reload(
+        client.clone(),
+        restarter.clone(),
+        config.reload_debounce,
+        config.watch_namespace.clone(),
+        stopped(),
+    );
+    let rotation_context = Arc::new(rotation::RotationContext {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        limiter: RateLimiter::direct(
+            Quota::per_second(config.api_qps).allow_burst(config.api_burst),
+        ),
+        metrics: metrics.clone(),
+        sync: sync_context,
+        restarter,
+        keys,
+        sealed: store,
+        namespace: config.namespace.clone(),
+        cluster_name: config.cluster_name.clone(),
+        propagation_timeout: config.rotation_propagation_timeout,
+        backoff: Default::default(),
+    });
+    let rotation_run = rotation::run(
+        rotation_context,
+        rotation::RotationConfig {
+            watch_namespace: config.watch_namespace.clone(),
+            concurrency: config.concurrency,
+        },
+        stopped(),
+    );
+    let run = futures::future::join4(unseal_run, sync_run, rotation_run, reload_run);
     tokio::pin!(run);
     let result = tokio::select! {
         _ = &mut run => Ok(()),
@@ -235,15 +282,26 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn mark_ready(store: Store<SealedSecret>, ready: Arc<AtomicBool>) {
+/// Waits until `store` has been filled by its first list; false if its watch is gone.
+pub(crate) async fn cache_synced<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
     // Polled rather than awaited: the store's readiness signal wakes only its most recent
-    // waiter, and the controller itself waits on it too.
+    // waiter, and the controllers wait on it too.
     loop {
         match store.wait_until_ready().now_or_never() {
-            Some(Ok(())) => break,
-            Some(Err(_)) => return,
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
+            Some(Ok(())) => return true,
+            Some(Err(_)) => return false,
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+    }
+}
+
+async fn mark_ready(store: Store<SealedSecret>, ready: Arc<AtomicBool>) {
+    if !cache_synced(&store).await {
+        return;
     }
     ready.store(true, Ordering::Release);
     tracing::info!("caches synced; ready");
@@ -314,7 +372,13 @@ async fn keep_keys(
         if state.needs_renewal(config.key_renewal_period, jiff::Timestamp::now()) {
             // One new key per active key that fell due, even while the watch catches up.
             if generated_for != Some(active) {
-                keys::generate(&client, &config.namespace, config.cluster_name.as_deref()).await?;
+                keys::generate(
+                    &client,
+                    &config.namespace,
+                    config.cluster_name.as_deref(),
+                    None,
+                )
+                .await?;
                 generated_for = Some(active);
             }
             if active.is_none() {

@@ -51,6 +51,20 @@ struct Args {
     /// Serve ClusterSecretStores (needs cluster-wide read of them and of Namespaces).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cluster_secret_stores: bool,
+    /// How long a Rotation waits for every mirror Secret to hold the new version before
+    /// it fails (the store keeps the new value).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    rotation_propagation_timeout: Duration,
+    /// Rollouts (Rotation restarts and reloads) in progress at once, at most.
+    #[arg(long, default_value_t = 5)]
+    max_concurrent_restarts: usize,
+    /// How long a rollout may take before the next one starts anyway.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    rollout_deadline: Duration,
+    /// Workloads annotated `sigil.dev/reload: "true"` restart once a Secret they consume
+    /// has stayed unchanged this long after a change.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    reload_debounce: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -60,14 +74,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    init_logging(filter, args.log_json);
+    // Reads FAILPOINTS (tests only; the feature is off in release builds).
+    #[cfg(feature = "failpoints")]
+    let _fail_points = fail::FailScenario::setup();
     let identity = args.identity.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
@@ -86,6 +96,10 @@ fn main() -> ExitCode {
         identity,
         watch_namespace: args.watch_namespace,
         cluster_secret_stores: args.cluster_secret_stores,
+        rotation_propagation_timeout: args.rotation_propagation_timeout,
+        max_concurrent_restarts: args.max_concurrent_restarts,
+        rollout_deadline: args.rollout_deadline,
+        reload_debounce: args.reload_debounce,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -106,4 +120,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr (text or JSON), and the `audit` target, one JSON object per line, to
+/// stdout: the record of every Rotation step, kept apart so it can be shipped and kept
+/// longer than the logs.
+fn init_logging(filter: tracing_subscriber::EnvFilter, json: bool) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::{LevelFilter, Targets, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let not_audit = filter_fn(|meta| meta.target() != "audit");
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if json {
+        logs.json().with_filter(not_audit).boxed()
+    } else {
+        logs.with_filter(not_audit).boxed()
+    };
+    let audit = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_target(false)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(std::io::stdout)
+        .with_filter(Targets::new().with_target("audit", LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(audit)
+        .init();
 }

@@ -56,6 +56,20 @@ pub(crate) struct CacheLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RotationLabel {
+    /// `completed`, `failed` or `dry_run`.
+    pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RolloutLabel {
+    /// `rotation` or `reload`.
+    pub(crate) trigger: &'static str,
+    /// `rolled`, `already_rolled`, `gone` or `error`.
+    pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ReadyLabel {
     pub(crate) condition: &'static str,
 }
@@ -103,6 +117,9 @@ pub struct Metrics {
     pub(crate) sync_total: Family<SyncLabel, Counter>,
     pub(crate) read_cache: Family<CacheLabel, Counter>,
     pub(crate) externalsecrets: Family<ReadyLabel, Gauge>,
+    pub(crate) rotations: Family<RotationLabel, Counter>,
+    pub(crate) rollouts: Family<RolloutLabel, Counter>,
+    pub(crate) reload_workloads: Gauge,
 }
 
 impl Default for Metrics {
@@ -159,7 +176,28 @@ impl Default for Metrics {
             "ExternalSecrets by the reason of their Ready condition",
             externalsecrets.clone(),
         );
+        let rotations = Family::<RotationLabel, Counter>::default();
+        registry.register(
+            "rotations",
+            "Rotations finished, by result (completed, failed, dry_run)",
+            rotations.clone(),
+        );
+        let rollouts = Family::<RolloutLabel, Counter>::default();
+        registry.register(
+            "rollouts",
+            "Workload rollouts asked for, by trigger (rotation, reload) and result (rolled, already_rolled, gone, error)",
+            rollouts.clone(),
+        );
+        let reload_workloads = Gauge::default();
+        registry.register(
+            "reload_workloads",
+            "Deployments, StatefulSets and DaemonSets opted in to reload (sigil.dev/reload: \"true\")",
+            reload_workloads.clone(),
+        );
         Self {
+            rollouts,
+            reload_workloads,
+            rotations,
             registry,
             provider_requests,
             provider_request_duration,

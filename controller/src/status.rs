@@ -88,6 +88,42 @@ where
     Ok(true)
 }
 
+/// Writes `status` of `obj` only if `obj` is still at the resourceVersion it was read
+/// at, and returns the object as written: a step recorded this way never overwrites
+/// what another replica recorded meanwhile (that write fails with 409 Conflict).
+pub(crate) async fn record_status_at<K, S>(
+    api: Api<K>,
+    limiter: &governor::DefaultDirectRateLimiter,
+    obj: &K,
+    status: &S,
+) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let name = obj.name_any();
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "resourceVersion": obj.resource_version() },
+        "status": status,
+    });
+    limiter.until_ready().await;
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .during(|| {
+        format!(
+            "record status of {} {}{name}",
+            K::kind(&()),
+            obj.namespace().map(|n| n + "/").unwrap_or_default()
+        )
+    })
+}
+
 /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
 pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
     recorder: &Recorder,

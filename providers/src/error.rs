@@ -18,11 +18,16 @@ pub enum ErrorKind {
     NotFound,
     /// The configuration is unusable as given; fix it.
     InvalidConfig,
+    /// Someone else changed the secret since the caller looked at it (a check-and-set
+    /// mismatch, a staging label no longer where expected); nothing was written. Look
+    /// again before deciding what to do.
+    Conflict,
 }
 
 impl ErrorKind {
     /// A stable lowercase name, e.g. for a metric label: `"unavailable"`,
-    /// `"throttled"`, `"auth_failed"`, `"not_found"` or `"invalid_config"`.
+    /// `"throttled"`, `"auth_failed"`, `"not_found"`, `"invalid_config"` or
+    /// `"conflict"`.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Unavailable => "unavailable",
@@ -30,6 +35,7 @@ impl ErrorKind {
             ErrorKind::AuthFailed => "auth_failed",
             ErrorKind::NotFound => "not_found",
             ErrorKind::InvalidConfig => "invalid_config",
+            ErrorKind::Conflict => "conflict",
         }
     }
 }
@@ -99,9 +105,25 @@ pub enum Error {
         /// The field at fault, named as in the store's provider spec (External
         /// Secrets Operator's names), e.g. `server`, `path` (the KV mount),
         /// `caBundle`, `auth.appRole.roleId`, `role` (the AWS role ARN) or
-        /// `remoteRef.version`.
+        /// `remoteRef.version`; for an argument of a write, its name: `value`,
+        /// `clientRequestToken`, `versionStage` or `metadata`.
         field: &'static str,
         /// What is wrong with it and what to do.
+        detail: String,
+    },
+    /// A write or stage move was refused because the secret changed since the caller
+    /// looked at it: a Vault check-and-set version that is no longer the latest, an
+    /// AWS staging label attached to another version than the one named, a
+    /// ClientRequestToken already used for another value. Nothing was written.
+    #[error(
+        "{provider} secret `{key}` changed since it was read: {detail}; nothing was written, read it again"
+    )]
+    Conflict {
+        /// The store.
+        provider: Provider,
+        /// The key (Vault path below the mount, AWS secret name or ARN).
+        key: String,
+        /// What changed, e.g. `staging label AWSCURRENT is on version 0b1c…, not 9f3e…`.
         detail: String,
     },
 }
@@ -122,11 +144,12 @@ impl Error {
             Error::AuthFailed { .. } => ErrorKind::AuthFailed,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::InvalidConfig { .. } => ErrorKind::InvalidConfig,
+            Error::Conflict { .. } => ErrorKind::Conflict,
         }
     }
 
-    /// Builds an error of `kind`; `NotFound` is for `key` (and `version`), and
-    /// `InvalidConfig` names `field`.
+    /// Builds an error of `kind`; `NotFound` and `Conflict` are for `key` (`NotFound`
+    /// also for `version`), and `InvalidConfig` names `field`.
     pub(crate) fn of_kind(
         kind: ErrorKind,
         provider: Provider,
@@ -158,6 +181,11 @@ impl Error {
                 version: version.map(str::to_owned),
             },
             ErrorKind::InvalidConfig => Error::InvalidConfig { field, detail },
+            ErrorKind::Conflict => Error::Conflict {
+                provider,
+                key: key.to_owned(),
+                detail,
+            },
         }
     }
 
@@ -208,6 +236,21 @@ mod tests {
         };
         assert_eq!(e.kind(), ErrorKind::InvalidConfig);
         assert!(e.to_string().contains("`server`"));
+        let e = Error::of_kind(
+            ErrorKind::Conflict,
+            Provider::Vault,
+            Operation::Write,
+            "app/db",
+            None,
+            "remoteRef",
+            "check-and-set version 3 is no longer the latest".into(),
+        );
+        assert_eq!(e.kind().as_str(), "conflict");
+        assert_eq!(
+            e.to_string(),
+            "Vault secret `app/db` changed since it was read: check-and-set version 3 is no \
+             longer the latest; nothing was written, read it again"
+        );
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //! up, and secret values are held in zeroizing buffers that are never printed. The
 //! crate knows nothing of Kubernetes: a Kubernetes ServiceAccount token reaches it
 //! through a [`TokenSource`].
+//!
+//! For credential rotation the sessions also write, always conditionally so that a
+//! crashed or concurrent rotation cannot overwrite what it did not see: Vault writes
+//! with check-and-set and marks progress in a secret's `custom_metadata`; AWS writes
+//! an `AWSPENDING` version under a ClientRequestToken (idempotent) and moves staging
+//! labels only from the version the caller names. A write that finds the secret
+//! changed is an [`ErrorKind::Conflict`].
 
 pub mod aws;
 mod error;
@@ -66,11 +73,20 @@ pub enum Operation {
     /// Proving that the held token or credentials work (Vault `auth/token/lookup-self`,
     /// AWS ListSecrets with one result), for a store's Ready condition.
     Check,
+    /// Reading what a rotation needs to know about a secret's versions: Vault KV v2
+    /// metadata (`<mount>/metadata/<key>`), AWS ListSecretVersionIds.
+    Describe,
+    /// Writing a new version of a secret (Vault KV v2 with check-and-set, AWS
+    /// PutSecretValue) or a Vault secret's `custom_metadata`.
+    Write,
+    /// Moving an AWS staging label from one version to another
+    /// (UpdateSecretVersionStage).
+    Stage,
 }
 
 impl Operation {
     /// A stable lowercase name, e.g. for a metric label: `"login"`, `"renew"`,
-    /// `"read"`, `"batch_read"` or `"check"`.
+    /// `"read"`, `"batch_read"`, `"check"`, `"describe"`, `"write"` or `"stage"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::Login => "login",
@@ -78,6 +94,9 @@ impl Operation {
             Operation::Read => "read",
             Operation::BatchRead => "batch_read",
             Operation::Check => "check",
+            Operation::Describe => "describe",
+            Operation::Write => "write",
+            Operation::Stage => "stage",
         }
     }
 }
@@ -90,6 +109,9 @@ impl fmt::Display for Operation {
             Operation::Read => "read",
             Operation::BatchRead => "batch read",
             Operation::Check => "credentials check",
+            Operation::Describe => "metadata read",
+            Operation::Write => "write",
+            Operation::Stage => "stage move",
         })
     }
 }
@@ -216,8 +238,23 @@ mod tests {
             Operation::Read,
             Operation::BatchRead,
             Operation::Check,
+            Operation::Describe,
+            Operation::Write,
+            Operation::Stage,
         ];
         let names: Vec<_> = ops.iter().map(|o| o.as_str()).collect();
-        assert_eq!(names, ["login", "renew", "read", "batch_read", "check"]);
+        assert_eq!(
+            names,
+            [
+                "login",
+                "renew",
+                "read",
+                "batch_read",
+                "check",
+                "describe",
+                "write",
+                "stage"
+            ]
+        );
     }
 }

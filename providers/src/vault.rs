@@ -9,20 +9,28 @@
 //! after a fresh login, since the token may have been revoked. A static token is used
 //! as given and never logs in.
 //!
+//! For rotation a session also writes: [`VaultSession::write`] adds a version with
+//! check-and-set, [`VaultSession::metadata`] and [`VaultSession::mark`] read and merge
+//! a secret's `custom_metadata`, where a rotation records its progress.
+//!
 //! The session's behaviour depends only on [`VaultConfig`]: none of vaultrs' defaults
 //! from `VAULT_ADDR`, `VAULT_TOKEN`, `VAULT_CACERT` or `VAULT_SKIP_VERIFY` apply. The
 //! HTTP client is built here from the configured CA bundle, without temporary files.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::Url;
+use rustify::endpoint::{Endpoint, MiddleWare};
+use rustify::enums::{RequestMethod, RequestType, ResponseType};
+use rustify::errors::ClientError as RestError;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use vaultrs::api::EndpointMiddleware;
-use vaultrs::api::kv2::requests::ReadSecretRequest;
+use vaultrs::api::kv2::requests::{ReadSecretMetadataRequest, ReadSecretRequest};
+use vaultrs::api::{EndpointError, EndpointMiddleware};
 use vaultrs::client::{VaultClient, VaultClientSettings};
 use vaultrs::error::ClientError;
 use zeroize::{Zeroize, Zeroizing};
@@ -34,6 +42,15 @@ const VAULT: Provider = Provider::Vault;
 /// How long a token may be used before it is renewed: this fraction of its lease.
 const REFRESH_NUM: u32 = 2;
 const REFRESH_DEN: u32 = 3;
+
+/// What rotation needs from a KV v2 secret's metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvMetadata {
+    /// The latest version's number (0 for a secret with metadata but no version yet).
+    pub current_version: u64,
+    /// The secret's `custom_metadata`: labels, never secret values.
+    pub custom_metadata: BTreeMap<String, String>,
+}
 
 /// How a session connects to Vault.
 #[derive(Clone)]
@@ -381,16 +398,116 @@ impl VaultSession {
     /// is KV's version number. A missing key, a missing version and a deleted or
     /// destroyed version are [`Error::NotFound`].
     pub async fn read(&self, key: &str, version: Option<u64>) -> Result<RemoteValue> {
-        let key = clean_path(key);
-        if key.is_empty() {
-            return Err(invalid(
-                "remoteRef.key",
-                "is empty; name the secret's path below the mount",
-            ));
-        }
+        let key = remote_key(key)?;
         let key = key.as_str();
         self.with_token(Operation::Read, |client| async move {
             self.kv_get(&client, key, version).await
+        })
+        .await
+    }
+
+    /// Reads `key`'s KV v2 metadata (`GET <mount>/metadata/<key>`, reported as
+    /// [`Operation::Describe`]): its latest version and its `custom_metadata`.
+    ///
+    /// A key that does not exist is [`Error::NotFound`].
+    pub async fn metadata(&self, key: &str) -> Result<KvMetadata> {
+        let key = remote_key(key)?;
+        let key = key.as_str();
+        self.with_token(Operation::Describe, |client| async move {
+            let endpoint = ReadSecretMetadataRequest::builder()
+                .mount(self.mount.as_str())
+                .path(key)
+                .build()
+                .map_err(unformable)?;
+            let answer = vaultrs::api::exec_with_result(&client.0, endpoint)
+                .await
+                .map_err(|e| map_client_error(e, Operation::Describe, key, None))?;
+            Ok(KvMetadata {
+                current_version: answer.current_version,
+                custom_metadata: answer
+                    .custom_metadata
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    /// Sets `entries` in `key`'s `custom_metadata` and keeps every other entry
+    /// (reported as [`Operation::Write`]).
+    ///
+    /// One JSON merge patch (`PATCH <mount>/metadata/<key>`), which OpenBao 2.x and
+    /// Vault 1.9+ apply atomically, so concurrent marks of different entries do not
+    /// lose each other; the token needs the `patch` capability on the metadata path.
+    /// A key that does not exist is [`Error::NotFound`]; no entries is no request.
+    /// Entries are labels, not secrets: they may appear in errors.
+    pub async fn mark(&self, key: &str, entries: &[(&str, &str)]) -> Result<()> {
+        let key = remote_key(key)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let custom: serde_json::Map<String, Value> = entries
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), Value::from(*value)))
+            .collect();
+        let body = serde_json::json!({ "custom_metadata": custom }).to_string();
+        let (key, body) = (key.as_str(), body.as_bytes());
+        self.with_token(Operation::Write, |client| async move {
+            RawJson {
+                method: RequestMethod::PATCH,
+                path: format!("{}/metadata/{key}", self.mount),
+                body,
+            }
+            .with_middleware(&MergePatch(&client.0.middle))
+            .exec(&client.0.http)
+            .await
+            .map(drop)
+            .map_err(|e| map_client_error(api_error(e), Operation::Write, key, None))
+        })
+        .await
+    }
+
+    /// Writes `data` as a new version of `key` with check-and-set `cas`
+    /// (`POST <mount>/data/<key>`, reported as [`Operation::Write`]) and returns the
+    /// new version's number.
+    ///
+    /// `data` is a JSON object, e.g. [`RemoteValue::bytes`] of a read, and is sent as
+    /// given, not re-serialized. `cas` is the version the caller read (0: the key must
+    /// not exist yet); when it is no longer the latest, Vault refuses, nothing is
+    /// written and the result is [`Error::Conflict`]. `data` that is not a JSON object
+    /// is [`Error::InvalidConfig`] for `value`, without a request.
+    ///
+    /// Memory: `data` is checked and framed in zeroizing buffers, but rustify's
+    /// `Endpoint::body` hands the HTTP stack an owned copy of the request body, which
+    /// reqwest and hyper drop without zeroizing (one copy per attempt).
+    pub async fn write(&self, key: &str, data: &[u8], cas: u64) -> Result<u64> {
+        let key = remote_key(key)?;
+        json_object(data)?;
+        let head = format!(r#"{{"options":{{"cas":{cas}}},"data":"#);
+        let mut body = Zeroizing::new(Vec::with_capacity(head.len() + data.len() + 1));
+        body.extend_from_slice(head.as_bytes());
+        body.extend_from_slice(data);
+        body.push(b'}');
+        let cas = cas.to_string();
+        let (key, body, cas) = (key.as_str(), body.as_slice(), cas.as_str());
+        self.with_token(Operation::Write, |client| async move {
+            let endpoint = RawJson {
+                method: RequestMethod::POST,
+                path: format!("{}/data/{key}", self.mount),
+                body,
+            };
+            let answer = vaultrs::api::exec_with_result(&client.0, endpoint)
+                .await
+                .map_err(|e| map_client_error(e, Operation::Write, key, Some(cas)))?;
+            answer
+                .get("version")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| Error::Unavailable {
+                    provider: VAULT,
+                    operation: Operation::Write,
+                    detail: "the answer carries no version number".to_owned(),
+                })
         })
         .await
     }
@@ -454,7 +571,7 @@ impl VaultSession {
             .path(key)
             .version(version)
             .build()
-            .map_err(|e| invalid("remoteRef.key", &format!("cannot form the request: {e}")))?;
+            .map_err(unformable)?;
         let mut answer = vaultrs::api::exec_with_result(&client.0, endpoint)
             .await
             .map_err(|e| map_client_error(e, Operation::Read, key, asked.as_deref()))?;
@@ -677,6 +794,79 @@ impl VaultSession {
     }
 }
 
+/// A KV v2 request whose JSON body is given as bytes, so that a secret's data is
+/// sent as the caller holds it rather than copied into a [`Value`] and re-serialized.
+/// Its answer's `data` is returned as a [`Value`] (only metadata, never a secret).
+struct RawJson<'a> {
+    method: RequestMethod,
+    /// `<mount>/data/<key>` or `<mount>/metadata/<key>`.
+    path: String,
+    body: &'a [u8],
+}
+
+impl Endpoint for RawJson<'_> {
+    type Response = Value;
+    const REQUEST_BODY_TYPE: RequestType = RequestType::JSON;
+    const RESPONSE_BODY_TYPE: ResponseType = ResponseType::JSON;
+
+    fn path(&self) -> String {
+        self.path.clone()
+    }
+
+    fn method(&self) -> RequestMethod {
+        self.method.clone()
+    }
+
+    fn body(&self) -> std::result::Result<Option<Vec<u8>>, RestError> {
+        // rustify wants an owned body; the HTTP stack drops it without zeroizing.
+        Ok(Some(self.body.to_vec()))
+    }
+}
+
+/// vaultrs' middleware (API version, token, namespace) plus the Content-Type that a
+/// JSON merge patch needs: Vault answers a PATCH without it with 415.
+struct MergePatch<'a>(&'a EndpointMiddleware);
+
+impl MiddleWare for MergePatch<'_> {
+    fn request<E: Endpoint>(
+        &self,
+        endpoint: &E,
+        req: &mut http::Request<Vec<u8>>,
+    ) -> std::result::Result<(), RestError> {
+        self.0.request(endpoint, req)?;
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/merge-patch+json"),
+        );
+        Ok(())
+    }
+
+    fn response<E: Endpoint>(
+        &self,
+        endpoint: &E,
+        resp: &mut http::Response<Vec<u8>>,
+    ) -> std::result::Result<(), RestError> {
+        self.0.response(endpoint, resp)
+    }
+}
+
+/// A rustify error as vaultrs reports one: an error answer's `errors` strings become
+/// an [`ClientError::APIError`].
+fn api_error(err: RestError) -> ClientError {
+    if let RestError::ServerResponseError {
+        code,
+        content: Some(content),
+    } = &err
+        && let Ok(answer) = serde_json::from_str::<EndpointError>(content)
+    {
+        return ClientError::APIError {
+            code: *code,
+            errors: answer.errors,
+        };
+    }
+    ClientError::RestClientError { source: err }
+}
+
 fn middleware(token: String, namespace: &Option<String>) -> EndpointMiddleware {
     EndpointMiddleware {
         token,
@@ -763,6 +953,54 @@ fn clean_path(path: &str) -> String {
     path.trim().trim_matches('/').to_owned()
 }
 
+/// A secret's path below the mount, cleaned; an empty one is refused.
+fn remote_key(key: &str) -> Result<String> {
+    let key = clean_path(key);
+    if key.is_empty() {
+        return Err(invalid(
+            "remoteRef.key",
+            "is empty; name the secret's path below the mount",
+        ));
+    }
+    Ok(key)
+}
+
+/// A request vaultrs' builder refused to form (a missing field).
+fn unformable(err: impl fmt::Display) -> Error {
+    invalid("remoteRef.key", &format!("cannot form the request: {err}"))
+}
+
+/// Checks that `data` is one JSON object. The parsed copy is scrubbed at once and no
+/// error quotes the data: a syntax error names only its line and column.
+fn json_object(data: &[u8]) -> Result<()> {
+    let mut value: Value = serde_json::from_slice(data).map_err(|e| {
+        invalid(
+            "value",
+            &format!(
+                "is not JSON (error at line {}, column {}); KV v2 data is a JSON object",
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    let kind = match &value {
+        Value::Object(_) => None,
+        Value::Null => Some("null"),
+        Value::Bool(_) => Some("a boolean"),
+        Value::Number(_) => Some("a number"),
+        Value::String(_) => Some("a string"),
+        Value::Array(_) => Some("an array"),
+    };
+    scrub(&mut value);
+    match kind {
+        None => Ok(()),
+        Some(kind) => Err(invalid(
+            "value",
+            &format!("is {kind}, not a JSON object of fields as KV v2 stores"),
+        )),
+    }
+}
+
 /// Whether `value` can be sent as an HTTP header value (visible ASCII and spaces).
 fn header_safe(value: &str) -> bool {
     value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
@@ -843,7 +1081,11 @@ fn map_status(
     let kind = match code {
         429 => ErrorKind::Throttled,
         401 | 403 => ErrorKind::AuthFailed,
-        404 if operation == Operation::Read => {
+        404 if matches!(
+            operation,
+            Operation::Read | Operation::Describe | Operation::Write
+        ) =>
+        {
             if errors.iter().any(|e| e.contains("no handler for route")) {
                 return invalid_owned(
                     "path",
@@ -854,6 +1096,24 @@ fn map_status(
         }
         // A refused login answers 400 (bad SecretID or JWT) or 404 (no such mount).
         400 | 404 if operation == Operation::Login => ErrorKind::AuthFailed,
+        // A write's `version` is its check-and-set version.
+        400 if operation == Operation::Write
+            && errors.iter().any(|e| e.contains("check-and-set")) =>
+        {
+            let detail = match version {
+                Some("0") => format!("it exists now, but check-and-set 0 expects none ({detail})"),
+                Some(cas) => format!("version {cas} is no longer the latest ({detail})"),
+                None => detail,
+            };
+            return Error::Conflict {
+                provider: VAULT,
+                key: key.to_owned(),
+                detail,
+            };
+        }
+        400 if operation == Operation::Write => {
+            return invalid_owned("value", format!("was refused ({detail})"));
+        }
         _ => ErrorKind::Unavailable,
     };
     Error::of_kind(kind, VAULT, operation, key, version, "remoteRef", detail)
@@ -1035,6 +1295,80 @@ aQnQh6l5a14ZjV9A55tisSCoPFy2Xkj5aLFq9N0uEA==
             map_status(500, &[], Operation::Renew, "", None).kind(),
             ErrorKind::Unavailable
         );
+    }
+
+    #[test]
+    fn cas_mismatch_is_a_conflict() {
+        let cas = vec!["check-and-set parameter did not match the current version".to_owned()];
+        match map_status(400, &cas, Operation::Write, "app/db", Some("3")) {
+            Error::Conflict { key, detail, .. } => {
+                assert_eq!(key, "app/db");
+                assert!(
+                    detail.starts_with("version 3 is no longer the latest"),
+                    "{detail}"
+                );
+            }
+            other => panic!("{other}"),
+        }
+        let e = map_status(400, &cas, Operation::Write, "app/db", Some("0"));
+        assert!(
+            e.to_string().contains("check-and-set 0 expects none"),
+            "{e}"
+        );
+        assert_eq!(
+            map_status(400, &["bad".to_owned()], Operation::Write, "k", None).kind(),
+            ErrorKind::InvalidConfig
+        );
+        assert_eq!(
+            map_status(404, &[], Operation::Describe, "k", None).kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(
+            map_status(400, &cas, Operation::Read, "k", None).kind(),
+            ErrorKind::Unavailable
+        );
+    }
+
+    #[test]
+    fn data_must_be_a_json_object_and_errors_do_not_quote_it() {
+        json_object(br#"{"password":"hunter2","n":1,"nested":{"a":[1]}}"#).expect("an object");
+        for bad in [
+            &br#""hunter2""#[..],
+            br#"["hunter2"]"#,
+            b"42",
+            b"null",
+            br#"{"password":"hunter2""#,
+            br#"{"password":hunter2}"#,
+            b"hunter2",
+        ] {
+            match json_object(bad) {
+                Err(e @ Error::InvalidConfig { field: "value", .. }) => {
+                    assert!(!format!("{e} {e:?}").contains("hunter2"), "{e}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn api_errors_keep_vaults_messages() {
+        let err = RestError::ServerResponseError {
+            code: 404,
+            content: Some(r#"{"errors":[]}"#.to_owned()),
+        };
+        match api_error(err) {
+            ClientError::APIError { code, errors } => {
+                assert_eq!(code, 404);
+                assert!(errors.is_empty());
+            }
+            other => panic!("{other}"),
+        }
+        let err = RestError::ServerResponseError {
+            code: 502,
+            content: Some("<html>bad gateway</html>".to_owned()),
+        };
+        let e = map_client_error(api_error(err), Operation::Write, "k", None);
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
     }
 
     #[test]

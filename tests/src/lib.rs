@@ -1,12 +1,12 @@
 //! Harness for integration tests against real servers on loopback.
 //!
 //! [`Env::get`] starts the project's test environment (`scripts/env up`: etcd,
-//! kube-apiserver, OpenBao and moto) once per test process, or joins one that is
-//! already running, and reads its env file. [`TestContext::new`] gives each test its
-//! own Kubernetes namespace, Vault path prefix and AWS name prefix, and removes what
-//! the test left there when it is dropped, also when the test panics. The environment
-//! is stopped when the test process exits, but only if this harness started it: a
-//! reaper started by `scripts/env up --until-exit PID` waits for the process to end.
+//! kube-apiserver, kube-controller-manager, OpenBao and moto) once per test process, or
+//! joins one that is already running, and reads its env file. [`TestContext::new`] gives
+//! each test its own Kubernetes namespace, Vault path prefix and AWS name prefix, and
+//! removes what the test left there when it is dropped, also when the test panics. The
+//! environment is stopped when the test process exits, but only if this harness started
+//! it: a reaper started by `scripts/env up --until-exit PID` waits for the process to end.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
@@ -175,9 +175,9 @@ pub async fn install_crds(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Sigil's namespaced custom resources, which the harness empties out of a test's
-/// namespace: the namespace is finalized without a namespace controller, and they would
-/// outlive it.
+/// Sigil's namespaced custom resources, which the harness deletes from a test's
+/// namespace itself, dropping finalizers whose controller is gone: the namespace
+/// controller would wait for those forever.
 fn namespaced_sigil_resources() -> [ApiResource; 3] {
     [
         ApiResource::erase::<sigil_types::SealedSecret>(&()),
@@ -416,12 +416,13 @@ fn unique_id(test: &str) -> String {
 /// One test's own corner of every server, cleaned up on drop.
 ///
 /// The namespace is created by [`TestContext::new`]. On drop the harness deletes the
-/// namespace (Secrets, ConfigMaps, ServiceAccounts, SealedSecrets, ExternalSecrets and
-/// SecretStores in it first, dropping finalizers no controller is left to remove, then
-/// the namespace, finalizing it itself since no controller-manager runs), every CRD registered with
-/// [`TestContext::track_crd`], every ClusterSecretStore registered with
-/// [`TestContext::track_cluster_store`], every KV v2 secret under [`TestContext::vault_prefix`]
-/// and every AWS secret whose name starts with [`TestContext::aws_prefix`].
+/// SealedSecrets, ExternalSecrets and SecretStores in it, dropping finalizers no
+/// controller is left to remove, then the namespace (kube-controller-manager's namespace
+/// controller deletes the rest of its content; the harness does not wait), every CRD
+/// registered with [`TestContext::track_crd`], every ClusterSecretStore registered with
+/// [`TestContext::track_cluster_store`], every KV v2 secret under
+/// [`TestContext::vault_prefix`] and every AWS secret whose name starts with
+/// [`TestContext::aws_prefix`].
 pub struct TestContext {
     /// The environment.
     pub env: &'static Env,
@@ -554,23 +555,6 @@ impl TestContext {
                         warn(&format!("deleting CRD {crd}"), &e);
                     }
                 }
-                let lp = ListParams::default();
-                let dp = DeleteParams::default();
-                let r1 = Api::<Secret>::namespaced(client.clone(), namespace)
-                    .delete_collection(&dp, &lp)
-                    .await
-                    .err();
-                let r2 = Api::<ConfigMap>::namespaced(client.clone(), namespace)
-                    .delete_collection(&dp, &lp)
-                    .await
-                    .err();
-                let r3 = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-                    .delete_collection(&dp, &lp)
-                    .await
-                    .err();
-                for e in [r1, r2, r3].into_iter().flatten() {
-                    warn(&format!("emptying namespace {namespace}"), &e);
-                }
                 for resource in namespaced_sigil_resources() {
                     let api =
                         Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource);
@@ -585,28 +569,10 @@ impl TestContext {
                         warn("deleting ClusterSecretStores", &e);
                     }
                 }
+                // The namespace controller empties the namespace, then removes it.
                 let nss = Api::<Namespace>::all(client);
-                match nss.delete(namespace, &dp).await {
-                    // No namespace controller runs: drop the `kubernetes` finalizer ourselves.
-                    Ok(_) => {
-                        if let Ok(mut ns) = nss.get(namespace).await {
-                            if let Some(spec) = ns.spec.as_mut() {
-                                spec.finalizers = Some(Vec::new());
-                            }
-                            if let Err(e) = nss
-                                .replace_subresource(
-                                    "finalize",
-                                    namespace,
-                                    &PostParams::default(),
-                                    &ns,
-                                )
-                                .await
-                            {
-                                warn(&format!("finalizing namespace {namespace}"), &e);
-                            }
-                        }
-                    }
-                    Err(e) => warn(&format!("deleting namespace {namespace}"), &e),
+                if let Err(e) = nss.delete(namespace, &DeleteParams::default()).await {
+                    warn(&format!("deleting namespace {namespace}"), &e);
                 }
             }
             Err(e) => warn("connecting to kube-apiserver", &e),

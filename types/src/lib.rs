@@ -5,12 +5,17 @@ use std::collections::BTreeMap;
 
 pub mod external;
 pub mod keys;
+pub mod rotation;
 pub mod store;
 
 pub use external::{
     CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretData, ExternalSecretDataFrom,
     ExternalSecretSpec, ExternalSecretStatus, ExternalSecretTarget, ExternalSecretTemplate,
     ExtractRef, RemoteRef, SecretBinding, SecretStoreRef, StoreKind,
+};
+pub use rotation::{
+    ExternalSecretRef, Generate, Rotation, RotationPhase, RotationSpec, RotationStatus,
+    RotationStep, RotationTarget, SealingKeyTarget, SealingKeyUse, WorkloadRef,
 };
 pub use store::{
     AwsAuth, AwsAuthSecretRef, AwsJwtAuth, AwsProvider, AwsService, CaProvider, CaProviderType,
@@ -28,6 +33,14 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "sigil.dev";
 /// `apiVersion` of every Sigil resource.
 pub const API_VERSION: &str = "sigil.dev/v1";
+
+/// Pod-template annotation the controller sets to roll a Deployment, StatefulSet or
+/// DaemonSet: what the rollout was for (a Rotation's name and version, or
+/// `reload/<secret>@<resourceVersion>`). Setting a value it already has rolls nothing.
+pub const RESTARTED_FOR_ANNOTATION: &str = "sigil.dev/restarted-for";
+/// Workload annotation (value `"true"`) opting a Deployment, StatefulSet or DaemonSet in
+/// to a rollout whenever the data of a Secret its pods consume changes.
+pub const RELOAD_ANNOTATION: &str = "sigil.dev/reload";
 
 /// How much of its identity a sealed value is bound to (see `sigil_core::Scope`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -177,6 +190,7 @@ pub fn crd_yaml() -> String {
         SecretStore::crd(),
         ClusterSecretStore::crd(),
         ExternalSecret::crd(),
+        Rotation::crd(),
     ];
     let documents: Vec<String> = crds
         .iter()
@@ -200,6 +214,7 @@ mod tests {
             crate::SecretStore::crd(),
             crate::ClusterSecretStore::crd(),
             crate::ExternalSecret::crd(),
+            crate::Rotation::crd(),
         ]
         .iter()
         .map(|crd| serde_json::to_value(crd).expect("a CRD serializes"))

@@ -77,14 +77,14 @@ The controller image: repository@digest, or repository:tag (tag defaults to appV
 {{/*
 Rules for what the controller does in the namespaces it serves: in every namespace
 (ClusterRole) or only in watchNamespace (Role). SealedSecrets, ExternalSecrets and
-SecretStores, the Secrets it writes and reads, and its Events.
+SecretStores and Rotations, the Secrets it writes and reads, and its Events.
 */}}
 {{- define "sigil.unsealRules" -}}
 - apiGroups: ["sigil.dev"]
-  resources: ["sealedsecrets", "externalsecrets", "secretstores"]
+  resources: ["sealedsecrets", "externalsecrets", "secretstores", "rotations"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["sigil.dev"]
-  resources: ["sealedsecrets/status", "externalsecrets/status", "secretstores/status"]
+  resources: ["sealedsecrets/status", "externalsecrets/status", "secretstores/status", "rotations/status"]
   verbs: ["get", "patch", "update"]
 # The Secrets it writes (unsealed, or synced from a store): written by server-side
 # apply, watched by label to restore them when edited or deleted by hand, deleted when
@@ -113,6 +113,13 @@ SecretStores, the Secrets it writes and reads, and its Events.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+# The workloads that consume a Secret: listed to find them (a Rotation's restart step)
+# and watched for the `sigil.dev/reload` opt-in; patched to roll them, which writes one
+# pod-template annotation (sigil.dev/restarted-for) and nothing else. Rollout progress
+# is read from their own status, so ReplicaSets and Pods are not needed.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["get", "list", "watch", "patch"]
 {{- end }}
 
 {{/*

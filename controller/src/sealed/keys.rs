@@ -127,8 +127,14 @@ impl Keys {
     }
 }
 
-/// Makes a new sealing key and stores it; the key watch then makes it active.
-pub async fn generate(client: &Client, namespace: &str, cluster: Option<&str>) -> Result<KeyId> {
+/// Makes a new sealing key and stores it, with `label` (e.g. the Rotation that asked)
+/// on its Secret; the key watch then makes it active.
+pub async fn generate(
+    client: &Client,
+    namespace: &str,
+    cluster: Option<&str>,
+    label: Option<(&str, &str)>,
+) -> Result<KeyId> {
     let key = PrivateKey::generate().map_err(Error::KeyGeneration)?;
     let id = key.id();
     let entry = PrivateKeyEntry {
@@ -144,7 +150,13 @@ pub async fn generate(client: &Client, namespace: &str, cluster: Option<&str>) -
         },
     };
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    api.create(&PostParams::default(), &key_secret(&entry, namespace))
+    let mut secret = key_secret(&entry, namespace);
+    if let Some((name, value)) = label {
+        secret
+            .labels_mut()
+            .insert(name.to_owned(), value.to_owned());
+    }
+    api.create(&PostParams::default(), &secret)
         .await
         .during(|| format!("create sealing key Secret in namespace {namespace}"))?;
     tracing::info!(key_id = %id, "generated a new sealing key");

@@ -104,7 +104,10 @@ impl SyncReason {
 
     fn of_provider(err: &ProviderError) -> Self {
         match err.kind() {
-            ErrorKind::Unavailable | ErrorKind::Throttled => SyncReason::ProviderUnavailable,
+            // A read meets a conflict only if it raced a write; it is worth retrying.
+            ErrorKind::Unavailable | ErrorKind::Throttled | ErrorKind::Conflict => {
+                SyncReason::ProviderUnavailable
+            }
             ErrorKind::AuthFailed => SyncReason::AuthFailed,
             ErrorKind::NotFound => SyncReason::RemoteKeyNotFound,
             ErrorKind::InvalidConfig => SyncReason::InvalidSpec,
@@ -121,9 +124,9 @@ impl SyncReason {
 }
 
 /// A failed sync: why, and what to do about it.
-struct Failure {
+pub(crate) struct Failure {
     reason: SyncReason,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl Failure {
@@ -167,6 +170,7 @@ struct Job<'a> {
 #[tracing::instrument(skip(obj, ctx), fields(namespace = obj.namespace().as_deref().unwrap_or(""), name = %obj.name_any()))]
 pub async fn reconcile(obj: Arc<ExternalSecret>, ctx: Arc<SyncContext>) -> Result<Action> {
     let key = object_key(&obj);
+    let _refreshing = ctx.refreshing(&key).await;
     let force = obj.annotations().get(FORCE_SYNC_ANNOTATION).cloned();
     let interval = match obj.spec.refresh_interval_duration() {
         Ok(interval) => interval,
@@ -181,11 +185,12 @@ pub async fn reconcile(obj: Arc<ExternalSecret>, ctx: Arc<SyncContext>) -> Resul
         target: obj.target_name(),
         interval,
     };
-    if let Some(wait) = ctx.not_due(&key, &obj, force.as_deref(), &job) {
+    let forced = ctx.take_forced(&key);
+    if !forced && let Some(wait) = ctx.not_due(&key, &obj, force.as_deref(), &job) {
         return Ok(Action::requeue(wait));
     }
     let previous = ctx.schedule_of(&key);
-    let bypass = previous.as_ref().is_some_and(|s| s.force != force);
+    let bypass = forced || previous.as_ref().is_some_and(|s| s.force != force);
     let held = previous.as_ref().map(|s| &s.held);
     let refreshed_at = Instant::now();
     match sync(&job, &ctx, held, bypass).await? {
@@ -250,7 +255,7 @@ fn next_refresh(refreshed_at: Instant, interval: Option<Duration>) -> Option<Ins
     Some(refreshed_at + interval.mul_f64(jitter))
 }
 
-fn object_key(obj: &ExternalSecret) -> ObjectKey {
+pub(crate) fn object_key(obj: &ExternalSecret) -> ObjectKey {
     (
         "ExternalSecret",
         obj.namespace().unwrap_or_default(),
@@ -322,7 +327,7 @@ async fn sync(
     held: Option<&Held>,
     bypass: bool,
 ) -> Result<Result<Synced, Failure>> {
-    let store = match resolve_store(job, ctx).await? {
+    let store = match resolve_store(job.obj, &job.namespace, ctx).await? {
         Ok(store) => store,
         Err(failure) => return Ok(Err(failure)),
     };
@@ -462,14 +467,19 @@ async fn sync(
     }))
 }
 
-async fn resolve_store(job: &Job<'_>, ctx: &SyncContext) -> Result<Result<StoreObject, Failure>> {
-    let reference = &job.obj.spec.secret_store_ref;
+/// The store `obj` (in `namespace`) reads through, if it exists and may serve it.
+pub(crate) async fn resolve_store(
+    obj: &ExternalSecret,
+    namespace: &str,
+    ctx: &SyncContext,
+) -> Result<Result<StoreObject, Failure>> {
+    let reference = &obj.spec.secret_store_ref;
     let kind = reference.kind_or_default();
     let store_ref = StoreRef {
         kind,
         namespace: match kind {
             StoreKind::ClusterSecretStore => String::new(),
-            _ => job.namespace.clone(),
+            _ => namespace.to_owned(),
         },
         name: reference.name.clone(),
     };
@@ -479,7 +489,7 @@ async fn resolve_store(job: &Job<'_>, ctx: &SyncContext) -> Result<Result<StoreO
                 SyncReason::StoreNotReady,
                 format!(
                     "{store_ref}: this controller does not serve ClusterSecretStores (it runs for one namespace, --cluster-secret-stores=false); use a SecretStore in namespace {}",
-                    job.namespace
+                    namespace
                 ),
             )));
         }
@@ -488,7 +498,7 @@ async fn resolve_store(job: &Job<'_>, ctx: &SyncContext) -> Result<Result<StoreO
             .map(|s| s.as_ref().into()),
         (_, _) => ctx
             .secret_stores
-            .get(&ObjectRef::new(&reference.name).within(&job.namespace))
+            .get(&ObjectRef::new(&reference.name).within(namespace))
             .map(|s| s.as_ref().into()),
     };
     let Some(store) = found else {
@@ -501,16 +511,13 @@ async fn resolve_store(job: &Job<'_>, ctx: &SyncContext) -> Result<Result<StoreO
         )));
     };
     if kind == StoreKind::ClusterSecretStore
-        && !ctx
-            .stores
-            .allows(&store.spec.conditions, &job.namespace)
-            .await?
+        && !ctx.stores.allows(&store.spec.conditions, namespace).await?
     {
         return Ok(Err(Failure::new(
             SyncReason::StoreNotAllowed,
             format!(
                 "{store_ref} does not serve namespace {} (its spec.conditions exclude it); nothing was read. Ask its owner to add the namespace, or use another store",
-                job.namespace
+                namespace
             ),
         )));
     }
@@ -750,6 +757,44 @@ pub(crate) fn targets_of(
         })
         .map(|es| ObjectRef::from_obj(es.as_ref()))
         .collect()
+}
+
+/// Whether `obj` reads `key` at its current version (pinned versions never change).
+pub(crate) fn reads_current(obj: &ExternalSecret, key: &str) -> bool {
+    let same = |k: &str| k.trim_matches('/') == key.trim_matches('/');
+    obj.spec
+        .data
+        .iter()
+        .any(|d| d.remote_ref.version.is_none() && same(&d.remote_ref.key))
+        || obj
+            .spec
+            .data_from
+            .iter()
+            .filter_map(|d| d.extract.as_ref())
+            .any(|e| e.version.is_none() && same(&e.key))
+}
+
+/// Every ExternalSecret that reads `key` at its current version through a store on
+/// `server` (see [`StoreObject::server`]): the Secrets that mirror that remote key.
+pub(crate) async fn mirrors(
+    ctx: &SyncContext,
+    server: &str,
+    key: &str,
+) -> Result<Vec<Arc<ExternalSecret>>> {
+    let mut found = Vec::new();
+    for es in ctx.externals.state() {
+        if !reads_current(&es, key) {
+            continue;
+        }
+        let namespace = es.namespace().unwrap_or_default();
+        if let Ok(store) = resolve_store(&es, &namespace, ctx).await?
+            && store.server().as_deref() == Ok(server)
+        {
+            found.push(es);
+        }
+    }
+    found.sort_by_key(|es| (es.namespace(), es.name_any()));
+    Ok(found)
 }
 
 /// The ExternalSecrets that use a store (for the store watches).

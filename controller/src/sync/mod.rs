@@ -2,7 +2,7 @@
 //! per store, one read per remote key (the shared [`cache`]), each ExternalSecret on
 //! its own jittered interval, and the Secret kept as it was whenever a read fails.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::RandomState;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,6 +64,13 @@ pub struct SyncContext {
     pub(crate) cluster_stores: Option<Store<ClusterSecretStore>>,
     schedule: Mutex<HashMap<ObjectKey, Arc<Scheduled>>>,
     hasher: RandomState,
+    /// Every ExternalSecret watched, as last seen.
+    pub(crate) externals: Store<ExternalSecret>,
+    /// ExternalSecrets asked to refresh now, reading the provider whatever is cached.
+    forced: Mutex<HashSet<ObjectKey>>,
+    /// One refresh of an ExternalSecret at a time: a forced refresh runs beside the
+    /// controller's own, and a read from before a rotation must not land after it.
+    in_progress: Mutex<HashMap<ObjectKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl SyncContext {
@@ -89,6 +96,51 @@ impl SyncContext {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, Arc::new(scheduled));
+    }
+
+    /// Waits until the watches of stores and ExternalSecrets have listed once, so that
+    /// what is looked up in them is complete.
+    pub(crate) async fn caches_synced(&self) {
+        crate::cache_synced(&self.externals).await;
+        crate::cache_synced(&self.secret_stores).await;
+        if let Some(cluster_stores) = &self.cluster_stores {
+            crate::cache_synced(cluster_stores).await;
+        }
+    }
+
+    /// Refreshes `es` now, reading its store even when a cached value would do (a
+    /// Rotation wrote a new version that no earlier read can hold), and records the
+    /// outcome in its status as any refresh does. Runs beside the controller's own
+    /// schedule, which it moves on.
+    pub(crate) async fn refresh_now(
+        self: &Arc<Self>,
+        es: Arc<ExternalSecret>,
+    ) -> crate::Result<()> {
+        self.forced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(external::object_key(&es));
+        external::reconcile(es, self.clone()).await.map(|_| ())
+    }
+
+    /// Held while `key` refreshes.
+    pub(crate) async fn refreshing(&self, key: &ObjectKey) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .in_progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// Whether `key` was asked to refresh now (and forgets that it was).
+    fn take_forced(&self, key: &ObjectKey) -> bool {
+        self.forced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key)
     }
 
     fn forget_schedule(&self, key: &ObjectKey) {
@@ -156,13 +208,17 @@ where
     }
 }
 
-/// Runs the store and ExternalSecret controllers until `stop` resolves.
-pub async fn run(
+/// Sets up the store and ExternalSecret controllers: returns their shared context (for
+/// the Rotation engine) and the future that runs them until `stop` resolves.
+pub fn start(
     client: Client,
     recorder: Recorder,
     metrics: Arc<Metrics>,
     config: SyncConfig,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> (
+    Arc<SyncContext>,
+    impl std::future::Future<Output = ()> + Send,
 ) {
     let ns = config.watch_namespace.as_deref();
     let (secrets, secrets_writer) = reflector::store::<Secret>();
@@ -206,6 +262,9 @@ pub async fn run(
         cluster_stores: cluster_controller.as_ref().map(Controller::store),
         schedule: Mutex::default(),
         hasher: RandomState::new(),
+        externals: externals.clone(),
+        forced: Mutex::default(),
+        in_progress: Mutex::default(),
     });
 
     let by_secret = externals.clone();
@@ -275,11 +334,14 @@ pub async fn run(
                 .await;
         }
     };
-    let housekeeping = housekeeping(context, externals);
-    tokio::select! {
-        _ = futures::future::join3(es_run, store_run, cluster_run) => {}
-        () = housekeeping => {}
-    }
+    let housekeeping = housekeeping(context.clone());
+    let run = async move {
+        tokio::select! {
+            _ = futures::future::join3(es_run, store_run, cluster_run) => {}
+            () = housekeeping => {}
+        }
+    };
+    (context, run)
 }
 
 async fn log_event<T, E: std::fmt::Display>(result: Result<T, E>) {
@@ -290,7 +352,8 @@ async fn log_event<T, E: std::fmt::Display>(result: Result<T, E>) {
 
 /// Every few seconds: the `sigil_externalsecrets` gauge, and forgetting sessions, cache
 /// entries and schedules of objects that are gone.
-async fn housekeeping(ctx: Arc<SyncContext>, externals: Store<ExternalSecret>) {
+async fn housekeeping(ctx: Arc<SyncContext>) {
+    let externals = &ctx.externals;
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
@@ -328,13 +391,18 @@ async fn housekeeping(ctx: Arc<SyncContext>, externals: Store<ExternalSecret>) {
         ctx.stores
             .retain(|store| exists(store.kind, &store.namespace, &store.name));
         ctx.cache.sweep(&|identity| ctx.stores.is_live(identity));
+        let exists = |(_, namespace, name): &ObjectKey| {
+            externals
+                .get(&ObjectRef::new(name).within(namespace))
+                .is_some()
+        };
         ctx.schedule
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(_, namespace, name), _| {
-                externals
-                    .get(&ObjectRef::new(name).within(namespace))
-                    .is_some()
-            });
+            .retain(|key, _| exists(key));
+        ctx.in_progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, lock| exists(key) || Arc::strong_count(lock) > 1);
     }
 }

@@ -109,6 +109,26 @@ pub(crate) struct StoreObject {
 }
 
 impl StoreObject {
+    /// Where the store's remote keys live: stores with equal servers name the same
+    /// remote secret by the same key, whoever owns them and however they log in.
+    pub(crate) fn server(&self) -> Result<String, String> {
+        Ok(match self.spec.provider.which()? {
+            ProviderRef::Vault(vault) => format!(
+                "vault {} namespace {} mount {}",
+                vault.server.trim_end_matches('/'),
+                vault.namespace.as_deref().unwrap_or("-").trim_matches('/'),
+                vault.mount().trim_matches('/'),
+            ),
+            ProviderRef::Aws(aws) => format!(
+                "aws {} endpoint {}",
+                aws.region,
+                aws.endpoint
+                    .as_deref()
+                    .map_or("default", |e| e.trim_end_matches('/')),
+            ),
+        })
+    }
+
     fn identity(&self) -> Arc<str> {
         format!(
             "{}/{}/{}/{}/{}",

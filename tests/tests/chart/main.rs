@@ -188,6 +188,7 @@ async fn rendered_chart_is_accepted_by_the_apiserver() -> Result<()> {
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Deployment",
             "PodDisruptionBudget",
             "Role",
@@ -314,6 +315,9 @@ async fn deployment_is_locked_down() -> Result<()> {
         "--leader-election=true",
         "--lease-name=sigil-controller",
         "--concurrency=32",
+        "--max-concurrent-restarts=5",
+        "--rollout-deadline=5m",
+        "--reload-debounce=10s",
     ] {
         assert!(args.contains(&flag), "{flag} missing from {args:?}");
     }
@@ -405,6 +409,35 @@ async fn rbac_is_least_privilege() -> Result<()> {
                 );
             }
         }
+        // Workloads are read and patched (one annotation rolls them), never created,
+        // updated or deleted; wherever the controller serves Secrets.
+        let serving = docs
+            .iter()
+            .find(|d| {
+                kind(d) == "ClusterRole"
+                    || (kind(d) == "Role" && d["metadata"]["namespace"] == "apps")
+            })
+            .context("no Role or ClusterRole for the served namespaces")?;
+        let apps: Vec<&Value> = docs
+            .iter()
+            .filter(|d| kind(d).ends_with("Role"))
+            .flat_map(|d| d["rules"].as_array().into_iter().flatten())
+            .filter(|rule| rule["apiGroups"].to_string().contains("\"apps\""))
+            .collect();
+        ensure!(
+            apps == [&json!({
+                "apiGroups": ["apps"],
+                "resources": ["deployments", "statefulsets", "daemonsets"],
+                "verbs": ["get", "list", "watch", "patch"],
+            })],
+            "workload rules with {set:?}: {apps:?}"
+        );
+        ensure!(
+            serving["rules"]
+                .as_array()
+                .is_some_and(|r| r.contains(apps[0])),
+            "the workload rule is not where Secrets are served: {serving}"
+        );
         let cluster = docs.iter().any(|d| kind(d) == "ClusterRole");
         ensure!(
             cluster == set.is_empty(),

@@ -1,8 +1,11 @@
 //! `sigil-controller` on a real kube-apiserver: keys, unsealing, bad input, HA and
 //! metrics. Each test runs its own controller confined to its own namespace.
 
+mod cluster;
 mod ha;
 mod keys;
+mod restart;
+mod rotation;
 mod support;
 mod sync;
 mod unseal;

@@ -26,6 +26,9 @@ fn binary(name: &str) -> PathBuf {
                 "sigil-controller",
                 "-p",
                 "sigil-cli",
+                // Fail points stay off unless a test sets FAILPOINTS.
+                "--features",
+                "sigil-controller/failpoints",
             ])
             .current_dir(repo_root())
             .status()
@@ -73,6 +76,7 @@ pub struct Controller {
     /// Address of /healthz, /readyz, /metrics.
     pub http: SocketAddr,
     log: PathBuf,
+    audit: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -80,6 +84,16 @@ impl Controller {
     /// Starts a controller whose keys, Lease and SealedSecrets all live in the test's
     /// namespace.
     pub fn start(ctx: &TestContext, identity: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(ctx, identity, extra, &[])
+    }
+
+    /// Like [`Controller::start`], with extra environment variables (e.g. `FAILPOINTS`).
+    pub fn start_with_env(
+        ctx: &TestContext,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -88,6 +102,7 @@ impl Controller {
         let http = SocketAddr::from(([127, 0, 0, 1], port));
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("controller.log");
+        let audit = dir.path().join("audit.jsonl");
         let child = Command::new(binary("sigil-controller"))
             .args([
                 "--namespace",
@@ -107,7 +122,8 @@ impl Controller {
                 "RUST_LOG",
                 "debug,kube=info,hyper=info,tower=info,rustls=info,h2=info",
             )
-            .stdout(Stdio::null())
+            .envs(env.iter().copied())
+            .stdout(std::fs::File::create(&audit).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
@@ -115,6 +131,7 @@ impl Controller {
             child,
             http,
             log,
+            audit,
             _dir: dir,
         }
     }
@@ -145,6 +162,25 @@ impl Controller {
     /// Everything the controller logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The audit lines (stdout) so far, parsed.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("audit lines are JSON"))
+            .collect()
+    }
+
+    /// Waits for the process to exit on its own; its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = &mut self.child;
+        eventually(timeout, || {
+            let status = child.try_wait().unwrap();
+            async move { status.map(|s| s.code()) }
+        })
+        .await
     }
 
     /// SIGKILL: a crash, with no chance to release the Lease.

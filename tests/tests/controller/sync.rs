@@ -21,7 +21,7 @@ use crate::support::*;
 // helpers
 
 /// Server-side applies a Sigil object written as JSON (without apiVersion/kind).
-async fn apply_obj<K>(api: Api<K>, kind: &str, body: Value)
+pub(crate) async fn apply_obj<K>(api: Api<K>, kind: &str, body: Value)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
@@ -39,7 +39,7 @@ where
     .unwrap();
 }
 
-async fn store(ctx: &TestContext, name: &str, provider: Value) {
+pub(crate) async fn store(ctx: &TestContext, name: &str, provider: Value) {
     apply_obj::<SecretStore>(
         Api::namespaced(ctx.kube.clone(), &ctx.namespace),
         "SecretStore",
@@ -48,7 +48,7 @@ async fn store(ctx: &TestContext, name: &str, provider: Value) {
     .await;
 }
 
-async fn external(ctx: &TestContext, name: &str, spec: Value) {
+pub(crate) async fn external(ctx: &TestContext, name: &str, spec: Value) {
     apply_obj::<ExternalSecret>(
         Api::namespaced(ctx.kube.clone(), &ctx.namespace),
         "ExternalSecret",
@@ -57,7 +57,7 @@ async fn external(ctx: &TestContext, name: &str, spec: Value) {
     .await;
 }
 
-async fn put_secret(
+pub(crate) async fn put_secret(
     ctx: &TestContext,
     name: &str,
     data: &[(&str, &str)],
@@ -93,7 +93,7 @@ async fn put_secret(
 }
 
 /// A Secret holding the root token of OpenBao, and a store that uses it.
-async fn vault_token_store(ctx: &TestContext, name: &str) {
+pub(crate) async fn vault_token_store(ctx: &TestContext, name: &str) {
     let token = ctx.env.var("VAULT_TOKEN").unwrap().to_owned();
     put_secret(ctx, "vault-token", &[("token", &token)], &[]).await;
     store(
@@ -106,7 +106,7 @@ async fn vault_token_store(ctx: &TestContext, name: &str) {
 }
 
 /// A store for moto with static keys from a Secret, at `endpoint`.
-async fn aws_store(ctx: &TestContext, name: &str, endpoint: &str) {
+pub(crate) async fn aws_store(ctx: &TestContext, name: &str, endpoint: &str) {
     put_secret(
         ctx,
         "aws-credentials",
@@ -128,7 +128,7 @@ async fn aws_store(ctx: &TestContext, name: &str, endpoint: &str) {
     .await;
 }
 
-async fn vault_put(ctx: &TestContext, key: &str, data: Value) -> u64 {
+pub(crate) async fn vault_put(ctx: &TestContext, key: &str, data: Value) -> u64 {
     let vault = ctx.env.vault_client(None).unwrap();
     let path = format!("{}/{key}", ctx.vault_prefix);
     vaultrs::kv2::set(&vault, "secret", &path, &data)
@@ -138,7 +138,7 @@ async fn vault_put(ctx: &TestContext, key: &str, data: Value) -> u64 {
 }
 
 /// Creates or updates an AWS secret; returns the new VersionId.
-async fn aws_put(ctx: &TestContext, key: &str, value: &str) -> String {
+pub(crate) async fn aws_put(ctx: &TestContext, key: &str, value: &str) -> String {
     let sm = ctx.env.secretsmanager().unwrap();
     let name = format!("{}{key}", ctx.aws_prefix);
     match sm
@@ -162,7 +162,7 @@ async fn aws_put(ctx: &TestContext, key: &str, value: &str) -> String {
     }
 }
 
-async fn secret_data(ctx: &TestContext, name: &str) -> Option<BTreeMap<String, String>> {
+pub(crate) async fn secret_data(ctx: &TestContext, name: &str) -> Option<BTreeMap<String, String>> {
     let secret = Api::<Secret>::namespaced(ctx.kube.clone(), &ctx.namespace)
         .get_opt(name)
         .await
@@ -177,7 +177,7 @@ async fn secret_data(ctx: &TestContext, name: &str) -> Option<BTreeMap<String, S
     )
 }
 
-fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(crate) fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -185,7 +185,7 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 /// The Ready condition (status, reason, message) once it describes the current generation.
-async fn es_ready(ctx: &TestContext, name: &str) -> Option<(String, String, String)> {
+pub(crate) async fn es_ready(ctx: &TestContext, name: &str) -> Option<(String, String, String)> {
     let obj = Api::<ExternalSecret>::namespaced(ctx.kube.clone(), &ctx.namespace)
         .get(name)
         .await
@@ -198,7 +198,7 @@ async fn es_ready(ctx: &TestContext, name: &str) -> Option<(String, String, Stri
     Some((c.status, c.reason, c.message))
 }
 
-async fn wait_es(ctx: &TestContext, name: &str, reason: &str) -> String {
+pub(crate) async fn wait_es(ctx: &TestContext, name: &str, reason: &str) -> String {
     eventually(Duration::from_secs(40), || async {
         let (_, r, message) = es_ready(ctx, name).await?;
         (r == reason).then_some(message)
@@ -206,14 +206,14 @@ async fn wait_es(ctx: &TestContext, name: &str, reason: &str) -> String {
     .await
 }
 
-async fn wait_data(ctx: &TestContext, name: &str, want: &BTreeMap<String, String>) {
+pub(crate) async fn wait_data(ctx: &TestContext, name: &str, want: &BTreeMap<String, String>) {
     eventually(Duration::from_secs(40), || async {
         (secret_data(ctx, name).await.as_ref() == Some(want)).then_some(())
     })
     .await;
 }
 
-async fn events(ctx: &TestContext) -> Vec<Event> {
+pub(crate) async fn events(ctx: &TestContext) -> Vec<Event> {
     Api::<Event>::namespaced(ctx.kube.clone(), &ctx.namespace)
         .list(&ListParams::default())
         .await
@@ -222,7 +222,7 @@ async fn events(ctx: &TestContext) -> Vec<Event> {
 }
 
 /// The value of a metric line `name{labels}` (labels as printed, e.g. `outcome="hit"`).
-fn metric(controller: &Controller, name: &str, labels: &[&str]) -> f64 {
+pub(crate) fn metric(controller: &Controller, name: &str, labels: &[&str]) -> f64 {
     let (_, body) = controller.get("/metrics").unwrap();
     body.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -231,7 +231,7 @@ fn metric(controller: &Controller, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-async fn started(ctx: &TestContext) -> Controller {
+pub(crate) async fn started(ctx: &TestContext) -> Controller {
     install_crds(&ctx.kube).await;
     let controller = Controller::start(ctx, "a", &[]);
     controller.wait_ready().await;

@@ -1,15 +1,17 @@
 //! AWS sessions on moto: reads by stage and by VersionId, batch reads of more than one
 //! call's worth of keys with missing ones among them, web identity through moto's
-//! STS with cached credentials, and an unreachable endpoint.
+//! STS with cached credentials, and an unreachable endpoint. Rotation's writes: an
+//! idempotent `AWSPENDING` version, staging label moves from the version named, with
+//! `AWSPREVIOUS` following `AWSCURRENT`, and conflicts when a label moved elsewhere.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use aws_sdk_secretsmanager::primitives::Blob;
 use secrecy::SecretString;
-use sigil_providers::aws::{AwsAuth, AwsConfig, AwsSession};
+use sigil_providers::aws::{AwsAuth, AwsConfig, AwsSession, SecretVersion};
 use sigil_providers::{Error, ErrorKind, NoObserver, Operation, TokenSource};
 use sigil_tests::{Env, TestContext};
 
@@ -248,5 +250,165 @@ async fn unreachable_endpoint_is_unavailable_quickly() -> Result<()> {
         started.elapsed()
     );
     assert!(counter.failed(Operation::Login, ErrorKind::Unavailable) >= 1);
+    Ok(())
+}
+
+/// The staging labels of version `id` (sorted), or `None` when it is not listed.
+fn stages(versions: &[SecretVersion], id: &str) -> Option<Vec<String>> {
+    Some(versions.iter().find(|v| v.id == id)?.stages.clone())
+}
+
+fn labels(names: &[&str]) -> Option<Vec<String>> {
+    Some(names.iter().map(|n| (*n).to_owned()).collect())
+}
+
+#[tokio::test]
+async fn put_pending_is_idempotent_and_move_stage_promotes_it() -> Result<()> {
+    let ctx = TestContext::new("aws_rotation").await?;
+    let sm = ctx.env.secretsmanager()?;
+    let name = format!("{}rotated", ctx.aws_prefix);
+    let old = sm
+        .create_secret()
+        .name(&name)
+        .secret_string("old-password")
+        .send()
+        .await?
+        .version_id
+        .context("a version id")?;
+    let counter = Arc::new(Counter::default());
+    let session = AwsSession::new(config(ctx.env, static_auth(ctx.env)?)?, counter.clone()).await?;
+    let versions = session.versions(&name).await?;
+    assert_eq!(versions.len(), 1);
+    assert_eq!(stages(&versions, &old), labels(&["AWSCURRENT"]));
+
+    // Twice the same token and value: one new version, staged AWSPENDING only.
+    let token = "5f0c3d4e-8a7b-4c1d-9e2f-a1b2c3d4e5f6";
+    assert_eq!(
+        session.put_pending(&name, token, b"new-password").await?,
+        token
+    );
+    assert_eq!(
+        session.put_pending(&name, token, b"new-password").await?,
+        token
+    );
+    let versions = session.versions(&name).await?;
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert_eq!(stages(&versions, token), labels(&["AWSPENDING"]));
+    assert_eq!(stages(&versions, &old), labels(&["AWSCURRENT"]));
+    let current = session.read(&name, None).await?;
+    assert_eq!(
+        (current.bytes(), current.version()),
+        (&b"old-password"[..], &*old)
+    );
+    let pending = session.read(&name, Some("AWSPENDING")).await?;
+    assert_eq!(
+        (pending.bytes(), pending.version()),
+        (&b"new-password"[..], token)
+    );
+
+    // A `from` that does not hold the label: a conflict, and nothing moves.
+    for from in [Some(token), None] {
+        let err = session
+            .move_stage(&name, "AWSCURRENT", Some(token), from)
+            .await
+            .unwrap_err();
+        match &err {
+            Error::Conflict { detail, .. } => {
+                assert!(detail.contains(&format!("is on version {old}")), "{detail}")
+            }
+            other => bail!("a wrong `from` ({from:?}) was not a conflict: {other:?}"),
+        }
+        assert!(err.to_string().contains("nothing was written"), "{err}");
+    }
+    assert_eq!(session.versions(&name).await?, versions);
+
+    // Promote: AWSCURRENT moves to the pending version and AWSPREVIOUS to the old one.
+    session
+        .move_stage(&name, "AWSCURRENT", Some(token), Some(&old))
+        .await?;
+    let versions = session.versions(&name).await?;
+    assert_eq!(
+        stages(&versions, token),
+        labels(&["AWSCURRENT", "AWSPENDING"])
+    );
+    assert_eq!(stages(&versions, &old), labels(&["AWSPREVIOUS"]));
+    let current = session.read(&name, None).await?;
+    assert_eq!(
+        (current.bytes(), current.version()),
+        (&b"new-password"[..], token)
+    );
+    let previous = session.read(&name, Some("AWSPREVIOUS")).await?;
+    assert_eq!(
+        (previous.bytes(), previous.version()),
+        (&b"old-password"[..], &*old)
+    );
+    // The same move again (a retry after a lost answer) is done already.
+    session
+        .move_stage(&name, "AWSCURRENT", Some(token), Some(&old))
+        .await?;
+    assert_eq!(session.versions(&name).await?, versions);
+
+    // Remove AWSPENDING from the new current version; again is done already.
+    session
+        .move_stage(&name, "AWSPENDING", None, Some(token))
+        .await?;
+    session
+        .move_stage(&name, "AWSPENDING", None, Some(token))
+        .await?;
+    let versions = session.versions(&name).await?;
+    assert_eq!(stages(&versions, token), labels(&["AWSCURRENT"]));
+    assert_eq!(stages(&versions, &old), labels(&["AWSPREVIOUS"]));
+    let gone = session.read(&name, Some("AWSPENDING")).await.unwrap_err();
+    assert_eq!(gone.kind(), ErrorKind::NotFound, "{gone}");
+
+    // A version to move to that does not exist.
+    let nowhere = session
+        .move_stage(
+            &name,
+            "AWSPENDING",
+            Some("00000000-0000-4000-8000-000000000000"),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(nowhere.kind(), ErrorKind::NotFound, "{nowhere}");
+
+    // The token of a finished rotation: the same value changes nothing, another
+    // value is a conflict.
+    assert_eq!(
+        session.put_pending(&name, token, b"new-password").await?,
+        token
+    );
+    assert_eq!(session.versions(&name).await?, versions);
+    let reused = session
+        .put_pending(&name, token, b"other-password")
+        .await
+        .unwrap_err();
+    assert_eq!(reused.kind(), ErrorKind::Conflict, "{reused}");
+    assert!(!reused.to_string().contains("other-password"), "{reused}");
+    assert_eq!(session.read(&name, None).await?.bytes(), b"new-password");
+
+    // A secret that does not exist.
+    let missing = format!("{}missing", ctx.aws_prefix);
+    let err = session
+        .put_pending(&missing, token, b"x")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = session.versions(&missing).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    let err = session
+        .move_stage(&missing, "AWSCURRENT", Some(token), Some(&old))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+
+    assert_eq!(counter.ok(Operation::Write), 3);
+    assert_eq!(counter.failed(Operation::Write, ErrorKind::Conflict), 1);
+    assert_eq!(counter.failed(Operation::Write, ErrorKind::NotFound), 1);
+    assert_eq!(counter.ok(Operation::Stage), 4);
+    assert_eq!(counter.failed(Operation::Stage, ErrorKind::Conflict), 2);
+    assert_eq!(counter.failed(Operation::Stage, ErrorKind::NotFound), 2);
+    assert_eq!(counter.failed(Operation::Describe, ErrorKind::NotFound), 2);
     Ok(())
 }

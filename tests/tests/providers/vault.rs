@@ -2,6 +2,8 @@
 //! pinned version), logins are single-flight and counted (by the session, by the
 //! Observer and in OpenBao's audit log), short-lived tokens are renewed rather than
 //! replaced, a revoked token is replaced once, and errors have the right kind.
+//! Rotation's writes: check-and-set writes keep the previous version and refuse a
+//! stale version without writing, and marks merge into `custom_metadata`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use sigil_providers::{Error, ErrorKind, NoObserver, Operation, TokenSource};
 use sigil_tests::{Env, TestContext};
 use vaultrs::api::auth::approle::requests::SetAppRoleRequest;
 use vaultrs::api::auth::kubernetes::requests::CreateKubernetesRoleRequest;
+use vaultrs::api::kv2::requests::SetSecretMetadataRequest;
 use vaultrs::client::VaultClient;
 
 use crate::common::Counter;
@@ -504,5 +507,182 @@ async fn unreachable_vault_is_unavailable_quickly() -> Result<()> {
         started.elapsed()
     );
     assert_eq!(counter.failed(Operation::Login, ErrorKind::Unavailable), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn write_with_cas_keeps_the_previous_version_and_refuses_a_stale_one() -> Result<()> {
+    let ctx = TestContext::new("vault_write_cas").await?;
+    let root = ctx.env.vault_client(None)?;
+    let key = format!("{}/rotated", ctx.vault_prefix);
+    write(&root, &key, "one").await?;
+
+    let counter = Arc::new(Counter::default());
+    let token = SecretString::from(ctx.env.var("VAULT_TOKEN")?);
+    let session = VaultSession::new(config(ctx.env, VaultAuth::Token(token))?, counter.clone())?;
+    let meta = session.metadata(&key).await?;
+    assert_eq!(meta.current_version, 1);
+    let old = session.read(&key, None).await?;
+
+    // A write against the version read adds the next one; the previous stays readable.
+    let new = br#"{"password":"two","user":"app"}"#;
+    assert_eq!(session.write(&key, new, meta.current_version).await?, 2);
+    let latest = session.read(&key, None).await?;
+    assert_eq!(latest.version(), "2");
+    assert_eq!(
+        json(latest.bytes()),
+        serde_json::json!({"password": "two", "user": "app"})
+    );
+    assert_eq!(session.read(&key, Some(1)).await?.bytes(), old.bytes());
+    // The bytes of a read are valid data for a write (a rollback).
+    assert_eq!(session.write(&key, old.bytes(), 2).await?, 3);
+    assert_eq!(
+        json(session.read(&key, None).await?.bytes())["password"],
+        "one"
+    );
+
+    // A stale check-and-set version is a conflict and writes nothing.
+    let stale = session
+        .write(&key, br#"{"password":"lost-update"}"#, 2)
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, Error::Conflict { .. }), "{stale:?}");
+    assert!(stale.to_string().contains("nothing was written"), "{stale}");
+    assert!(!stale.to_string().contains("lost-update"), "{stale}");
+    assert_eq!(session.metadata(&key).await?.current_version, 3);
+    let latest = session.read(&key, None).await?;
+    assert_eq!(latest.version(), "3");
+    assert_eq!(json(latest.bytes())["password"], "one");
+
+    // Check-and-set 0 creates a key that does not exist, and only that.
+    let fresh = format!("{}/fresh", ctx.vault_prefix);
+    assert_eq!(session.write(&fresh, br#"{"k":"v"}"#, 0).await?, 1);
+    let exists = session.write(&fresh, br#"{"k":"w"}"#, 0).await.unwrap_err();
+    assert_eq!(exists.kind(), ErrorKind::Conflict, "{exists}");
+    assert_eq!(json(session.read(&fresh, None).await?.bytes())["k"], "v");
+
+    // Data that is not a JSON object is refused without a request, and not quoted.
+    let writes = counter.total(Operation::Write);
+    for bad in [
+        &br#"["hunter2"]"#[..],
+        br#""hunter2""#,
+        br#"{"p":"hunter2""#,
+    ] {
+        let err = session.write(&key, bad, 3).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidConfig { field: "value", .. }),
+            "{err:?}"
+        );
+        assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
+    }
+    assert_eq!(counter.total(Operation::Write), writes);
+
+    assert_eq!(counter.ok(Operation::Write), 3);
+    assert_eq!(counter.failed(Operation::Write, ErrorKind::Conflict), 2);
+    assert_eq!(counter.ok(Operation::Describe), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn mark_merges_custom_metadata_and_missing_keys_are_not_found() -> Result<()> {
+    let ctx = TestContext::new("vault_mark").await?;
+    let root = ctx.env.vault_client(None)?;
+    let key = format!("{}/marked", ctx.vault_prefix);
+    write(&root, &key, "one").await?;
+    vaultrs::kv2::set_metadata(
+        &root,
+        "secret",
+        &key,
+        Some(
+            SetSecretMetadataRequest::builder()
+                .custom_metadata(HashMap::from([("owner".to_owned(), "team-a".to_owned())])),
+        ),
+    )
+    .await?;
+
+    // The environment's AppRole (policy sigil-test) may read, write and patch metadata.
+    let counter = Arc::new(Counter::default());
+    let auth = approle_auth(
+        ctx.env.var("SIGIL_VAULT_APPROLE_MOUNT")?,
+        ctx.env.var("SIGIL_VAULT_APPROLE_ROLE_ID")?,
+        ctx.env.var("SIGIL_VAULT_APPROLE_SECRET_ID")?,
+    );
+    let session = Arc::new(VaultSession::new(config(ctx.env, auth)?, counter.clone())?);
+    session
+        .mark(
+            &key,
+            &[
+                ("sigil.dev/rotation", "pending"),
+                ("sigil.dev/pending", "2"),
+            ],
+        )
+        .await?;
+    let meta = session.metadata(&key).await?;
+    assert_eq!(meta.current_version, 1, "a mark adds no version");
+    let entries = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        meta.custom_metadata,
+        entries(&[
+            ("owner", "team-a"),
+            ("sigil.dev/rotation", "pending"),
+            ("sigil.dev/pending", "2"),
+        ])
+    );
+    session
+        .mark(&key, &[("sigil.dev/rotation", "done")])
+        .await?;
+    assert_eq!(
+        session.metadata(&key).await?.custom_metadata,
+        entries(&[
+            ("owner", "team-a"),
+            ("sigil.dev/rotation", "done"),
+            ("sigil.dev/pending", "2"),
+        ])
+    );
+
+    // Concurrent marks of different entries are merged by OpenBao: none is lost.
+    let marks = (0..8).map(|i| {
+        let session = session.clone();
+        let key = key.clone();
+        async move {
+            let name = format!("concurrent-{i}");
+            session.mark(&key, &[(name.as_str(), "x")]).await
+        }
+    });
+    for result in futures::future::join_all(marks).await {
+        result?;
+    }
+    let meta = session.metadata(&key).await?;
+    assert_eq!(
+        meta.custom_metadata.len(),
+        3 + 8,
+        "{:?}",
+        meta.custom_metadata
+    );
+    assert_eq!(meta.custom_metadata["owner"], "team-a");
+
+    // A write through the same session is allowed too.
+    assert_eq!(session.write(&key, br#"{"password":"two"}"#, 1).await?, 2);
+    assert_eq!(session.metadata(&key).await?.custom_metadata.len(), 11);
+
+    // A key that does not exist.
+    let missing = format!("{}/missing", ctx.vault_prefix);
+    let err = session.metadata(&missing).await.unwrap_err();
+    assert!(
+        matches!(err, Error::NotFound { ref key, .. } if *key == missing),
+        "{err:?}"
+    );
+    let err = session.mark(&missing, &[("a", "b")]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+
+    assert_eq!(session.logins(), 1);
+    assert_eq!(counter.failed(Operation::Describe, ErrorKind::NotFound), 1);
+    assert_eq!(counter.failed(Operation::Write, ErrorKind::NotFound), 1);
+    assert_eq!(counter.ok(Operation::Write), 2 + 8 + 1);
     Ok(())
 }

@@ -1,5 +1,5 @@
 // Command kube-apiserver is the upstream Kubernetes API server, built from the
-// Go module proxy at the version pinned in ../versions.env, for Sigil's tests.
+// Go module proxy at the version pinned in ../../versions.env, for Sigil's tests.
 package main
 
 import (

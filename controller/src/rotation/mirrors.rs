@@ -1,0 +1,223 @@
+//! After the store holds the new version: `propagate` refreshes every ExternalSecret
+//! that mirrors the remote key (through any store on the same server) and waits until
+//! each Secret holds it; `restart` rolls the workloads that consume those Secrets.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::ResourceExt;
+use sigil_types::{ExternalSecret, Rotation, RotationPhase, RotationTarget, WorkloadRef};
+
+use super::remote::{describe, recorded};
+use super::{Outcome, RotationContext, StepName, Stop, display_name, fail, status_of};
+use crate::restart::{Rolled, Workload};
+use crate::sync::external::mirrors;
+
+/// How many ExternalSecrets are refreshed at once.
+const REFRESH_CONCURRENCY: usize = 16;
+/// How often `propagate` looks at the mirrors while they refresh.
+const POLL: Duration = Duration::from_millis(100);
+/// How long one reconcile waits for the mirrors before it requeues.
+const WAIT_IN_RECONCILE: Duration = Duration::from_secs(10);
+
+/// What a Rotation would touch: for a dry run, and the lists `propagate` records.
+pub(super) struct Plan {
+    pub external_secrets: Vec<String>,
+    pub secrets: Vec<String>,
+    pub workloads: Vec<WorkloadRef>,
+}
+
+/// The ExternalSecrets, Secrets and (when restarts are on) workloads a rotation of
+/// `target` reaches. Reads only.
+pub(super) async fn plan(
+    obj: &Rotation,
+    ctx: &RotationContext,
+    target: &RotationTarget,
+) -> Result<Plan, Stop> {
+    let found = mirrors(&ctx.sync, &target.server, &target.key).await?;
+    let secrets = secrets_of(&found);
+    let workloads = if obj.spec.restart_or_default() {
+        consumers(ctx, &secrets).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Plan {
+        external_secrets: found.iter().map(|es| name_of(es)).collect(),
+        secrets: flatten(&secrets),
+        workloads: workloads.iter().map(workload_ref).collect(),
+    })
+}
+
+/// Refreshes every mirror now, bypassing the read cache, and finishes once each holds
+/// the new version.
+pub(super) async fn propagate(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
+    let (target, _) = recorded(obj)?;
+    let new = status_of(obj).new_version.unwrap_or_default();
+    let started = super::step_started(obj, StepName::Propagate);
+    let deadline = tokio::time::Instant::now() + WAIT_IN_RECONCILE;
+    let mut refreshed = false;
+    loop {
+        let found = mirrors(&ctx.sync, &target.server, &target.key).await?;
+        let behind: Vec<Arc<ExternalSecret>> = found
+            .iter()
+            .filter(|es| !holds(es, &target, &new))
+            .cloned()
+            .collect();
+        if behind.is_empty() {
+            let secrets = secrets_of(&found);
+            let message = format!(
+                "{} Secret(s) of {} ExternalSecret(s) hold version {new} of {}",
+                flatten(&secrets).len(),
+                found.len(),
+                describe(&target)
+            );
+            let external_secrets: Vec<String> = found.iter().map(|es| name_of(es)).collect();
+            let secrets = flatten(&secrets);
+            return Ok(Outcome::new(RotationPhase::Propagated, message, move |s| {
+                s.external_secrets = external_secrets;
+                s.secrets = secrets;
+            }));
+        }
+        if !refreshed {
+            futures::stream::iter(behind.iter().cloned())
+                .for_each_concurrent(REFRESH_CONCURRENCY, |es| async move {
+                    if let Err(err) = ctx.sync.refresh_now(es.clone()).await {
+                        tracing::warn!(external_secret = %name_of(&es), error = %err, "refresh for rotation failed");
+                    }
+                })
+                .await;
+            super::crash_point("rotation-after-refresh");
+            refreshed = true;
+            continue;
+        }
+        let waited = Timestamp::now().duration_since(started.0);
+        let names: Vec<String> = behind.iter().take(5).map(|es| name_of(es)).collect();
+        if waited.unsigned_abs() > ctx.propagation_timeout {
+            return Err(fail(
+                "PropagationTimedOut",
+                format!(
+                    "{} ExternalSecret(s) did not pick up version {new} of {} within {}s: {}; see their Ready conditions. The store holds the new version; no workload was restarted",
+                    behind.len(),
+                    describe(&target),
+                    ctx.propagation_timeout.as_secs(),
+                    names.join(", ")
+                ),
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Stop::Wait(
+                Duration::from_secs(1),
+                format!(
+                    "waiting for {} ExternalSecret(s) to hold version {new}: {}",
+                    behind.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+        // ExternalSecrets whose refresh failed (an outage) are tried again.
+        if waited.unsigned_abs() > Duration::from_secs(5) {
+            refreshed = false;
+        }
+    }
+}
+
+/// Rolls every workload that consumes a refreshed Secret, once per Rotation.
+pub(super) async fn restart(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
+    let status = status_of(obj);
+    let new = status.new_version.clone().unwrap_or_default();
+    let mut secrets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for secret in &status.secrets {
+        if let Some((namespace, name)) = secret.split_once('/') {
+            secrets
+                .entry(namespace.to_owned())
+                .or_default()
+                .insert(name.to_owned());
+        }
+    }
+    let workloads = consumers(ctx, &secrets).await?;
+    let restarted_for = format!("{}@{new}", display_name(obj));
+    let results = futures::future::join_all(
+        workloads
+            .iter()
+            .map(|w| ctx.restarter.roll(w, &restarted_for)),
+    )
+    .await;
+    let mut rolled = Vec::new();
+    for (workload, result) in workloads.iter().zip(results) {
+        match result? {
+            Rolled::Rolled | Rolled::AlreadyRolled => rolled.push(workload_ref(workload)),
+            Rolled::Gone => {}
+        }
+    }
+    super::crash_point("rotation-after-roll");
+    let message = format!(
+        "restarted {} workload(s) that consume the refreshed Secrets",
+        rolled.len()
+    );
+    Ok(Outcome::new(RotationPhase::Restarted, message, move |s| {
+        s.workloads = rolled;
+    }))
+}
+
+/// Whether `es` holds version `new` of the target's key (Vault: or a later one).
+fn holds(es: &ExternalSecret, target: &RotationTarget, new: &str) -> bool {
+    let Some(status) = &es.status else {
+        return false;
+    };
+    let wanted = target.key.trim_matches('/');
+    status
+        .synced_versions
+        .iter()
+        .filter(|(key, _)| key.trim_matches('/') == wanted)
+        .any(|(_, version)| {
+            version == new
+                || (target.provider == "vault"
+                    && matches!((version.parse::<u64>(), new.parse::<u64>()), (Ok(v), Ok(n)) if v >= n))
+        })
+}
+
+/// Target Secret names of `found`, by namespace.
+fn secrets_of(found: &[Arc<ExternalSecret>]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut secrets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for es in found {
+        secrets
+            .entry(es.namespace().unwrap_or_default())
+            .or_default()
+            .insert(es.target_name());
+    }
+    secrets
+}
+
+fn flatten(secrets: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    secrets
+        .iter()
+        .flat_map(|(ns, names)| names.iter().map(move |n| format!("{ns}/{n}")))
+        .collect()
+}
+
+async fn consumers(
+    ctx: &RotationContext,
+    secrets: &BTreeMap<String, BTreeSet<String>>,
+) -> Result<Vec<Workload>, Stop> {
+    let mut all = Vec::new();
+    for (namespace, names) in secrets {
+        all.extend(ctx.restarter.consumers(namespace, names).await?);
+    }
+    Ok(all)
+}
+
+fn workload_ref(workload: &Workload) -> WorkloadRef {
+    WorkloadRef {
+        kind: workload.kind.as_str().to_owned(),
+        namespace: workload.namespace.clone(),
+        name: workload.name.clone(),
+    }
+}
+
+fn name_of(es: &ExternalSecret) -> String {
+    format!("{}/{}", es.namespace().unwrap_or_default(), es.name_any())
+}

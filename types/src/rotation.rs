@@ -1,0 +1,337 @@
+//! `Rotation`: replace a credential now. The controller writes a new value to the
+//! store behind an ExternalSecret (or makes a new sealing key), refreshes every Secret
+//! that mirrors it and restarts the workloads that read it, recording each step in
+//! status before it takes the next, so that a controller killed midway resumes and
+//! never writes twice.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Length of a generated value when `generate.length` is unset.
+pub const DEFAULT_LENGTH: u32 = 32;
+/// Symbols a generated value draws from when `generate.symbolCharacters` is unset.
+pub const DEFAULT_SYMBOLS: &str = "~!@#$%^&*()_+-={}[]|:;<>,.?/";
+/// Label on every Rotation naming the ExternalSecret it targets, so the API and
+/// `kubectl get rotations.sigil.dev -l` find a credential's history.
+pub const TARGET_LABEL: &str = "sigil.dev/external-secret";
+
+/// A request to rotate one credential now.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "sigil.dev",
+    version = "v1",
+    kind = "Rotation",
+    namespaced,
+    shortname = "rot",
+    category = "sigil",
+    status = "RotationStatus",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.externalSecretRef.name"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.newVersion"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Requested By","type":"string","priority":1,"jsonPath":".spec.requestedBy"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.externalSecretRef) != has(self.sealingKey)",
+     "message": "set exactly one target: spec.externalSecretRef (a remote key behind an ExternalSecret) or spec.sealingKey: {}"},
+    {"rule": "!has(self.sealingKey) || !has(self.generate)",
+     "message": "spec.generate applies to spec.externalSecretRef only: a sealing key is made by the controller"},
+    {"rule": "self == oldSelf",
+     "message": "a Rotation cannot be changed once created: create a new Rotation instead"}
+]))]
+#[serde(rename_all = "camelCase")]
+pub struct RotationSpec {
+    /// Rotate the remote key an ExternalSecret in this namespace reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_secret_ref: Option<ExternalSecretRef>,
+    /// Rotate the cluster's sealing key: a new active key now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing_key: Option<SealingKeyTarget>,
+    /// How to make the new value (unset: 32 characters of letters, digits and symbols).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<Generate>,
+    /// Whether to restart the Deployments, StatefulSets and DaemonSets that consume the
+    /// refreshed Secrets (unset: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<bool>,
+    /// Why, for the record (e.g. an incident number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
+    /// Who asked: set by sigil-api from the caller's identity (unset: `kubectl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub requested_by: Option<String>,
+    /// Compute and record what would change, and change nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<bool>,
+}
+
+/// Which remote key to rotate: the one an ExternalSecret reads.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSecretRef {
+    /// The ExternalSecret's name (same namespace as the Rotation).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Which of its `data[].secretKey` entries; needed when it reads more than one
+    /// remote key or property.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<String>,
+}
+
+/// The cluster's sealing key as a target; no fields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SealingKeyTarget {}
+
+/// How a new value is generated: random characters from the chosen classes. Letters
+/// are always included.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Generate {
+    /// Characters (unset: 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8, max = 4096))]
+    pub length: Option<u32>,
+    /// Whether to include digits (unset: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digits: Option<bool>,
+    /// Whether to include symbols (unset: true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbols: Option<bool>,
+    /// The symbols to draw from (unset: `~!@#$%^&*()_+-={}[]|:;<>,.?/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub symbol_characters: Option<String>,
+}
+
+impl Generate {
+    /// The length asked for, or the default.
+    pub fn length_or_default(&self) -> u32 {
+        self.length.unwrap_or(DEFAULT_LENGTH)
+    }
+
+    /// The alphabet a value is drawn from: letters, then digits and symbols as asked,
+    /// without repeats.
+    pub fn alphabet(&self) -> Vec<char> {
+        let mut chars: Vec<char> = ('a'..='z').chain('A'..='Z').collect();
+        if self.digits.unwrap_or(true) {
+            chars.extend('0'..='9');
+        }
+        if self.symbols.unwrap_or(true) {
+            let symbols = self.symbol_characters.as_deref().unwrap_or(DEFAULT_SYMBOLS);
+            for c in symbols.chars() {
+                if !c.is_control() && !c.is_whitespace() && !chars.contains(&c) {
+                    chars.push(c);
+                }
+            }
+        }
+        chars
+    }
+}
+
+impl RotationSpec {
+    /// Whether consuming workloads are restarted.
+    pub fn restart_or_default(&self) -> bool {
+        self.restart.unwrap_or(true)
+    }
+
+    /// Whether this is a dry run.
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run.unwrap_or(false)
+    }
+
+    /// Who asked, for the audit record.
+    pub fn requested_by_or_default(&self) -> &str {
+        self.requested_by.as_deref().unwrap_or("kubectl")
+    }
+}
+
+/// Where a Rotation is. The order is the order of the steps; `Failed` can follow any
+/// step.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub enum RotationPhase {
+    /// Accepted; the target is being resolved or waits for another Rotation of it.
+    #[default]
+    Pending,
+    /// The new value is written to the store, not yet current (AWS: `AWSPENDING`;
+    /// Vault: a new KV version).
+    Staged,
+    /// The new value is the current one (AWS: `AWSCURRENT`).
+    Promoted,
+    /// Every Secret that mirrors the remote key holds the new version.
+    Propagated,
+    /// Every consuming workload was rolled.
+    Restarted,
+    /// Done.
+    Completed,
+    /// Stopped; `Ready` says why. Nothing more is written.
+    Failed,
+}
+
+impl RotationPhase {
+    /// The phase's name as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RotationPhase::Pending => "Pending",
+            RotationPhase::Staged => "Staged",
+            RotationPhase::Promoted => "Promoted",
+            RotationPhase::Propagated => "Propagated",
+            RotationPhase::Restarted => "Restarted",
+            RotationPhase::Completed => "Completed",
+            RotationPhase::Failed => "Failed",
+        }
+    }
+
+    /// Whether nothing more will happen.
+    pub fn is_final(self) -> bool {
+        matches!(self, RotationPhase::Completed | RotationPhase::Failed)
+    }
+}
+
+/// What a Rotation found, did and is doing. Never holds a value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStatus {
+    /// The generation acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Where the Rotation is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RotationPhase>,
+    /// The remote key, resolved from the ExternalSecret when the Rotation started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<RotationTarget>,
+    /// The version current before the rotation (KV version, AWS VersionId, or the
+    /// active sealing key ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<String>,
+    /// The version this Rotation wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_version: Option<String>,
+    /// Each step taken, in order, with its times.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<RotationStep>,
+    /// ExternalSecrets (`namespace/name`) refreshed to the new version (dry run: that
+    /// would be).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_secrets: Vec<String>,
+    /// Secrets (`namespace/name`) that hold the new version (dry run: that would).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Workloads rolled (dry run: that would be).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadRef>,
+    /// Sealing-key Rotations: how many SealedSecrets still use each key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealing_keys: Vec<SealingKeyUse>,
+    /// `Ready`: True when Completed, False with the reason otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The remote key a Rotation writes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationTarget {
+    /// `vault` or `aws`.
+    pub provider: String,
+    /// The store used to write (`SecretStore/<namespace>/<name>` or
+    /// `ClusterSecretStore/<name>`).
+    pub store: String,
+    /// The server: Vault address and mount, or AWS region and endpoint.
+    pub server: String,
+    /// The remote key.
+    pub key: String,
+    /// The JSON property written, keeping every other property.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub property: Option<String>,
+}
+
+/// One step of a Rotation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationStep {
+    /// `resolve`, `stage`, `promote`, `propagate`, `restart` or `complete`.
+    pub name: String,
+    /// When it began.
+    pub started_at: Time,
+    /// When it ended; unset while under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// What it found or did, briefly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A workload a Rotation restarted.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub kind: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// How many SealedSecrets use one sealing key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SealingKeyUse {
+    /// The key's ID.
+    pub key_id: String,
+    /// Whether it is the active key (the one `sigil seal` uses now).
+    pub active: bool,
+    /// SealedSecrets with at least one value sealed to it.
+    pub sealed_secrets: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alphabet_follows_the_classes_asked_for() {
+        let all = Generate::default().alphabet();
+        assert!(all.contains(&'a') && all.contains(&'7') && all.contains(&'#'));
+        let letters = Generate {
+            digits: Some(false),
+            symbols: Some(false),
+            ..Generate::default()
+        }
+        .alphabet();
+        assert_eq!(letters.len(), 52);
+        let custom = Generate {
+            digits: Some(false),
+            symbol_characters: Some("-_- \t".to_owned()),
+            ..Generate::default()
+        }
+        .alphabet();
+        assert_eq!(custom.len(), 54, "repeats and whitespace are dropped");
+        assert_eq!(Generate::default().length_or_default(), 32);
+    }
+
+    #[test]
+    fn defaults_and_phase_names() {
+        let spec = RotationSpec::default();
+        assert!(spec.restart_or_default());
+        assert!(!spec.is_dry_run());
+        assert_eq!(spec.requested_by_or_default(), "kubectl");
+        assert!(RotationPhase::Staged < RotationPhase::Promoted);
+        assert!(RotationPhase::Failed.is_final() && !RotationPhase::Restarted.is_final());
+        assert_eq!(
+            serde_json::to_value(RotationPhase::Propagated).unwrap(),
+            "Propagated"
+        );
+    }
+}
