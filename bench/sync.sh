@@ -55,159 +55,39 @@ done
 [[ $envmode == private || $envmode == shared ]] || { echo "bench: --env is private or shared" >&2; exit 2; }
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-nice -n 10 cargo build --quiet --release --locked -p sigil-controller --manifest-path "$root/Cargo.toml"
-controller=$root/target/release/sigil-controller
-
-run=$(date +%s)-$$
-work=$(mktemp -d)
-pid=
-cleanup() {
-  local rc=$?
-  if [[ -n $pid ]]; then
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  fi
-  if ((rc != 0)) && [[ -f $work/controller.log ]]; then
-    echo "bench: failed; last lines of the controller's log:" >&2
-    tail -n 15 "$work/controller.log" >&2 || true
-  fi
-  # No controller-manager runs: every object is deleted explicitly, then the remote keys.
-  if [[ -n ${SIGIL_KUBE_SERVER:-} && -f $work/bench.py ]]; then
-    python3 "$work/bench.py" cleanup || echo "bench: cleanup was incomplete (see above)" >&2
-  fi
-  if [[ $envmode == private && -d $work/env ]]; then
-    SIGIL_ENV_DIR=$work/env "$root/scripts/env" down >/dev/null 2>&1 || true
-  fi
-  if [[ ${BENCH_KEEP:-0} == 1 ]]; then echo "bench: kept $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-
-if [[ $envmode == private ]]; then
-  echo "bench: starting a private environment in $work/env ..." >&2
-  # Moto's recorder (started later through /moto-api/) writes here, not into a cwd.
-  (cd "$work" && SIGIL_ENV_DIR=$work/env MOTO_RECORDER_FILEPATH=$work/env/moto_recording \
-    "$root/scripts/env" up --until-exit $$ 2>"$work/env-up.log") ||
-    { cat "$work/env-up.log" >&2; exit 1; }
-  envfile=$work/env/env
-else
-  "$root/scripts/env" status >/dev/null 2>&1 || "$root/scripts/env" up
-  envfile=${SIGIL_ENV_DIR:-$root/.env}/env
-  echo "bench: shared environment: this controller also reconciles every other ExternalSecret and SealedSecret in the cluster" >&2
-fi
-set -a
-# shellcheck disable=SC1090
-source "$envfile"
-set +a
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-export BENCH_RUN=$run BENCH_N=$n BENCH_NS=$namespaces BENCH_KEYS=$keys BENCH_INTERVAL=$interval \
-  BENCH_INTERVALS=$intervals BENCH_LAYOUT=$layout BENCH_COLD=$cold BENCH_ENV=$envmode \
-  BENCH_WORK=$work BENCH_ROOT=$root BENCH_PORT=$port BENCH_FLAGS="$*"
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+bench_build
+bench_init
+bench_env
+export BENCH_N=$n BENCH_NS=$namespaces BENCH_KEYS=$keys BENCH_INTERVAL=$interval \
+  BENCH_INTERVALS=$intervals BENCH_LAYOUT=$layout BENCH_COLD=$cold BENCH_FLAGS="$*"
+bench_pylib
 
 cat >"$work/bench.py" <<'PY'
 """The bench's client side: setup, the bulk create, counting, the table and cleanup."""
 import base64
-import http.client
 import json
 import os
 import re
 import secrets
-import ssl
-import subprocess
 import sys
-import threading
 import time
-import urllib.parse
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
-E = os.environ
-RUN, N, M, K = E["BENCH_RUN"], int(E["BENCH_N"]), int(E["BENCH_NS"]), int(E["BENCH_KEYS"])
+from benchlib import (E, LABEL, RUN, SELECTOR, WORKERS, alive, approle_role, apply_crds, aws, cleanup,
+                      create_namespaces, credentials, kube, load_state, metric, metrics, moto, par,
+                      provider_spec, save_state, vault, wait_ready)
+
+N, M, K = int(E["BENCH_N"]), int(E["BENCH_NS"]), int(E["BENCH_KEYS"])
 T, I, LAYOUT = float(E["BENCH_INTERVAL"]), int(E["BENCH_INTERVALS"]), E["BENCH_LAYOUT"]
-WORK, ROOT, PORT = E["BENCH_WORK"], E["BENCH_ROOT"], int(E["BENCH_PORT"])
-STATE = os.path.join(WORK, "state.json")
 CTL_NS = f"bench-sync-{RUN}"
 NAMESPACES = [f"bench-sync-{RUN}-{i}" for i in range(M)]
 ROLE = f"sigil-bench-{RUN}"
 AKID = f"bench-{RUN}"  # the controller's AWS access key id: moto's recorder shows it
 PREFIX = f"bench/{RUN}"
-LABEL = "sigil.dev/bench"
-WORKERS = 16  # parallel create requests
 AUDIT = E["SIGIL_VAULT_AUDIT_LOG"]
 MOTO_LOG = os.path.join(E["SIGIL_ENV_DIR"], "logs", "moto.log")
-
-
-class Http:
-    """Keep-alive JSON over HTTP(S), one connection per thread."""
-
-    def __init__(self, base, headers, cafile=None):
-        u = urllib.parse.urlsplit(base)
-        self.host, self.port, self.https = u.hostname, u.port, u.scheme == "https"
-        self.ctx = ssl.create_default_context(cafile=cafile) if self.https else None
-        self.headers, self.local = headers, threading.local()
-
-    def _conn(self):
-        c = getattr(self.local, "c", None)
-        if c is None:
-            if self.https:
-                c = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=60)
-            else:
-                c = http.client.HTTPConnection(self.host, self.port, timeout=60)
-            self.local.c = c
-        return c
-
-    def call(self, method, path, body=None, headers=None, ok=(200, 201, 202, 204)):
-        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
-        h = dict(self.headers, **(headers or {}))
-        for attempt in range(3):
-            c = self._conn()
-            try:
-                c.request(method, path, body=data, headers=h)
-                r = c.getresponse()
-                raw = r.read()
-                break
-            except (http.client.HTTPException, OSError):
-                c.close()
-                self.local.c = None
-                if attempt == 2:
-                    raise
-                time.sleep(0.2)
-        if ok is not None and r.status not in ok:
-            raise RuntimeError(f"{method} {path}: HTTP {r.status}: {raw[:400].decode(errors='replace')}")
-        return r.status, raw
-
-    def json(self, method, path, body=None, **kw):
-        _, raw = self.call(method, path, body, **kw)
-        return json.loads(raw) if raw else None
-
-
-kube = Http(E["SIGIL_KUBE_SERVER"], {"Authorization": f"Bearer {E['SIGIL_KUBE_ADMIN_TOKEN']}",
-            "Content-Type": "application/json", "Accept": "application/json"}, E["SIGIL_KUBE_CA_FILE"])
-vault = Http(E["VAULT_ADDR"], {"X-Vault-Token": E["VAULT_TOKEN"], "Content-Type": "application/json"})
-moto = Http(E["AWS_ENDPOINT_URL"], {})
-ctl = Http(f"http://127.0.0.1:{PORT}", {})
-
-
-def aws(op, body, ok=(200,)):
-    """One Secrets Manager call to moto (which does not check signatures), as `testing`."""
-    headers = {"X-Amz-Target": f"secretsmanager.{op}", "Content-Type": "application/x-amz-json-1.1",
-               "X-Amz-Date": "20260101T000000Z",
-               "Authorization": "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/secretsmanager/"
-                                "aws4_request, SignedHeaders=host;x-amz-date, Signature=" + "0" * 64}
-    return moto.call("POST", "/", body, headers=headers, ok=ok)
-
-
-def load_state():
-    try:
-        with open(STATE) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
-
-
-def save_state(state):
-    with open(STATE + ".tmp", "w") as f:
-        json.dump(state, f)
-    os.replace(STATE + ".tmp", STATE)
 
 
 def key_name(k):
@@ -235,42 +115,7 @@ def pairs(provider):
     return {(store_of(ns, p), k) for ns, _, p, k in externals() if p == provider}
 
 
-def par(fn, items):
-    with ThreadPoolExecutor(WORKERS) as pool:
-        return list(pool.map(fn, items))
-
-
 # ---------------------------------------------------------------------------- setup
-
-def apply_crds():
-    folder = os.path.join(ROOT, "charts/sigil/crds")
-    base = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-    try:
-        import yaml
-    except ImportError:
-        subprocess.run(["kubectl", "apply", "--server-side", "-f", folder], check=True, stdout=subprocess.DEVNULL)
-        docs = [{"metadata": {"name": f"{p}.sigil.dev"}} for p in
-                ("sealedsecrets", "secretstores", "clustersecretstores", "externalsecrets")]
-    else:
-        docs = []
-        for name in sorted(os.listdir(folder)):
-            with open(os.path.join(folder, name)) as f:
-                docs += [d for d in yaml.safe_load_all(f) if d]
-        for doc in docs:  # created when missing; never changed (a shared env has them)
-            status, _ = kube.call("GET", f"{base}/{doc['metadata']['name']}", ok=None)
-            if status == 404:
-                kube.call("POST", base, doc, ok=(201, 409))
-    for doc in docs:
-        deadline = time.time() + 30
-        while True:
-            crd = kube.json("GET", f"{base}/{doc['metadata']['name']}")
-            conds = (crd.get("status") or {}).get("conditions") or []
-            if any(c["type"] == "Established" and c["status"] == "True" for c in conds):
-                break
-            if time.time() > deadline:
-                sys.exit(f"bench: CRD {doc['metadata']['name']} not Established after 30s")
-            time.sleep(0.2)
-
 
 def audit_device():
     """The name of the audit device writing SIGIL_VAULT_AUDIT_LOG (for sys/audit-hash)."""
@@ -284,14 +129,8 @@ def audit_device():
 
 def setup():
     state = {"t_setup": time.time(), "audit0": os.path.getsize(AUDIT)}
-    # A role of this run's own: its requests carry auth.metadata.role_name in the audit
-    # log, and its role_id's audit HMAC tells its logins apart.
-    vault.call("POST", f"/v1/auth/approle/role/{ROLE}",
-               {"token_policies": "sigil-test", "token_ttl": "1h", "secret_id_ttl": 0})
-    state["role"] = ROLE
-    save_state(state)
-    role_id = vault.json("GET", f"/v1/auth/approle/role/{ROLE}/role-id")["data"]["role_id"]
-    secret_id = vault.json("POST", f"/v1/auth/approle/role/{ROLE}/secret-id", {})["data"]["secret_id"]
+    # A role of this run's own: its role_id's audit HMAC tells its logins apart.
+    role_id, secret_id = approle_role(state, ROLE)
     device = audit_device()
     if device:
         hashed = vault.json("POST", f"/v1/sys/audit-hash/{device}", {"input": role_id})
@@ -320,64 +159,33 @@ def setup():
 
     apply_crds()
     labels = {LABEL: RUN}
-    state["namespaces"] = [CTL_NS] + NAMESPACES
-    save_state(state)
-    par(lambda ns: kube.call("POST", "/api/v1/namespaces",
-                             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}),
-        state["namespaces"])
-
-    def credentials(ns):
-        for name, data in (("approle", {"secret-id": secret_id}), ("aws", {"id": AKID, "key": "testing"})):
-            kube.call("POST", f"/api/v1/namespaces/{ns}/secrets",
-                      {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "labels": labels},
-                       "stringData": data})
-
-    def provider(kind, ref_ns):
-        ns = {"namespace": ref_ns} if ref_ns else {}
-        if kind == "vault":
-            return {"vault": {"server": E["VAULT_ADDR"], "path": "secret", "version": "v2",
-                              "auth": {"appRole": {"path": "approle", "roleId": role_id,
-                                                   "secretRef": {"name": "approle", "key": "secret-id", **ns}}}}}
-        return {"aws": {"service": "SecretsManager", "region": "us-east-1", "endpoint": E["AWS_ENDPOINT_URL"],
-                        "auth": {"secretRef": {"accessKeyIDSecretRef": {"name": "aws", "key": "id", **ns},
-                                               "secretAccessKeySecretRef": {"name": "aws", "key": "key", **ns}}}}}
+    create_namespaces(state, [CTL_NS] + NAMESPACES)
 
     if LAYOUT == "cluster":
-        credentials(CTL_NS)
+        credentials(CTL_NS, secret_id, AKID)
         state["cluster_stores"] = [store_of("", p)[2] for p in ("vault", "aws")]
         save_state(state)
         for p in ("vault", "aws"):
             kube.call("POST", "/apis/sigil.dev/v1/clustersecretstores",
                       {"apiVersion": "sigil.dev/v1", "kind": "ClusterSecretStore",
                        "metadata": {"name": store_of("", p)[2], "labels": labels},
-                       "spec": {"provider": provider(p, CTL_NS), "conditions": [{"namespaces": NAMESPACES}]}})
+                       "spec": {"provider": provider_spec(p, role_id, CTL_NS), "conditions": [{"namespaces": NAMESPACES}]}})
     else:
         def namespaced(ns):
-            credentials(ns)
+            credentials(ns, secret_id, AKID)
             for p in ("vault", "aws"):
                 kube.call("POST", f"/apis/sigil.dev/v1/namespaces/{ns}/secretstores",
                           {"apiVersion": "sigil.dev/v1", "kind": "SecretStore",
-                           "metadata": {"name": p, "labels": labels}, "spec": {"provider": provider(p, None)}})
+                           "metadata": {"name": p, "labels": labels}, "spec": {"provider": provider_spec(p, role_id)}})
         par(namespaced, NAMESPACES)
 
 
 def wait_stores():
     """Until every store of this run says Ready=True."""
     if LAYOUT == "cluster":
-        path, want = "/apis/sigil.dev/v1/clustersecretstores", 2
+        wait_ready("/apis/sigil.dev/v1/clustersecretstores", 2, "stores")
     else:
-        path, want = "/apis/sigil.dev/v1/secretstores", 2 * M
-    deadline = time.time() + 120
-    while True:
-        items = kube.json("GET", f"{path}?labelSelector={LABEL}%3D{RUN}")["items"]
-        ready = sum(1 for s in items for c in (s.get("status") or {}).get("conditions", [])
-                    if c["type"] == "Ready" and c["status"] == "True")
-        if ready >= want:
-            return
-        if time.time() > deadline:
-            msgs = {c.get("message") for s in items for c in (s.get("status") or {}).get("conditions", [])}
-            sys.exit(f"bench: only {ready} of {want} stores Ready after 120s: {msgs}")
-        time.sleep(0.2)
+        wait_ready("/apis/sigil.dev/v1/secretstores", 2 * M, "stores")
 
 
 def create_es():
@@ -400,28 +208,6 @@ def create_es():
 
 
 # ---------------------------------------------------------------------------- counting
-
-LABELS_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
-def metrics():
-    try:
-        _, raw = ctl.call("GET", "/metrics", ok=(200,))
-    except (OSError, RuntimeError, http.client.HTTPException):
-        return []
-    out = []
-    for line in raw.decode().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        series, _, value = line.rpartition(" ")
-        name, _, labels = series.partition("{")
-        out.append((name, dict(LABELS_RE.findall(labels)), float(value)))
-    return out
-
-
-def metric(snap, name, **labels):
-    return sum(v for n, l, v in snap if n == name and all(l.get(k) == w for k, w in labels.items()))
-
 
 def recording():
     status, raw = moto.call("GET", "/moto-api/recorder/download-recording", ok=None)
@@ -509,7 +295,7 @@ def aws_calls(lines):
 
 def api_counts():
     """ExternalSecrets of this run with Ready=True, and the Secrets they wrote."""
-    items = kube.json("GET", f"/apis/sigil.dev/v1/externalsecrets?labelSelector={LABEL}%3D{RUN}")["items"]
+    items = kube.json("GET", f"/apis/sigil.dev/v1/externalsecrets?{SELECTOR}")["items"]
     ready = sum(1 for o in items for c in (o.get("status") or {}).get("conditions", [])
                 if c["type"] == "Ready" and c["status"] == "True")
     wanted = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in items}
@@ -517,14 +303,6 @@ def api_counts():
     have = sum(1 for s in written if (s["metadata"]["namespace"], s["metadata"]["name"]) in wanted
                and "password" in (s.get("data") or {}))
     return ready, have
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "State:\tZ" not in f.read()
-    except OSError:
-        return False
 
 
 def measure(pid, t0):
@@ -703,41 +481,17 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
 
 # ---------------------------------------------------------------------------- cleanup
 
-def cleanup():
+def clean():
     state = load_state()
-    problems = []
-
-    def attempt(what, fn, *args):
-        try:
-            fn(*args)
-        except Exception as err:  # keep going: remove as much as possible
-            problems.append(f"{what}: {err}")
-
-    gone = (200, 202, 404)
-    for ns in state.get("namespaces", []):
-        for path in (f"/apis/sigil.dev/v1/namespaces/{ns}/externalsecrets",
-                     f"/apis/sigil.dev/v1/namespaces/{ns}/secretstores",
-                     f"/api/v1/namespaces/{ns}/secrets", f"/api/v1/namespaces/{ns}/configmaps",
-                     f"/api/v1/namespaces/{ns}/events",
-                     f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"):
-            attempt(path, kube.call, "DELETE", path, None, None, gone)
-        attempt(ns, kube.call, "DELETE", f"/api/v1/namespaces/{ns}", None, None, gone)
-    for name in state.get("cluster_stores", []):
-        attempt(name, kube.call, "DELETE", f"/apis/sigil.dev/v1/clustersecretstores/{name}", None, None, gone)
-    if state.get("keys"):
-        def drop(k):
-            vault.call("DELETE", f"/v1/secret/metadata/{key_name(k)}", ok=(200, 204, 404))
-            aws("DeleteSecret", {"SecretId": key_name(k), "ForceDeleteWithoutRecovery": True}, ok=(200, 400))
-        attempt("remote keys", par, drop, range(K))
-    if state.get("role"):
-        attempt("AppRole role", vault.call, "DELETE", f"/v1/auth/approle/role/{ROLE}", None, None, (200, 204, 404))
+    paths = ["/apis/sigil.dev/v1/namespaces/{ns}/externalsecrets", "/apis/sigil.dev/v1/namespaces/{ns}/secretstores",
+             "/api/v1/namespaces/{ns}/secrets", "/api/v1/namespaces/{ns}/configmaps",
+             "/api/v1/namespaces/{ns}/events", "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"]
+    extra = []
     if state.get("recording"):
-        attempt("moto recorder", moto.call, "POST", "/moto-api/recorder/stop-recording", b"", None, (200,))
+        extra.append(("moto recorder", moto.call, "POST", "/moto-api/recorder/stop-recording", b"", None, (200,)))
         if state.get("recording_file"):
-            attempt("moto recording", os.remove, state["recording_file"])
-    for p in problems:
-        print(f"bench: cleanup: {p}", file=sys.stderr)
-    sys.exit(1 if problems else 0)
+            extra.append(("moto recording", os.remove, state["recording_file"]))
+    cleanup(state, paths, [key_name(k) for k in range(K)] if state.get("keys") else [], extra)
 
 
 if __name__ == "__main__":
@@ -757,31 +511,22 @@ if __name__ == "__main__":
     elif cmd == "measure":
         measure(int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else None)
     elif cmd == "cleanup":
-        cleanup()
+        clean()
 PY
 
 bench() { python3 "$work/bench.py" "$@"; }
 echo "bench: run $run: remote keys, namespaces, stores ..." >&2
 bench setup
-start_controller() {
-  # Its own namespace for keys (and the Lease, were it on); every namespace is watched.
-  "$controller" --namespace "bench-sync-$run" --http-addr "127.0.0.1:$port" \
-    --leader-election false "$@" 2>"$work/controller.log" &
-  pid=$!
-}
 if ((cold)); then
   echo "bench: creating $n ExternalSecrets, then starting the controller ..." >&2
   bench create-es
   bench cold-snapshot
   t0=$(date +%s.%N)
-  start_controller "$@"
+  bench_start_controller "bench-sync-$run" "$@"
   bench measure "$pid" "$t0"
 else
-  start_controller "$@"
-  until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do
-    kill -0 "$pid" 2>/dev/null || exit 1
-    sleep 0.1
-  done
+  bench_start_controller "bench-sync-$run" "$@"
+  bench_wait_ready
   bench wait-stores
   echo "bench: creating $n ExternalSecrets at once; measuring for $intervals x ${interval}s after the first full sync ..." >&2
   bench measure "$pid"

@@ -347,6 +347,9 @@ pub struct Restarter {
     permits: Arc<Semaphore>,
     deadline: Duration,
     metrics: Arc<Metrics>,
+    /// When a Rotation last rolled each workload: a reload of the Secret change that
+    /// Rotation made would roll it a second time for nothing.
+    rotated: std::sync::Mutex<HashMap<Workload, Instant>>,
 }
 
 impl Restarter {
@@ -363,6 +366,7 @@ impl Restarter {
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             deadline,
             metrics,
+            rotated: std::sync::Mutex::default(),
         })
     }
 
@@ -413,8 +417,24 @@ impl Restarter {
         workload: &Workload,
         restarted_for: &str,
     ) -> Result<Rolled> {
-        self.roll_for(Trigger::Rotation, workload, restarted_for)
-            .await
+        let rolled = self
+            .roll_for(Trigger::Rotation, workload, restarted_for)
+            .await?;
+        if rolled != Rolled::Gone {
+            let mut rotated = self.rotated.lock().unwrap_or_else(|e| e.into_inner());
+            rotated.retain(|_, at| at.elapsed() < Duration::from_secs(3600));
+            rotated.insert(workload.clone(), Instant::now());
+        }
+        Ok(rolled)
+    }
+
+    /// Whether a Rotation rolled `workload` after `since`.
+    fn rotated_since(&self, workload: &Workload, since: Instant) -> bool {
+        self.rotated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(workload)
+            .is_some_and(|at| *at >= since)
     }
 
     async fn roll_for(
@@ -658,8 +678,14 @@ impl Index {
         self.pending.values().map(|p| p.due(debounce)).min()
     }
 
-    /// The workloads due at `now`, with their restarted-for value, sorted.
-    fn take_due(&mut self, now: Instant, debounce: Duration) -> Vec<(Workload, String)> {
+    /// The workloads due at `now`, with their restarted-for value, sorted; those
+    /// `rolled_since` the last change they wait for are dropped instead.
+    fn take_due(
+        &mut self,
+        now: Instant,
+        debounce: Duration,
+        rolled_since: impl Fn(&Workload, Instant) -> bool,
+    ) -> Vec<(Workload, String)> {
         let due: Vec<Workload> = self
             .pending
             .iter()
@@ -669,8 +695,8 @@ impl Index {
         let mut due: Vec<(Workload, String)> = due
             .into_iter()
             .filter_map(|w| {
-                let cause = self.pending.remove(&w)?.cause;
-                Some((w, cause))
+                let pending = self.pending.remove(&w)?;
+                (!rolled_since(&w, pending.last)).then_some((w, pending.cause))
             })
             .collect();
         due.sort();
@@ -929,7 +955,8 @@ pub async fn reload(
                 Err(err) => tracing::warn!(error = %err, "Secret watch for reload failed; retrying"),
             },
             () = tokio::time::sleep_until(wake) => {
-                for due in state.index.take_due(Instant::now(), state.debounce) {
+                let rotated = |w: &Workload, since| restarter.rotated_since(w, since);
+                for due in state.index.take_due(Instant::now(), state.debounce, rotated) {
                     let _ = due_tx.send(due);
                 }
             }
@@ -1324,7 +1351,7 @@ mod tests {
         for second in 0..30 {
             let now = start + Duration::from_secs(second);
             index.changed(&key("s"), &format!("{second}"), now);
-            assert!(index.take_due(now, debounce).is_empty());
+            assert!(index.take_due(now, debounce, |_, _| false).is_empty());
         }
         assert_eq!(
             index.next_due(debounce),
@@ -1332,17 +1359,15 @@ mod tests {
         );
         assert!(
             index
-                .take_due(start + Duration::from_secs(38), debounce)
+                .take_due(start + Duration::from_secs(38), debounce, |_, _| false)
                 .is_empty()
         );
-        let due = index.take_due(start + Duration::from_secs(39), debounce);
-        assert_eq!(
-            due,
-            [
-                (workload("a"), "reload/s@29".to_owned()),
-                (workload("b"), "reload/s@29".to_owned())
-            ]
-        );
+        // A Rotation rolled `b` after the last change: the reload would roll it again.
+        let rotated = |w: &Workload, since: Instant| {
+            w.name == "b" && since <= start + Duration::from_secs(35)
+        };
+        let due = index.take_due(start + Duration::from_secs(39), debounce, rotated);
+        assert_eq!(due, [(workload("a"), "reload/s@29".to_owned())]);
         assert_eq!(index.next_due(debounce), None);
     }
 
@@ -1356,7 +1381,12 @@ mod tests {
         for second in 0..=121 {
             let now = start + Duration::from_secs(second);
             index.changed(&key("s"), &format!("{second}"), now);
-            rolled.extend(index.take_due(now, debounce).into_iter().map(|(_, c)| c));
+            rolled.extend(
+                index
+                    .take_due(now, debounce, |_, _| false)
+                    .into_iter()
+                    .map(|(_, c)| c),
+            );
         }
         assert_eq!(rolled, ["reload/s@60", "reload/s@121"]);
     }
@@ -1368,10 +1398,10 @@ mod tests {
         index.set(&workload("a"), set(&["s"]));
         let now = Instant::now();
         index.changed(&key("other"), "1", now);
-        assert!(index.take_due(now, debounce).is_empty());
+        assert!(index.take_due(now, debounce, |_, _| false).is_empty());
         index.changed(&key("s"), "2", now);
         index.forget(&workload("a"));
-        assert!(index.take_due(now, debounce).is_empty());
+        assert!(index.take_due(now, debounce, |_, _| false).is_empty());
     }
 
     #[test]

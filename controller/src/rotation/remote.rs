@@ -476,7 +476,7 @@ fn provider_stop(err: ProviderError, doing: &str) -> Stop {
         ErrorKind::AuthFailed => fail(
             "AuthFailed",
             format!(
-                "could not {doing}: {err}; the store's credentials must be allowed to write the key (Vault policy: create, update and patch on the key's data/ and metadata/ paths; AWS: PutSecretValue, UpdateSecretVersionStage, DescribeSecret)"
+                "could not {doing}: {err}; the store's credentials must be allowed to write the key (Vault policy: read, create and update on the key's data/ path, read and patch on its metadata/ path; AWS: DescribeSecret, GetSecretValue, PutSecretValue, UpdateSecretVersionStage)"
             ),
         ),
         _ => fail("InvalidTarget", format!("could not {doing}: {err}")),
@@ -510,12 +510,7 @@ fn new_value(
     let mut map = parsed.ok_or_else(|| {
         format!("the value is not a JSON object, so it has no property `{property}`; remove remoteRef.property to rotate the whole value")
     })?;
-    if map.get(&property).is_some_and(|v| !v.is_string()) {
-        return Err(format!(
-            "property `{property}` is not a string; only string properties are rotated"
-        ));
-    }
-    map.insert(property, serde_json::Value::String(fresh.to_string()));
+    set_property(&mut map, &property, fresh.to_string())?;
     let bytes =
         serde_json::to_vec(&map).map_err(|e| format!("cannot serialize the new value: {e}"))?;
     // serde_json's tree is not zeroizable; its strings are dropped here, and what
@@ -524,20 +519,49 @@ fn new_value(
     Ok(Zeroizing::new(bytes))
 }
 
-/// A fresh random value with at least one character of each class asked for.
+/// Sets `property` to `fresh` the way sync reads it: a key that itself contains dots
+/// first, else a dotted path through nested objects. A new property is added only at
+/// the top level; the value replaced must be a string.
+fn set_property(
+    map: &mut serde_json::Map<String, serde_json::Value>,
+    property: &str,
+    fresh: String,
+) -> Result<(), String> {
+    let slot = if map.contains_key(property) || !property.contains('.') {
+        map.entry(property.to_owned())
+            .or_insert(serde_json::Value::String(String::new()))
+    } else {
+        let mut parts = property.split('.');
+        let first = parts.next().unwrap_or_default();
+        let mut node = map.get_mut(first);
+        for part in parts {
+            node = node.and_then(|n| n.get_mut(part));
+        }
+        node.ok_or_else(|| {
+            format!("the value has no property `{property}`; add it in the store first (a rotation creates only top-level properties)")
+        })?
+    };
+    if !slot.is_string() {
+        return Err(format!(
+            "property `{property}` is not a string; only string properties are rotated"
+        ));
+    }
+    *slot = serde_json::Value::String(fresh);
+    Ok(())
+}
+
+/// A fresh random value with at least one character of each class its alphabet has.
 fn generate_value(generate: &Generate) -> Zeroizing<String> {
     let alphabet = generate.alphabet();
     let length = generate.length_or_default() as usize;
-    let classes: Vec<fn(&char) -> bool> = {
-        let mut c: Vec<fn(&char) -> bool> = vec![char::is_ascii_alphabetic];
-        if generate.digits.unwrap_or(true) {
-            c.push(char::is_ascii_digit);
-        }
-        if generate.symbols.unwrap_or(true) {
-            c.push(|ch| !ch.is_ascii_alphanumeric());
-        }
-        c
-    };
+    let classes: Vec<fn(&char) -> bool> = [
+        char::is_ascii_alphabetic,
+        char::is_ascii_digit,
+        |c: &char| !c.is_ascii_alphanumeric(),
+    ]
+    .into_iter()
+    .filter(|class| alphabet.iter().any(class))
+    .collect();
     let mut rng = rand::rng();
     loop {
         let value: Zeroizing<String> = Zeroizing::new(
@@ -569,6 +593,13 @@ mod tests {
             assert!(v.chars().all(|c| c.is_ascii_alphanumeric()));
             assert!(v.chars().any(|c| c.is_ascii_digit()));
         }
+        // Symbols asked for, but none usable: letters and digits, without hanging.
+        let no_symbols = Generate {
+            symbol_characters: Some("abc \t".to_owned()),
+            ..Generate::default()
+        };
+        let value = generate_value(&no_symbols);
+        assert!(value.chars().all(|c| c.is_ascii_alphanumeric()));
         let a = generate_value(&Generate::default());
         let b = generate_value(&Generate::default());
         assert_eq!(a.len(), 32);
@@ -604,6 +635,25 @@ mod tests {
         let err =
             new_value(b"not json", Some("password"), &Generate::default(), false).unwrap_err();
         assert!(err.contains("not a JSON object"), "{err}");
+        let nested = new_value(
+            br#"{"db":{"password":"old","host":"h"},"a.b":"x"}"#,
+            Some("db.password"),
+            &Generate::default(),
+            false,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&nested).unwrap();
+        assert_eq!(v["db"]["host"], "h");
+        assert_ne!(v["db"]["password"], "old");
+        assert!(v.get("db.password").is_none());
+        let err = new_value(
+            br#"{"db":{}}"#,
+            Some("db.password"),
+            &Generate::default(),
+            false,
+        )
+        .unwrap_err();
+        assert!(err.contains("no property `db.password`"), "{err}");
         let err = new_value(
             br#"{"password":{"nested":1}}"#,
             Some("password"),

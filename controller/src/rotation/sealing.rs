@@ -118,7 +118,7 @@ pub(super) fn complete(obj: &Rotation, ctx: &RotationContext) -> Result<Outcome,
         .map(|u| u.sealed_secrets)
         .sum();
     let message = format!(
-        "new SealedSecrets use key {}; {older} SealedSecret(s) still use older keys: re-seal them (`sigil reseal`) before revoking those",
+        "new SealedSecrets use key {}; {older} SealedSecret(s) still use older keys: re-seal them with `sigil seal` before revoking those",
         new.as_deref().unwrap_or("")
     );
     Ok(Outcome::new(RotationPhase::Completed, message, move |s| {
