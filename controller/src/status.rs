@@ -65,26 +65,7 @@ where
     if current == Some(status) {
         return Ok(false);
     }
-    let name = obj.name_any();
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    limiter.until_ready().await;
-    api.patch_status(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .during(|| {
-        format!(
-            "update status of {} {}{name}",
-            K::kind(&()),
-            obj.namespace().map(|n| n + "/").unwrap_or_default()
-        )
-    })?;
+    apply_status(api, limiter, obj, status, false).await?;
     Ok(true)
 }
 
@@ -101,13 +82,31 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
 {
+    apply_status(api, limiter, obj, status, true).await
+}
+
+/// Server-side applies `status` of `obj`, on the condition that `obj` is still at its
+/// resourceVersion when `at_version` is set.
+async fn apply_status<K, S>(
+    api: Api<K>,
+    limiter: &governor::DefaultDirectRateLimiter,
+    obj: &K,
+    status: &S,
+    at_version: bool,
+) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
     let name = obj.name_any();
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "metadata": { "resourceVersion": obj.resource_version() },
         "status": status,
     });
+    if at_version {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": obj.resource_version() });
+    }
     limiter.until_ready().await;
     api.patch_status(
         &name,
@@ -117,7 +116,7 @@ where
     .await
     .during(|| {
         format!(
-            "record status of {} {}{name}",
+            "update status of {} {}{name}",
             K::kind(&()),
             obj.namespace().map(|n| n + "/").unwrap_or_default()
         )

@@ -13,9 +13,6 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_LENGTH: u32 = 32;
 /// Symbols a generated value draws from when `generate.symbolCharacters` is unset.
 pub const DEFAULT_SYMBOLS: &str = "~!@#$%^&*()_+-={}[]|:;<>,.?/";
-/// Label on every Rotation naming the ExternalSecret it targets, so the API and
-/// `kubectl get rotations.sigil.dev -l` find a credential's history.
-pub const TARGET_LABEL: &str = "sigil.dev/external-secret";
 
 /// A request to rotate one credential now.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -690,43 +690,34 @@ async fn a_foreign_write_fails_the_rotation_and_two_rotations_never_interleave()
     drop(controller);
 }
 
+async fn list_all<K>(ctx: &TestContext) -> Vec<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+}
+
 /// Everything a rotation could touch, for byte-for-byte comparison.
 async fn snapshot(ctx: &TestContext) -> String {
     let vault_versions = kv_meta(ctx, "db").await;
     let vault_data = kv_version(ctx, "db", vault_versions.0).await;
-    let secrets: Vec<Secret> = Api::<Secret>::namespaced(ctx.kube.clone(), &ctx.namespace)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
-    let deployments: Vec<Deployment> =
-        Api::<Deployment>::namespaced(ctx.kube.clone(), &ctx.namespace)
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items;
-    let externals: Vec<ExternalSecret> =
-        Api::<ExternalSecret>::namespaced(ctx.kube.clone(), &ctx.namespace)
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items;
-    let strip = |mut v: Value| {
-        // Status times of ExternalSecrets move on their own refresh, not by the rotation.
-        if let Some(items) = v.as_array_mut() {
-            for item in items {
-                item["status"] = Value::Null;
-            }
-        }
-        v
-    };
+    let secrets: Vec<Secret> = list_all(ctx).await;
+    let deployments: Vec<Deployment> = list_all(ctx).await;
+    let externals: Vec<ExternalSecret> = list_all(ctx).await;
     serde_json::to_string(&json!({
         "vault": [vault_versions.0, vault_versions.1, vault_data],
         "aws": aws_versions(ctx, "db").await,
         "aws_value": aws_value(ctx, "db", "AWSCURRENT").await,
         "secrets": secrets,
         "deployments": deployments,
-        "externals": strip(serde_json::to_value(externals).unwrap()),
+        "externals": externals,
     }))
     .unwrap()
 }

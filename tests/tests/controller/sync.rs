@@ -528,8 +528,10 @@ async fn aws_static_keys_extract_versions_and_batching() {
         0.0,
         "no key of a full batch is lost"
     );
+    // At least 2 (20 ids per call); a busy machine spreads the creates over a few
+    // more 100 ms lingers. One read per key would be 26.
     assert!(
-        batches <= 6.0,
+        batches <= 8.0,
         "{batches} BatchGetSecretValue calls for 26 keys"
     );
     assert_eq!(reads, 0.0, "current versions are read in batches only");
@@ -803,23 +805,25 @@ async fn stores_are_boundaries() {
     )
     .await;
     wait_es(&ctx, "no-key", "RemoteKeyNotFound").await;
-    let warnings: Vec<String> = events(&ctx)
-        .await
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter_map(|e| e.reason)
-        .collect();
-    for reason in [
-        "StoreNotAllowed",
-        "StoreNotReady",
-        "PropertyNotFound",
-        "RemoteKeyNotFound",
-    ] {
-        assert!(
-            warnings.iter().any(|r| r == reason),
-            "no {reason} Warning in {warnings:?}"
-        );
-    }
+    // Events are published after the status is written.
+    eventually(Duration::from_secs(20), || async {
+        let warnings: Vec<String> = events(&ctx)
+            .await
+            .into_iter()
+            .filter(|e| e.type_.as_deref() == Some("Warning"))
+            .filter_map(|e| e.reason)
+            .collect();
+        [
+            "StoreNotAllowed",
+            "StoreNotReady",
+            "PropertyNotFound",
+            "RemoteKeyNotFound",
+        ]
+        .iter()
+        .all(|reason| warnings.iter().any(|r| r == reason))
+        .then_some(())
+    })
+    .await;
 }
 
 /// A TCP proxy on loopback in front of a real server, to take it away and bring it back
