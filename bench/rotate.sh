@@ -73,6 +73,7 @@ bench_pylib
 cat >"$work/bench.py" <<'PY'
 """bench/rotate.sh's client side: setup, the Rotations and the watches that time them,
 the table and cleanup."""
+import http.client
 import json
 import math
 import secrets
@@ -176,9 +177,9 @@ class Follow(threading.Thread):
         self.listed = threading.Event()
 
     def run(self):
-        rv = None
-        try:
-            while True:
+        rv, failures = None, 0
+        while True:
+            try:
                 if rv is None:
                     items = kube.json("GET", f"{self.path}?{SELECTOR}")
                     t = time.time()
@@ -196,19 +197,38 @@ class Follow(threading.Thread):
                     rv = event["object"]["metadata"]["resourceVersion"]
                     if event["type"] in ("ADDED", "MODIFIED"):
                         self.seen(t, event["object"])
-        except Exception as err:  # reported by the main thread
-            self.error = f"watch {self.path}: {err}"
-            self.listed.set()
+                failures = 0
+            except (OSError, http.client.HTTPException) as err:  # a dropped connection: watch on
+                failures += 1
+                if failures > 5:
+                    self.error = f"watch {self.path}: {err}"
+                    self.listed.set()
+                    return
+                time.sleep(0.2)
+            except Exception as err:  # reported by the main thread
+                self.error = f"watch {self.path}: {err}"
+                self.listed.set()
+                return
+
+
+def restarted_for(obj):
+    """The pod template's sigil.dev/restarted-for of a Deployment or ReplicaSet."""
+    template = (obj.get("spec") or {}).get("template") or {}
+    return ((template.get("metadata") or {}).get("annotations") or {}).get("sigil.dev/restarted-for")
 
 
 class Seen:
     """What the watches saw: each mirror's values in order with when (values stay here,
-    never printed), the first sighting of each ReplicaSet, and of each Rotation phase."""
+    never printed), the first sighting of each ReplicaSet, of each Deployment with a
+    restarted-for value (patched) and with its status caught up with that patch, and of
+    each Rotation phase."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.values = {}  # namespace -> [(t, data.password)]
         self.replicasets = {}  # uid -> (t, namespace, sigil.dev/restarted-for)
+        self.patched = {}  # (namespace, restarted-for) -> t
+        self.observed = {}  # (namespace, restarted-for) -> t: status.observedGeneration caught up
         self.phases = {}  # Rotation name -> {phase: t}
         self.status = {}  # Rotation name -> last status
 
@@ -226,9 +246,17 @@ class Seen:
         meta = obj["metadata"]
         if owner(obj) != APP:
             return
-        annotations = ((obj["spec"].get("template") or {}).get("metadata") or {}).get("annotations") or {}
         with self.lock:
-            self.replicasets.setdefault(meta["uid"], (t, meta["namespace"], annotations.get("sigil.dev/restarted-for")))
+            self.replicasets.setdefault(meta["uid"], (t, meta["namespace"], restarted_for(obj)))
+
+    def deployment(self, t, obj):
+        meta, cause = obj["metadata"], restarted_for(obj)
+        if meta["name"] != APP or cause is None:
+            return
+        with self.lock:
+            self.patched.setdefault((meta["namespace"], cause), t)
+            if (obj.get("status") or {}).get("observedGeneration", 0) >= meta.get("generation", 0):
+                self.observed.setdefault((meta["namespace"], cause), t)
 
     def rotation(self, t, obj):
         name, status = obj["metadata"]["name"], obj.get("status") or {}
@@ -236,6 +264,12 @@ class Seen:
             self.status[name] = status
             if status.get("phase"):
                 self.phases.setdefault(name, {}).setdefault(status["phase"], t)
+
+
+def flag(name, default):
+    """The value of a controller flag as this run passes it, or its default."""
+    words = E["BENCH_FLAGS"].replace("=", " ").split()
+    return words[words.index(name) + 1] if name in words[:-1] else default
 
 
 def percentile(values, q):
@@ -253,7 +287,7 @@ def fmt(v):
 def measure(pid):
     seen = Seen()
     follows = [Follow("/api/v1/secrets", seen.secret), Follow("/apis/apps/v1/replicasets", seen.replicaset),
-               Follow("/apis/sigil.dev/v1/rotations", seen.rotation)]
+               Follow("/apis/apps/v1/deployments", seen.deployment), Follow("/apis/sigil.dev/v1/rotations", seen.rotation)]
     for f in follows:
         f.start()
     for f in follows:
@@ -289,7 +323,7 @@ def measure(pid):
             time.sleep(0.02)
         with seen.lock:
             phases, status = dict(seen.phases[name]), seen.status[name]
-        restarted_for = f"{ns}/{name}@{status.get('newVersion')}"
+        cause = f"{ns}/{name}@{status.get('newVersion')}"
         # The mirrors are updated by then; the ReplicaSets may still be on their way.
         grace = time.time() + (60 if "Completed" in phases else 5)
         while True:
@@ -297,10 +331,13 @@ def measure(pid):
                 changed = {k: next((t for t, v in log[before[k][0]:] if v != before[k][1]), None)
                            for k, log in seen.values.items()}
                 rolled = {}
-                for t, rs_ns, cause in seen.replicasets.values():
-                    if cause == restarted_for:
+                for t, rs_ns, rs_cause in seen.replicasets.values():
+                    if rs_cause == cause:
                         rolled[rs_ns] = min(t, rolled.get(rs_ns, t))
-            if (sum(v is not None for v in changed.values()) >= N and len(rolled) >= N) or time.time() > grace:
+                patched = {k: t for (k, c), t in seen.patched.items() if c == cause}
+                observed = {k: t for (k, c), t in seen.observed.items() if c == cause}
+            if (sum(v is not None for v in changed.values()) >= N and len(rolled) >= N
+                    and len(observed) >= N) or time.time() > grace:
                 break
             check(f"Rotation {ns}/{name}: mirrors and ReplicaSets", t0)
             time.sleep(0.02)
@@ -308,9 +345,13 @@ def measure(pid):
         row = {"name": f"{ns}/{name}", "create": t0 - sent,
                "phases": {p: t - t0 for p, t in phases.items()},
                "first_mirror": min(mirrors) - t0 if mirrors else None,
-               "mirrors": max(mirrors) - t0 if len(mirrors) >= N else None, "n_mirrors": len(mirrors),
+               "mirrors": max(mirrors) - t0 if len(mirrors) >= N else None,
                "first_rs": min(rolled.values()) - t0 if rolled else None,
-               "replicasets": max(rolled.values()) - t0 if len(rolled) >= N else None, "n_rs": len(rolled),
+               "replicasets": max(rolled.values()) - t0 if len(rolled) >= N else None,
+               "first_patch": min(patched.values()) - t0 if patched else None,
+               "patches": max(patched.values()) - t0 if len(patched) >= N else None,
+               "patch_to_rs": [rolled[k] - patched[k] for k in patched if k in rolled],
+               "patch_to_observed": [observed[k] - patched[k] for k in patched if k in observed],
                "failed": None if "Completed" in phases else
                next((c.get("message") for c in status.get("conditions", []) if c["type"] == "Ready"), "?")}
         rows.append(row)
@@ -356,13 +397,15 @@ def report(rows, m0, m1, load):
     print(f"{'Rotations Failed':50}{len(failed):>7}{'':14}  {'0':<10}{'ok' if not failed else 'MISSED'}")
     for r in failed:
         print(f"  {r['name']}: {r['failed']}")
-    print(f"(p95 by nearest rank: of {R} samples the {max(1, math.ceil(0.95 * R))}th smallest)")
+    print(f"(p95 by nearest rank: rank {max(1, math.ceil(0.95 * R))} of the {R} sorted)")
     print()
     print(f"Where the time goes: seconds from the create until the watch saw it, p50 / p95 / max of {R}")
     steps = [(f"phase {p}", [r["phases"].get(p) for r in rows]) for p in PHASES[:3]]
     steps[2:2] = [("first mirror Secret updated", [r["first_mirror"] for r in rows]),
                   ("every mirror Secret updated", [r["mirrors"] for r in rows])]
-    steps += [("phase Restarted", [r["phases"].get("Restarted") for r in rows]),
+    steps += [("first Deployment patched (restarted-for)", [r["first_patch"] for r in rows]),
+              ("every Deployment patched", [r["patches"] for r in rows]),
+              ("phase Restarted", [r["phases"].get("Restarted") for r in rows]),
               ("first new ReplicaSet", [r["first_rs"] for r in rows]),
               ("every Deployment has a new ReplicaSet", [r["replicasets"] for r in rows]),
               ("phase Completed", [r["phases"].get("Completed") for r in rows]),
@@ -370,6 +413,11 @@ def report(rows, m0, m1, load):
     for label, values in steps:
         p50, p95, mx, _ = stats(values)
         print(f"  {label:48}{fmt(p50):>7}{fmt(p95):>7}{fmt(mx):>7}")
+    print(f"Each rollout on its own ({N} x {R}; kube-controller-manager's part):")
+    for label, key in (("Deployment patched -> its new ReplicaSet", "patch_to_rs"),
+                       ("Deployment patched -> status.observedGeneration", "patch_to_observed")):
+        p50, p95, mx, got = stats([v for r in rows for v in r[key]])
+        print(f"  {label:48}{fmt(p50):>7}{fmt(p95):>7}{fmt(mx):>7}  ({got} rollouts)")
     print()
     rollouts = {k: d("sigil_rollouts_total", trigger="rotation", result=k)
                 for k in ("rolled", "already_rolled", "gone", "error")}
@@ -381,16 +429,17 @@ def report(rows, m0, m1, load):
           + ", ".join(f"{k} {v:.0f}" for k, v in rollouts.items())
           + f"; syncs {d('sigil_sync_total', result='SecretSynced'):.0f}; provider requests per rotation: "
           + (", ".join(f"{k} {v / R:.1f}" for k, v in sorted(provider_calls.items()) if v) or "none"))
-    print(f"Controller flags: {E['BENCH_FLAGS']} (others at their defaults: --max-concurrent-restarts 5, "
-          "--rotation-propagation-timeout 5m, --api-qps 500)")
+    slots, deadline = flag("--max-concurrent-restarts", "5"), flag("--rollout-deadline", "5m")
+    print(f"Controller flags: {E['BENCH_FLAGS']}; so --max-concurrent-restarts {slots}, --rollout-deadline "
+          f"{deadline}, --rotation-propagation-timeout {flag('--rotation-propagation-timeout', '5m')}")
     if REPLICAS == 0:
-        print("  Deployments have 0 replicas: a rollout is complete (kubectl rollout status) as soon as the deployment "
-              "controller has made the new ReplicaSet, so a restart slot is freed then and '-> new ReplicaSet' is the "
-              "controller's own pace with 5 rollouts in flight; --rollout-deadline is only a backstop")
+        print("  Deployments have 0 replicas: a rollout is complete (kubectl rollout status) once kube-controller-manager "
+              "has observed the patch (status.observedGeneration), and its restart slot is freed then or at "
+              f"--rollout-deadline, whichever comes first; '-> new ReplicaSet' is the pace of {slots} rollouts in flight")
     else:
         print(f"  Deployments have {REPLICAS} replica(s) and no kubelet runs: no rollout ever completes, so each of the "
-              "5 restart slots is held for the whole --rollout-deadline and '-> new ReplicaSet' is bounded below by "
-              f"about {N} / 5 x the deadline")
+              f"{slots} restart slots is held for the whole --rollout-deadline and '-> new ReplicaSet' is at least "
+              f"{math.ceil(N / int(slots)) - 1} x {deadline} after the first patch")
 
 
 # ---------------------------------------------------------------------------- cleanup

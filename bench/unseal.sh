@@ -21,7 +21,7 @@ work=$(mktemp -d)
 pid=
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-  # No controller-manager runs here: empty the namespace so nothing lingers in it.
+  # Empty the namespace at once rather than wait for its garbage collection.
   kubectl delete --raw "/apis/sigil.dev/v1/namespaces/$ns/sealedsecrets" >/dev/null 2>&1 || true
   kubectl delete --raw "/api/v1/namespaces/$ns/secrets" >/dev/null 2>&1 || true
   kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
