@@ -23,6 +23,14 @@ use crate::sync::{
 /// throttle's deadline is short.
 const FLAGS: &[&str] = &["--rollout-deadline", "1s"];
 
+/// The CRDs installed and a controller ready, with [`FLAGS`].
+async fn started(ctx: &TestContext) -> Controller {
+    install_crds(&ctx.kube).await;
+    let controller = Controller::start(ctx, "a", FLAGS);
+    controller.wait_ready().await;
+    controller
+}
+
 async fn rotation(ctx: &TestContext, name: &str, spec: Value) {
     apply_obj::<Rotation>(
         Api::namespaced(ctx.kube.clone(), &ctx.namespace),
@@ -30,6 +38,20 @@ async fn rotation(ctx: &TestContext, name: &str, spec: Value) {
         json!({"metadata": {"name": name, "namespace": ctx.namespace}, "spec": spec}),
     )
     .await;
+}
+
+/// Creates a Rotation and waits for it to complete; fails with its Ready reason if it
+/// does not.
+async fn rotate(ctx: &TestContext, name: &str, spec: Value) -> Rotation {
+    rotation(ctx, name, spec).await;
+    let done = finished(ctx, name).await;
+    assert_eq!(
+        phase(&done),
+        RotationPhase::Completed,
+        "{name}: {:?}",
+        ready_reason(&done)
+    );
+    done
 }
 
 /// The Rotation once it reached `Completed` or `Failed`.
@@ -200,12 +222,7 @@ async fn password_mirror(ctx: &TestContext, name: &str, store_name: &str, key: &
 #[tokio::test]
 async fn vault_rotation_refreshes_every_mirror_restarts_consumers_and_keeps_history() {
     let ctx = TestContext::new("rot-vault").await.unwrap();
-    let controller = {
-        install_crds(&ctx.kube).await;
-        let c = Controller::start(&ctx, "a", FLAGS);
-        c.wait_ready().await;
-        c
-    };
+    let controller = started(&ctx).await;
     let key = format!("{}/db", ctx.vault_prefix);
     let base = vault_put(
         &ctx,
@@ -252,19 +269,12 @@ async fn vault_rotation_refreshes_every_mirror_restarts_consumers_and_keeps_hist
     .await;
     let bystander_generation = get_deployment(&ctx, "bystander").await.metadata.generation;
 
-    rotation(
+    let done = rotate(
         &ctx,
         "incident-42",
         json!({"externalSecretRef": {"name": "db"}, "reason": "INC-42 leaked"}),
     )
     .await;
-    let done = finished(&ctx, "incident-42").await;
-    assert_eq!(
-        phase(&done),
-        RotationPhase::Completed,
-        "{:?}",
-        ready_reason(&done)
-    );
     let status = done.status.clone().unwrap();
 
     // Exactly one new version, every other property kept, the old one still readable.
@@ -410,9 +420,7 @@ async fn vault_rotation_refreshes_every_mirror_restarts_consumers_and_keeps_hist
 #[tokio::test]
 async fn aws_rotation_stages_promotes_and_keeps_the_previous_version() {
     let ctx = TestContext::new("rot-aws").await.unwrap();
-    install_crds(&ctx.kube).await;
-    let controller = Controller::start(&ctx, "a", FLAGS);
-    controller.wait_ready().await;
+    let _controller = started(&ctx).await;
     let key = format!("{}db", ctx.aws_prefix);
     let base = aws_put(&ctx, "db", r#"{"user":"app","password":"old-password"}"#).await;
     aws_store(&ctx, "aws", ctx.env.var("AWS_ENDPOINT_URL").unwrap()).await;
@@ -421,20 +429,13 @@ async fn aws_rotation_stages_promotes_and_keeps_the_previous_version() {
     deployment(&ctx, "api", "db", "volume").await;
     let generation = get_deployment(&ctx, "api").await.metadata.generation;
 
-    rotation(
+    let done = rotate(
         &ctx,
         "r1",
         json!({"externalSecretRef": {"name": "db", "secretKey": "password"}, "restart": false,
         "generate": {"length": 20, "symbols": false}}),
     )
     .await;
-    let done = finished(&ctx, "r1").await;
-    assert_eq!(
-        phase(&done),
-        RotationPhase::Completed,
-        "{:?}",
-        ready_reason(&done)
-    );
     let uid = done.uid().unwrap();
     let status = done.status.clone().unwrap();
     assert_eq!(
@@ -725,9 +726,7 @@ async fn snapshot(ctx: &TestContext) -> String {
 #[tokio::test]
 async fn dry_run_lists_what_would_change_and_changes_nothing() {
     let ctx = TestContext::new("rot-dry").await.unwrap();
-    install_crds(&ctx.kube).await;
-    let controller = Controller::start(&ctx, "a", FLAGS);
-    controller.wait_ready().await;
+    let controller = started(&ctx).await;
     vault_put(&ctx, "db", json!({"password": "p0"})).await;
     aws_put(&ctx, "db", r#"{"password":"a0"}"#).await;
     vault_token_store(&ctx, "vault").await;
@@ -776,9 +775,7 @@ async fn dry_run_lists_what_would_change_and_changes_nothing() {
 #[tokio::test]
 async fn sealing_key_rotation_makes_a_new_active_key_and_counts_old_users() {
     let ctx = TestContext::new("rot-seal").await.unwrap();
-    install_crds(&ctx.kube).await;
-    let controller = Controller::start(&ctx, "a", FLAGS);
-    controller.wait_ready().await;
+    let controller = started(&ctx).await;
     let dir = tempfile::tempdir().unwrap();
     let sealed = seal_with_cluster_key(
         &ctx,
@@ -789,19 +786,12 @@ async fn sealing_key_rotation_makes_a_new_active_key_and_counts_old_users() {
     wait_reason(&ctx, "app", "Unsealed").await;
     let old_public = public_keys(&ctx).await;
 
-    rotation(
+    let done = rotate(
         &ctx,
         "new-key",
         json!({"sealingKey": {}, "reason": "yearly"}),
     )
     .await;
-    let done = finished(&ctx, "new-key").await;
-    assert_eq!(
-        phase(&done),
-        RotationPhase::Completed,
-        "{:?}",
-        ready_reason(&done)
-    );
     let status = done.status.clone().unwrap();
     let (old, new) = (status.base_version.unwrap(), status.new_version.unwrap());
     assert_ne!(old, new);
@@ -848,9 +838,7 @@ async fn public_keys(ctx: &TestContext) -> String {
 #[tokio::test]
 async fn bad_rotations_fail_with_a_reason_that_says_what_to_fix() {
     let ctx = TestContext::new("rot-bad").await.unwrap();
-    install_crds(&ctx.kube).await;
-    let controller = Controller::start(&ctx, "a", FLAGS);
-    controller.wait_ready().await;
+    let controller = started(&ctx).await;
     vault_token_store(&ctx, "vault").await;
     external(
         &ctx,
