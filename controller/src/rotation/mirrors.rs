@@ -51,8 +51,9 @@ pub(super) async fn plan(
     })
 }
 
-/// Refreshes every mirror now, bypassing the read cache, and finishes once each holds
-/// the new version.
+/// Refreshes every mirror now with values read after the new version was written (so
+/// no value cached before it serves them; one read serves them all), and finishes once
+/// each holds it.
 pub(super) async fn propagate(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
     let (target, _) = recorded(obj)?;
     let new = status_of(obj).new_version.unwrap_or_default();
@@ -82,9 +83,11 @@ pub(super) async fn propagate(obj: &Rotation, ctx: &Arc<RotationContext>) -> Res
             }));
         }
         if !refreshed {
+            // Values read from now on hold the new version: the mirrors share them.
+            let read_after = tokio::time::Instant::now();
             futures::stream::iter(behind.iter().cloned())
                 .for_each_concurrent(REFRESH_CONCURRENCY, |es| async move {
-                    if let Err(err) = ctx.sync.refresh_now(es.clone()).await {
+                    if let Err(err) = ctx.sync.refresh_now(es.clone(), read_after).await {
                         tracing::warn!(external_secret = %name_of(&es), error = %err, "refresh for rotation failed");
                     }
                 })

@@ -186,14 +186,16 @@ pub async fn reconcile(obj: Arc<ExternalSecret>, ctx: Arc<SyncContext>) -> Resul
         interval,
     };
     let forced = ctx.take_forced(&key);
-    if !forced && let Some(wait) = ctx.not_due(&key, &obj, force.as_deref(), &job) {
+    if forced.is_none()
+        && let Some(wait) = ctx.not_due(&key, &obj, force.as_deref(), &job)
+    {
         return Ok(Action::requeue(wait));
     }
     let previous = ctx.schedule_of(&key);
-    let bypass = forced || previous.as_ref().is_some_and(|s| s.force != force);
+    let bypass = previous.as_ref().is_some_and(|s| s.force != force);
     let held = previous.as_ref().map(|s| &s.held);
     let refreshed_at = Instant::now();
-    match sync(&job, &ctx, held, bypass).await? {
+    match sync(&job, &ctx, held, forced, bypass).await? {
         Ok(synced) => {
             let next = next_refresh(refreshed_at, interval);
             ctx.schedule(
@@ -325,6 +327,7 @@ async fn sync(
     job: &Job<'_>,
     ctx: &Arc<SyncContext>,
     held: Option<&Held>,
+    read_after: Option<Instant>,
     bypass: bool,
 ) -> Result<Result<Synced, Failure>> {
     let store = match resolve_store(job.obj, &job.namespace, ctx).await? {
@@ -364,7 +367,9 @@ async fn sync(
             key: key.clone(),
             version: version.clone(),
         };
-        let held_at = held.and_then(|h| h.get(&(key.clone(), version.clone())).copied());
+        let held_at = held
+            .and_then(|h| h.get(&(key.clone(), version.clone())).copied())
+            .max(read_after);
         ctx.cache
             .read(&session, cache_key, job.interval, held_at, bypass)
     }))

@@ -2,7 +2,7 @@
 //! per store, one read per remote key (the shared [`cache`]), each ExternalSecret on
 //! its own jittered interval, and the Secret kept as it was whenever a read fails.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::RandomState;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,8 +66,9 @@ pub struct SyncContext {
     hasher: RandomState,
     /// Every ExternalSecret watched, as last seen.
     pub(crate) externals: Store<ExternalSecret>,
-    /// ExternalSecrets asked to refresh now, reading the provider whatever is cached.
-    forced: Mutex<HashSet<ObjectKey>>,
+    /// ExternalSecrets asked to refresh now, and the instant after which their values
+    /// must have been read.
+    forced: Mutex<HashMap<ObjectKey, Instant>>,
     /// One refresh of an ExternalSecret at a time: a forced refresh runs beside the
     /// controller's own, and a read from before a rotation must not land after it.
     in_progress: Mutex<HashMap<ObjectKey, Arc<tokio::sync::Mutex<()>>>>,
@@ -108,18 +109,20 @@ impl SyncContext {
         }
     }
 
-    /// Refreshes `es` now, reading its store even when a cached value would do (a
-    /// Rotation wrote a new version that no earlier read can hold), and records the
-    /// outcome in its status as any refresh does. Runs beside the controller's own
-    /// schedule, which it moves on.
+    /// Refreshes `es` now with values read after `read_after` (a Rotation wrote a new
+    /// version then, which no earlier read holds), and records the outcome in its
+    /// status as any refresh does. Mirrors refreshed with the same instant share one
+    /// read through the cache. Runs beside the controller's own schedule, which it
+    /// moves on.
     pub(crate) async fn refresh_now(
         self: &Arc<Self>,
         es: Arc<ExternalSecret>,
+        read_after: Instant,
     ) -> crate::Result<()> {
         self.forced
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(external::object_key(&es));
+            .insert(external::object_key(&es), read_after);
         external::reconcile(es, self.clone()).await.map(|_| ())
     }
 
@@ -135,8 +138,9 @@ impl SyncContext {
         lock.lock_owned().await
     }
 
-    /// Whether `key` was asked to refresh now (and forgets that it was).
-    fn take_forced(&self, key: &ObjectKey) -> bool {
+    /// Whether `key` was asked to refresh now, and with values read after when (and
+    /// forgets that it was).
+    fn take_forced(&self, key: &ObjectKey) -> Option<Instant> {
         self.forced
             .lock()
             .unwrap_or_else(|e| e.into_inner())
