@@ -145,15 +145,18 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (secrets, secrets_writer) = reflector::store::<Secret>();
+    // One watch both fills the cache the Secret writer reads and triggers reconciles,
+    // each event after the cache has it: a Secret deleted by hand is never judged
+    // "unchanged" from a cache that still holds it.
     let secret_watch = watcher(
-        secret_api.clone(),
+        secret_api,
         watcher::Config::default()
             .labels(unseal::OWNER_LABEL)
             .any_semantic(),
     )
     .default_backoff()
-    .reflect(secrets_writer);
-    tokio::spawn(secret_watch.for_each(|_| std::future::ready(())));
+    .reflect(secrets_writer)
+    .touched_objects();
     let context = Arc::new(unseal::Context {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), reporter.clone()),
@@ -167,12 +170,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
     });
     let controller =
         Controller::<SealedSecret>::new(sealed_api, watcher::Config::default().any_semantic())
-            .owns::<Secret>(
-                secret_api,
-                watcher::Config::default()
-                    .labels(unseal::OWNER_LABEL)
-                    .any_semantic(),
-            )
+            .owns_stream(secret_watch)
             .reconcile_all_on(key_changes)
             .with_config(controller::Config::default().concurrency(config.concurrency));
     let store = controller.store();
