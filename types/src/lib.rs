@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+pub mod api;
 pub mod external;
 pub mod keys;
 pub mod rotation;
