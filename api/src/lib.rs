@@ -1,0 +1,166 @@
+//! `sigil-api`: rotation from a runbook. Callers authenticate with their own Kubernetes
+//! token, RBAC decides what they may do, and the handlers only record the request as a
+//! `Rotation` (or pass a sealed object to the controller); the controller does the work.
+//! [`router`] is the whole HTTP surface, so tests drive it in-process.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod rotations;
+pub mod sealed;
+pub mod serve;
+
+use auth::Reviewer;
+use error::ApiError;
+
+/// How the API behaves; the command line fills it in.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Sigil's own namespace: sealing-key Rotations and the public key ConfigMap.
+    pub namespace: String,
+    /// Base URL of the controller's internal HTTP server.
+    pub controller_url: String,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+    /// Requests per second per user (bursts of twice that); zero turns the limit off.
+    pub rate_limit: u32,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The API's own client (its ServiceAccount).
+    pub client: Client,
+    /// Checks tokens and requests.
+    pub reviewer: Arc<dyn Reviewer>,
+    /// Per-user request limit.
+    pub limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// Calls the controller's internal endpoints.
+    pub controller: reqwest::Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Request counts and latencies.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Settings.
+    pub settings: Arc<Settings>,
+}
+
+impl AppState {
+    /// Builds the state; `reviewer` is the real [`auth::KubeReviewer`] (cached) or a fake.
+    pub fn new(client: Client, reviewer: Arc<dyn Reviewer>, settings: Settings) -> Self {
+        let limiter = NonZeroU32::new(settings.rate_limit).map(|per_second| {
+            let burst = per_second.saturating_mul(NonZeroU32::MIN.saturating_add(1));
+            Arc::new(RateLimiter::keyed(
+                Quota::per_second(per_second).allow_burst(burst),
+            ))
+        });
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "sigil-api".to_owned(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        let controller = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap_or_default();
+        Self {
+            client,
+            reviewer,
+            limiter,
+            controller,
+            recorder,
+            metrics: Arc::default(),
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+/// Every route of the API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/publickeys", get(sealed::public_keys))
+        .route(
+            "/v1/namespaces/{namespace}/rotations",
+            post(rotations::create).get(rotations::list),
+        )
+        .route(
+            "/v1/namespaces/{namespace}/rotations/{name}",
+            get(rotations::get),
+        )
+        .route("/v1/sealingkey/rotate", post(rotations::rotate_sealing_key))
+        .route("/v1/verify", post(sealed::verify))
+        .route("/v1/reseal", post(sealed::reseal))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::observe,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; the API is described at GET /v1/openapi.json".to_owned())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::BadRequest(
+        "this endpoint does not take that method; see GET /v1/openapi.json".to_owned(),
+    )
+}
+
+/// Ready when the Kubernetes API server answers: without it no request can be served.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    let probe = tokio::time::timeout(Duration::from_secs(2), state.client.apiserver_version());
+    match probe.await {
+        Ok(Ok(_)) => (StatusCode::OK, "ok\n"),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the Kubernetes API server does not answer\n",
+        ),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::document_text(),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! The router in-process with a fake reviewer and a Kubernetes client that points at a
+//! closed port: every refusal below must happen before the API server would be asked.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
+use sigil_types::api::ErrorBody;
+use tower::ServiceExt;
+
+use super::*;
+use crate::auth::{Access, Decision, UserInfo};
+
+/// `admin` may do anything, `nobody` is a valid token with no rights, anything else is
+/// not a token.
+struct FakeReviewer;
+
+impl Reviewer for FakeReviewer {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, error::Result<Option<UserInfo>>> {
+        Box::pin(async move {
+            Ok(matches!(token, "admin" | "nobody").then(|| UserInfo {
+                username: token.to_owned(),
+                uid: None,
+                groups: vec!["system:authenticated".to_owned()],
+                extra: BTreeMap::new(),
+            }))
+        })
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        user: &'a UserInfo,
+        _access: &'a Access,
+    ) -> BoxFuture<'a, error::Result<Decision>> {
+        Box::pin(async move {
+            Ok(Decision {
+                allowed: user.username == "admin",
+                reason: String::new(),
+            })
+        })
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        namespace: "sigil-system".to_owned(),
+        controller_url: "http://127.0.0.1:9".to_owned(),
+        max_body_bytes: 1024,
+        request_timeout: Duration::from_secs(5),
+        rate_limit: 100,
+    }
+}
+
+fn app(settings: Settings) -> Router {
+    let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    router(AppState::new(client, Arc::new(FakeReviewer), settings))
+}
+
+fn create(token: Option<&str>, content_type: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+    let mut request = Request::post("/v1/namespaces/prod/rotations");
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    if let Some(content_type) = content_type {
+        request = request.header(header::CONTENT_TYPE, content_type);
+    }
+    request.body(body.into()).unwrap()
+}
+
+async fn call(app: Router, request: Request<Body>) -> (StatusCode, ErrorBody) {
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|err| panic!("not an error body ({err}): {}", String::from_utf8_lossy(&bytes)));
+    (status, body)
+}
+
+const GOOD: &str = r#"{"externalSecretRef": {"name": "db"}, "reason": "INC-123"}"#;
+const JSON: Option<&str> = Some("application/json");
+
+#[tokio::test]
+async fn no_token_is_401() {
+    let (status, body) = call(app(settings()), create(None, JSON, GOOD)).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::UNAUTHORIZED, "unauthenticated"));
+    assert!(body.message.contains("Authorization: Bearer"), "{}", body.message);
+}
+
+#[tokio::test]
+async fn a_token_the_cluster_does_not_know_is_401() {
+    let (status, body) = call(app(settings()), create(Some("forged"), JSON, GOOD)).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::UNAUTHORIZED, "unauthenticated"));
+    assert!(body.message.contains("TokenReview"), "{}", body.message);
+}
+
+#[tokio::test]
+async fn a_valid_token_without_rbac_is_403_naming_the_permission() {
+    let (status, body) = call(app(settings()), create(Some("nobody"), JSON, GOOD)).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::FORBIDDEN, "forbidden"));
+    assert!(
+        body.message.contains("create rotations.sigil.dev in namespace `prod`"),
+        "{}",
+        body.message
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let huge = format!(r#"{{"reason": "{}"}}"#, "x".repeat(4096));
+    let (status, body) = call(app(settings()), create(Some("admin"), JSON, huge.clone())).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    // Without a Content-Length (chunked), the limit still holds while reading.
+    let stream = futures::stream::iter([Ok::<_, std::io::Error>(huge.into_bytes())]);
+    let request = create(Some("admin"), JSON, Body::from_stream(stream));
+    let (status, _) = call(app(settings()), request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn bad_json_is_400_with_the_position() {
+    let (status, body) = call(app(settings()), create(Some("admin"), JSON, "{\"externalSecretRef\": ")).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::BAD_REQUEST, "invalid_json"));
+    assert!(body.message.contains("line 1"), "{}", body.message);
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_415() {
+    let (status, body) = call(app(settings()), create(Some("admin"), Some("application/yaml"), "a: b")).await;
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+    let (status, _) = call(app(settings()), create(Some("admin"), None, GOOD)).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "a body without a content type");
+}
+
+#[tokio::test]
+async fn unknown_fields_are_named() {
+    let typo = r#"{"externalSecretRef": {"name": "db", "secretkey": "password"}, "restrat": false}"#;
+    let (status, body) = call(app(settings()), create(Some("admin"), JSON, typo)).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::BAD_REQUEST, "unknown_field"));
+    assert!(body.message.contains("`externalSecretRef.secretkey`"), "{}", body.message);
+    assert!(body.message.contains("`restrat`"), "{}", body.message);
+}
+
+#[tokio::test]
+async fn requested_by_comes_from_the_token_never_the_body() {
+    let spoof = r#"{"externalSecretRef": {"name": "db"}, "requestedBy": "the-ceo"}"#;
+    let (status, body) = call(app(settings()), create(Some("admin"), JSON, spoof)).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid"));
+    assert!(body.message.contains("requestedBy"), "{}", body.message);
+}
+
+#[tokio::test]
+async fn a_missing_target_is_422() {
+    let (status, body) = call(app(settings()), create(Some("admin"), JSON, r#"{"reason": "x"}"#)).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid"));
+    assert!(body.message.contains("externalSecretRef.name"), "{}", body.message);
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_is_503_without_internals() {
+    let (status, body) = call(app(settings()), create(Some("admin"), JSON, GOOD)).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+    assert!(!body.message.contains("127.0.0.1"), "{}", body.message);
+}
+
+#[tokio::test]
+async fn each_user_is_rate_limited_with_retry_after() {
+    let app = app(Settings { rate_limit: 1, ..settings() });
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let request = Request::get("/v1/namespaces/prod/rotations/x")
+            .header(header::AUTHORIZATION, "Bearer nobody")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        statuses.push(response.status());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(response.headers().contains_key(header::RETRY_AFTER));
+        }
+    }
+    assert_eq!(
+        statuses,
+        [StatusCode::FORBIDDEN, StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS]
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_idempotency_key_or_query_is_400() {
+    let mut request = create(Some("admin"), JSON, GOOD);
+    request
+        .headers_mut()
+        .insert("idempotency-key", "é".parse().unwrap_or(header::HeaderValue::from_static("")));
+    let (status, body) = call(app(settings()), request).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+
+    let request = Request::post("/v1/namespaces/prod/rotations?dryRun=maybe")
+        .header(header::AUTHORIZATION, "Bearer admin")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(GOOD))
+        .unwrap();
+    let (status, body) = call(app(settings()), request).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    assert!(body.message.contains("dryRun"), "{}", body.message);
+}
+
+#[tokio::test]
+async fn unknown_paths_answer_json() {
+    let request = Request::get("/v2/anything").body(Body::empty()).unwrap();
+    let (status, body) = call(app(settings()), request).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+#[tokio::test]
+async fn verify_needs_the_namespace_it_was_sealed_for() {
+    let sealed = r#"{"apiVersion": "sigil.dev/v1", "kind": "SealedSecret", "metadata": {"name": "db"},
+        "spec": {"encryptedData": {}}}"#;
+    let request = Request::post("/v1/verify")
+        .header(header::AUTHORIZATION, "Bearer admin")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(sealed))
+        .unwrap();
+    let (status, body) = call(app(settings()), request).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid"));
+    assert!(body.message.contains("metadata.namespace"), "{}", body.message);
+}
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_checked_in_one() {
+    let request = Request::get("/v1/openapi.json").body(Body::empty()).unwrap();
+    let response = app(settings()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let served = response.into_body().collect().await.unwrap().to_bytes();
+    let checked_in = include_str!("../openapi.json");
+    assert!(
+        served == checked_in.as_bytes(),
+        "api/openapi.json differs from the served document: regenerate it with \
+         `cargo run -p sigil-api -- --print-openapi > api/openapi.json` and review the diff"
+    );
+}
