@@ -138,3 +138,103 @@ select. With watchNamespace set, only namespaced SecretStores are served.
   resources: ["namespaces"]
   verbs: ["get", "list", "watch"]
 {{- end }}
+
+{{/*
+Name of the API's objects: `<full name>-api` (the full name is cut to leave room for
+the suffix, so the API never takes the controller's name).
+*/}}
+{{- define "sigil.api.fullname" -}}
+{{- printf "%s-api" (include "sigil.fullname" . | trunc 59 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Standard labels on the API's objects.
+*/}}
+{{- define "sigil.api.labels" -}}
+helm.sh/chart: {{ include "sigil.chart" . }}
+{{ include "sigil.api.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: sigil
+{{- end }}
+
+{{/*
+Labels that select the API Pods (immutable, like the controller's).
+*/}}
+{{- define "sigil.api.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sigil.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: api
+{{- end }}
+
+{{/*
+Name of the ServiceAccount the API runs as.
+*/}}
+{{- define "sigil.api.serviceAccountName" -}}
+{{- if .Values.api.serviceAccount.create }}
+{{- default (include "sigil.api.fullname" .) .Values.api.serviceAccount.name }}
+{{- else }}
+{{- required "api.serviceAccount.name is required when api.serviceAccount.create is false" .Values.api.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The API image: repository@digest, or repository:tag (tag defaults to appVersion).
+*/}}
+{{- define "sigil.api.image" -}}
+{{- if .Values.api.image.digest }}
+{{- printf "%s@%s" .Values.api.image.repository .Values.api.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.api.image.repository (default .Chart.AppVersion .Values.api.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the API's TLS certificate and key.
+*/}}
+{{- define "sigil.api.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "sigil.api.fullname" .)) .Values.api.tls.secretName }}
+{{- end }}
+
+{{/*
+The controller's internal HTTP base URL, through the controller Service: only the
+leading replica is ready, so the Service routes to the leader.
+*/}}
+{{- define "sigil.controllerUrl" -}}
+{{- printf "http://%s-metrics.%s.svc:%v" (include "sigil.fullname" .) .Release.Namespace .Values.service.port }}
+{{- end }}
+
+{{/*
+What the API does in the namespaces Rotations are created in: record a Rotation (and
+read it back for get, list and idempotent replays), and one Event per accepted Rotation.
+Events are granted in both groups, like the controller's.
+*/}}
+{{- define "sigil.api.rotationRules" -}}
+# Record the Rotations the caller's SubjectAccessReview allowed, and read them back
+# (GET, list, idempotent replays). Never update, patch or delete: the controller does
+# the work and writes the status.
+- apiGroups: ["sigil.dev"]
+  resources: ["rotations"]
+  verbs: ["create", "get", "list"]
+# One Event per accepted Rotation (the audit trail in the cluster).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+Read the ExternalSecret a Rotation targets, to refuse an unknown one (422
+unknown_external_secret) before anything is created.
+*/}}
+{{- define "sigil.api.externalSecretRules" -}}
+# Refuse a Rotation of an unknown ExternalSecret with a clear 422 before creating
+# anything. Read only, by name: no list, no watch.
+- apiGroups: ["sigil.dev"]
+  resources: ["externalsecrets"]
+  verbs: ["get"]
+{{- end }}

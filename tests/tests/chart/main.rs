@@ -1,14 +1,18 @@
 //! The Helm chart `charts/sigil`: `helm lint` passes, the rendered manifests are
-//! accepted by the real kube-apiserver (server-side apply, dry run), the controller Pod
-//! is locked down, RBAC grants no wildcards, and every authenticated user may read the
-//! public keys and nothing else.
+//! accepted by the real kube-apiserver (server-side apply, dry run), the controller and
+//! API Pods are locked down, RBAC grants no wildcards, the API's ServiceAccount is
+//! granted exactly what it needs (and the real RBAC authorizer agrees), and every
+//! authenticated user may read the public keys and nothing else.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{
     Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
 };
@@ -82,11 +86,134 @@ fn name(doc: &Value) -> &str {
     doc["metadata"]["name"].as_str().unwrap_or("")
 }
 
-fn the<'a>(docs: &'a [Value], k: &str) -> Result<&'a Value> {
-    let mut found = docs.iter().filter(|d| kind(d) == k);
-    let doc = found.next().with_context(|| format!("no {k} rendered"))?;
-    ensure!(found.next().is_none(), "more than one {k} rendered");
+fn namespace(doc: &Value) -> &str {
+    doc["metadata"]["namespace"].as_str().unwrap_or("")
+}
+
+/// The `app.kubernetes.io/component` label: `controller` or `api`.
+fn component(doc: &Value) -> &str {
+    doc["metadata"]["labels"]["app.kubernetes.io/component"]
+        .as_str()
+        .unwrap_or("")
+}
+
+/// The one `k` of `component` (`controller` or `api`).
+fn the_of<'a>(docs: &'a [Value], k: &str, of: &str) -> Result<&'a Value> {
+    let mut found = docs.iter().filter(|d| kind(d) == k && component(d) == of);
+    let doc = found
+        .next()
+        .with_context(|| format!("no {of} {k} rendered"))?;
+    ensure!(found.next().is_none(), "more than one {of} {k} rendered");
     Ok(doc)
+}
+
+/// Checks the lockdown every Sigil Pod shares: non-root, read-only root filesystem, no
+/// capabilities, RuntimeDefault seccomp, the ServiceAccount token (both talk to the
+/// API server), CPU and memory requests and limits; returns its only container.
+fn assert_locked_down(deploy: &Value) -> Result<&Value> {
+    let spec = &deploy["spec"]["template"]["spec"];
+    assert_eq!(spec["automountServiceAccountToken"], json!(true));
+    assert!(
+        spec["hostNetwork"].is_null() && spec["hostPID"].is_null(),
+        "{spec}"
+    );
+
+    let pod = &spec["securityContext"];
+    assert_eq!(pod["runAsNonRoot"], json!(true), "{pod}");
+    assert_eq!(pod["runAsUser"], json!(65532), "{pod}");
+    assert_eq!(
+        pod["seccompProfile"]["type"],
+        json!("RuntimeDefault"),
+        "{pod}"
+    );
+
+    let containers = spec["containers"].as_array().context("no containers")?;
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], json!(true), "{sc}");
+    assert_eq!(sc["runAsUser"], json!(65532), "{sc}");
+    assert_eq!(sc["runAsGroup"], json!(65532), "{sc}");
+    assert_eq!(sc["readOnlyRootFilesystem"], json!(true), "{sc}");
+    assert_eq!(sc["allowPrivilegeEscalation"], json!(false), "{sc}");
+    assert_eq!(sc["privileged"], json!(false), "{sc}");
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{sc}");
+    assert!(sc["capabilities"]["add"].is_null(), "{sc}");
+    assert_eq!(
+        sc["seccompProfile"]["type"],
+        json!("RuntimeDefault"),
+        "{sc}"
+    );
+    for limit in ["cpu", "memory"] {
+        assert!(c["resources"]["requests"][limit].is_string(), "{c}");
+        assert!(c["resources"]["limits"][limit].is_string(), "{c}");
+    }
+    Ok(c)
+}
+
+/// A container's args.
+fn args(c: &Value) -> Result<Vec<&str>> {
+    Ok(c["args"]
+        .as_array()
+        .context("no args")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect())
+}
+
+/// An RBAC rule and where it applies: a namespace, or `*` for every namespace.
+type Granted = (String, Value);
+
+/// Every RBAC rule the rendered bindings grant the ServiceAccount `namespace/sa`: bound
+/// to it by name, or to a group every ServiceAccount of `namespace` is in. Each comes
+/// with where it applies: the RoleBinding's namespace, or `*` for a ClusterRoleBinding.
+fn rules_of(docs: &[Value], sa_namespace: &str, sa: &str) -> Result<Vec<Granted>> {
+    let groups = [
+        "system:authenticated".to_owned(),
+        "system:serviceaccounts".to_owned(),
+        format!("system:serviceaccounts:{sa_namespace}"),
+    ];
+    let mut rules = Vec::new();
+    for binding in docs.iter().filter(|d| kind(d).ends_with("Binding")) {
+        let subjects = binding["subjects"].as_array().context("no subjects")?;
+        let bound = subjects.iter().any(|s| match s["kind"].as_str() {
+            Some("ServiceAccount") => s["name"] == sa && s["namespace"] == sa_namespace,
+            Some("Group") => s["name"]
+                .as_str()
+                .is_some_and(|g| groups.iter().any(|x| x == g)),
+            _ => false,
+        });
+        if !bound {
+            continue;
+        }
+        let scope = if kind(binding) == "ClusterRoleBinding" {
+            "*"
+        } else {
+            namespace(binding)
+        };
+        let role_kind = binding["roleRef"]["kind"].as_str().unwrap_or("");
+        let role_name = binding["roleRef"]["name"].as_str().unwrap_or("");
+        let role = docs
+            .iter()
+            .find(|d| {
+                kind(d) == role_kind
+                    && name(d) == role_name
+                    && (role_kind == "ClusterRole" || namespace(d) == namespace(binding))
+            })
+            .with_context(|| format!("{} {} binds a missing role", kind(binding), name(binding)))?;
+        for rule in role["rules"].as_array().context("role without rules")? {
+            let granted = (scope.to_owned(), rule.clone());
+            if !rules.contains(&granted) {
+                rules.push(granted);
+            }
+        }
+    }
+    Ok(rules)
+}
+
+/// An RBAC rule without resourceNames.
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
+    json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
 }
 
 /// Server-side applies `doc` with `dryRun=All`: the apiserver decodes, defaults,
@@ -137,6 +264,10 @@ async fn chart_lints() -> Result<()> {
         Some(
             "replicaCount=1,leaderElection.enabled=false,serviceAccount.create=false,serviceAccount.name=sa",
         ),
+        Some("api.enabled=false,networkPolicy.enabled=true,serviceMonitor.enabled=true"),
+        Some(
+            "api.replicaCount=1,api.serviceAccount.create=false,api.serviceAccount.name=api,api.tls.secretName=tls",
+        ),
     ] {
         let mut args = vec!["lint", "--strict", chart.as_str()];
         if let Some(set) = set {
@@ -167,6 +298,27 @@ async fn chart_lints() -> Result<()> {
         err.contains("leaderElection.enabled"),
         "unexpected error: {err}"
     );
+    // The API's ServiceAccount must be named when the chart does not create it.
+    let refused = helm(
+        env,
+        &[
+            "template",
+            "sigil",
+            &chart,
+            "--set",
+            "api.serviceAccount.create=false",
+        ],
+    );
+    let err = format!(
+        "{:#}",
+        refused
+            .err()
+            .context("an unnamed API ServiceAccount rendered")?
+    );
+    ensure!(
+        err.contains("api.serviceAccount.name is required"),
+        "unexpected error: {err}"
+    );
     Ok(())
 }
 
@@ -183,6 +335,8 @@ async fn rendered_chart_is_accepted_by_the_apiserver() -> Result<()> {
         kinds,
         [
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
@@ -190,15 +344,34 @@ async fn rendered_chart_is_accepted_by_the_apiserver() -> Result<()> {
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "Deployment",
+            "Deployment",
+            "PodDisruptionBudget",
             "PodDisruptionBudget",
             "Role",
             "Role",
+            "Role",
+            "RoleBinding",
             "RoleBinding",
             "RoleBinding",
             "Service",
+            "Service",
+            "ServiceAccount",
             "ServiceAccount",
         ]
     );
+    // The API's objects are among them (one of each, besides the controller's).
+    for k in [
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "PodDisruptionBudget",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ] {
+        the_of(&docs, k, "api")?;
+    }
     for doc in &docs {
         dry_run(&ctx, &discovery, doc).await?;
     }
@@ -218,17 +391,46 @@ async fn rendered_chart_is_accepted_by_the_apiserver() -> Result<()> {
             "clusterName=test",
         ],
     )?;
+    // Only the API's TokenReview / SubjectAccessReview ClusterRole is cluster-wide
+    // (those reviews are cluster-scoped); the controller's permissions are a Role.
     ensure!(
-        !docs.iter().any(|d| kind(d).starts_with("Cluster")),
-        "watchNamespace still renders cluster-wide RBAC"
+        docs.iter()
+            .filter(|d| kind(d).starts_with("Cluster"))
+            .all(|d| component(d) == "api"),
+        "watchNamespace still renders the controller's cluster-wide RBAC"
     );
-    the(&docs, "NetworkPolicy")?;
+    the_of(&docs, "NetworkPolicy", "controller")?;
+    the_of(&docs, "NetworkPolicy", "api")?;
     for doc in &docs {
         dry_run(&ctx, &discovery, doc).await?;
     }
 
+    // The API with its own names for everything, and without a PodDisruptionBudget.
+    let docs = render(
+        ctx.env,
+        &ctx.namespace,
+        false,
+        &[
+            "api.replicaCount=1",
+            "api.tls.secretName=api-cert",
+            "api.serviceAccount.name=rotator",
+            "api.image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "api.networkPolicy.ingressFrom=null",
+            "networkPolicy.enabled=true",
+        ],
+    )?;
+    ensure!(
+        !docs
+            .iter()
+            .any(|d| kind(d) == "PodDisruptionBudget" && component(d) == "api"),
+        "a PodDisruptionBudget for one API replica"
+    );
+    for doc in docs.iter().filter(|d| component(d) == "api") {
+        dry_run(&ctx, &discovery, doc).await?;
+    }
+
     // The dry run is a real check: an invalid Deployment is refused.
-    let mut broken = the(&docs, "Deployment")?.clone();
+    let mut broken = the_of(&docs, "Deployment", "controller")?.clone();
     broken["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(70000);
     let refused = dry_run(&ctx, &discovery, &broken).await;
     let err = refused
@@ -245,40 +447,10 @@ async fn rendered_chart_is_accepted_by_the_apiserver() -> Result<()> {
 async fn deployment_is_locked_down() -> Result<()> {
     let env = Env::get();
     let docs = render(env, "sigil-system", false, &[])?;
-    let deploy = the(&docs, "Deployment")?;
+    let deploy = the_of(&docs, "Deployment", "controller")?;
     let spec = &deploy["spec"]["template"]["spec"];
     assert_eq!(deploy["spec"]["replicas"], json!(2));
-    assert_eq!(spec["automountServiceAccountToken"], json!(true));
-
-    let pod = &spec["securityContext"];
-    assert_eq!(pod["runAsNonRoot"], json!(true), "{pod}");
-    assert_eq!(pod["runAsUser"], json!(65532), "{pod}");
-    assert_eq!(
-        pod["seccompProfile"]["type"],
-        json!("RuntimeDefault"),
-        "{pod}"
-    );
-
-    let containers = spec["containers"].as_array().context("no containers")?;
-    assert_eq!(containers.len(), 1);
-    let c = &containers[0];
-    let sc = &c["securityContext"];
-    assert_eq!(sc["runAsNonRoot"], json!(true), "{sc}");
-    assert_eq!(sc["runAsUser"], json!(65532), "{sc}");
-    assert_eq!(sc["runAsGroup"], json!(65532), "{sc}");
-    assert_eq!(sc["readOnlyRootFilesystem"], json!(true), "{sc}");
-    assert_eq!(sc["allowPrivilegeEscalation"], json!(false), "{sc}");
-    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{sc}");
-    assert!(sc["capabilities"]["add"].is_null(), "{sc}");
-    assert_eq!(
-        sc["seccompProfile"]["type"],
-        json!("RuntimeDefault"),
-        "{sc}"
-    );
-    for limit in ["cpu", "memory"] {
-        assert!(c["resources"]["requests"][limit].is_string(), "{c}");
-        assert!(c["resources"]["limits"][limit].is_string(), "{c}");
-    }
+    let c = assert_locked_down(deploy)?;
 
     assert_eq!(
         c["ports"],
@@ -304,12 +476,7 @@ async fn deployment_is_locked_down() -> Result<()> {
             ("SIGIL_NAMESPACE", "metadata.namespace")
         ])
     );
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .context("no args")?
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let args = args(c)?;
     for flag in [
         "--http-addr=0.0.0.0:8080",
         "--leader-election=true",
@@ -336,8 +503,11 @@ async fn deployment_is_locked_down() -> Result<()> {
     let sa = spec["serviceAccountName"]
         .as_str()
         .context("no serviceAccountName")?;
-    assert_eq!(name(the(&docs, "ServiceAccount")?), sa);
-    for binding in docs.iter().filter(|d| kind(d).ends_with("Binding")) {
+    assert_eq!(name(the_of(&docs, "ServiceAccount", "controller")?), sa);
+    for binding in docs
+        .iter()
+        .filter(|d| kind(d).ends_with("Binding") && component(d) == "controller")
+    {
         for subject in binding["subjects"].as_array().context("no subjects")? {
             if subject["kind"] == "ServiceAccount" {
                 assert_eq!(subject["name"], json!(sa), "{binding}");
@@ -347,13 +517,13 @@ async fn deployment_is_locked_down() -> Result<()> {
     }
 
     // The metrics Service and the ServiceMonitor agree on the port name.
-    let service = the(&docs, "Service")?;
+    let service = the_of(&docs, "Service", "controller")?;
     assert_eq!(
         service["spec"]["ports"],
         json!([{"name": "http-metrics", "port": 8080, "targetPort": "http", "protocol": "TCP"}])
     );
     let docs = render(env, "sigil-system", false, &["serviceMonitor.enabled=true"])?;
-    let monitor = the(&docs, "ServiceMonitor")?;
+    let monitor = the_of(&docs, "ServiceMonitor", "controller")?;
     assert_eq!(monitor["apiVersion"], json!("monitoring.coreos.com/v1"));
     assert_eq!(
         monitor["spec"]["endpoints"][0]["port"],
@@ -364,6 +534,539 @@ async fn deployment_is_locked_down() -> Result<()> {
         service["spec"]["selector"]
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn api_deployment_is_locked_down() -> Result<()> {
+    let env = Env::get();
+    let docs = render(env, "sigil-system", false, &[])?;
+    let deploy = the_of(&docs, "Deployment", "api")?;
+    assert_eq!(name(deploy), "sigil-api");
+    // Stateless: every replica serves.
+    assert_eq!(deploy["spec"]["replicas"], json!(2));
+    let spec = &deploy["spec"]["template"]["spec"];
+    let c = assert_locked_down(deploy)?;
+    // The same lockdown as the controller, from the same values.
+    let controller = the_of(&docs, "Deployment", "controller")?;
+    let controller_spec = &controller["spec"]["template"]["spec"];
+    assert_eq!(spec["securityContext"], controller_spec["securityContext"]);
+    assert_eq!(
+        c["securityContext"],
+        controller_spec["containers"][0]["securityContext"]
+    );
+    assert_eq!(c["image"], json!("example.invalid/sigil/sigil-api:0.1.0"));
+
+    // Its own ServiceAccount, and Pods the controller's selector does not take.
+    assert_eq!(spec["serviceAccountName"], json!("sigil-api"));
+    assert_eq!(name(the_of(&docs, "ServiceAccount", "api")?), "sigil-api");
+    let selector = &deploy["spec"]["selector"]["matchLabels"];
+    assert_eq!(selector["app.kubernetes.io/component"], json!("api"));
+    for (k, v) in selector.as_object().context("no selector")? {
+        assert_eq!(&deploy["spec"]["template"]["metadata"]["labels"][k], v);
+    }
+    assert_ne!(selector, &controller["spec"]["selector"]["matchLabels"]);
+
+    // HTTPS on 8443 with health on the same port; the probes speak HTTPS.
+    assert_eq!(
+        c["ports"],
+        json!([{"name": "https", "containerPort": 8443, "protocol": "TCP"}])
+    );
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(
+            c[probe]["httpGet"],
+            json!({"path": path, "port": "https", "scheme": "HTTPS"}),
+            "{probe}"
+        );
+    }
+
+    // The command line of the contract; the controller URL is the controller's Service
+    // (only the leader is ready behind it) on its port.
+    let controller_service = the_of(&docs, "Service", "controller")?;
+    let controller_url = format!(
+        "--controller-url=http://{}.sigil-system.svc:{}",
+        name(controller_service),
+        controller_service["spec"]["ports"][0]["port"]
+    );
+    assert_eq!(
+        controller_url,
+        "--controller-url=http://sigil-metrics.sigil-system.svc:8080"
+    );
+    assert_eq!(
+        args(c)?,
+        [
+            "--listen=0.0.0.0:8443",
+            "--tls-cert=/tls/tls.crt",
+            "--tls-key=/tls/tls.key",
+            &controller_url,
+            "--rate-limit=20",
+            "--request-timeout=30s",
+            "--max-body-bytes=1048576",
+            "--review-cache-ttl=10s",
+            "--log-json",
+        ]
+    );
+    assert_eq!(
+        c["env"][0],
+        json!({"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})
+    );
+
+    // TLS from the Secret named in the values, mounted read-only at /tls, whole (the
+    // kubelet updates it in place for the reload); nothing else but a scratch /tmp.
+    assert_eq!(
+        c["volumeMounts"],
+        json!([
+            {"name": "tls", "mountPath": "/tls", "readOnly": true},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ])
+    );
+    let volumes = spec["volumes"].as_array().context("no volumes")?;
+    assert_eq!(volumes.len(), 2, "{volumes:?}");
+    let tls = &volumes[0]["secret"];
+    assert_eq!(tls["secretName"], json!("sigil-api-tls"));
+    assert_eq!(tls["defaultMode"], json!(0o440));
+    assert_eq!(
+        tls["items"],
+        json!([{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}])
+    );
+    assert!(volumes[1]["emptyDir"].is_object(), "{volumes:?}");
+
+    // Service 443 -> 8443 over the API Pods; a PodDisruptionBudget over the same Pods.
+    let service = the_of(&docs, "Service", "api")?;
+    assert_eq!(name(service), "sigil-api");
+    assert_eq!(service["spec"]["type"], json!("ClusterIP"));
+    assert_eq!(
+        service["spec"]["ports"],
+        json!([{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}])
+    );
+    assert_eq!(&service["spec"]["selector"], selector);
+    let pdb = the_of(&docs, "PodDisruptionBudget", "api")?;
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector);
+    assert_eq!(pdb["spec"]["maxUnavailable"], json!(1));
+
+    // The values reach the Pod.
+    let docs = render(
+        env,
+        "sigil-system",
+        false,
+        &[
+            "api.tls.secretName=api-cert",
+            "api.rateLimit=0",
+            "api.logJson=false",
+            "api.image.tag=v9",
+        ],
+    )?;
+    let deploy = the_of(&docs, "Deployment", "api")?;
+    let spec = &deploy["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["volumes"][0]["secret"]["secretName"],
+        json!("api-cert")
+    );
+    let c = &spec["containers"][0];
+    assert_eq!(c["image"], json!("example.invalid/sigil/sigil-api:v9"));
+    let a = args(c)?;
+    assert!(a.contains(&"--rate-limit=0"), "{a:?}");
+    assert!(!a.contains(&"--log-json"), "{a:?}");
+
+    // The ServiceMonitor scrapes the API's HTTPS port, checking the Service's name.
+    let docs = render(env, "sigil-system", false, &["serviceMonitor.enabled=true"])?;
+    let monitor = the_of(&docs, "ServiceMonitor", "api")?;
+    assert_eq!(&monitor["spec"]["selector"]["matchLabels"], selector);
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], json!("https"));
+    assert_eq!(endpoint["scheme"], json!("https"));
+    assert_eq!(
+        endpoint["tlsConfig"],
+        json!({"serverName": "sigil-api.sigil-system.svc"})
+    );
+
+    // NetworkPolicies: the API is reachable in-cluster on 8443 and reaches the API server,
+    // DNS and the controller's port 8080; the controller takes 8080 from the API Pods.
+    let docs = render(env, "sigil-system", false, &["networkPolicy.enabled=true"])?;
+    let api_policy = the_of(&docs, "NetworkPolicy", "api")?;
+    assert_eq!(&api_policy["spec"]["podSelector"]["matchLabels"], selector);
+    assert_eq!(
+        api_policy["spec"]["ingress"],
+        json!([{"from": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": 8443}]}])
+    );
+    let controller_pods = &controller["spec"]["selector"]["matchLabels"];
+    let egress = api_policy["spec"]["egress"]
+        .as_array()
+        .context("no egress")?;
+    assert!(
+        egress.contains(&json!({
+            "to": [{"podSelector": {"matchLabels": controller_pods}}],
+            "ports": [{"protocol": "TCP", "port": 8080}],
+        })),
+        "{egress:?}"
+    );
+    assert!(
+        egress
+            .iter()
+            .any(|r| r["ports"].to_string().contains("6443") && r["to"][0]["ipBlock"].is_object()),
+        "{egress:?}"
+    );
+    let controller_policy = the_of(&docs, "NetworkPolicy", "controller")?;
+    assert_eq!(
+        controller_policy["spec"]["ingress"],
+        json!([{"from": [{"podSelector": {"matchLabels": selector}}], "ports": [{"protocol": "TCP", "port": 8080}]}])
+    );
+
+    // api.enabled=false: none of it, and the controller takes nothing from API Pods.
+    let docs = render(
+        env,
+        "sigil-system",
+        false,
+        &[
+            "api.enabled=false",
+            "networkPolicy.enabled=true",
+            "serviceMonitor.enabled=true",
+        ],
+    )?;
+    let left: Vec<String> = docs
+        .iter()
+        .filter(|d| component(d) != "controller")
+        .map(|d| format!("{} {}", kind(d), name(d)))
+        .collect();
+    ensure!(left.is_empty(), "api.enabled=false still renders {left:?}");
+    assert_eq!(
+        the_of(&docs, "NetworkPolicy", "controller")?["spec"]["ingress"],
+        json!([])
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_rbac_is_exactly_what_it_needs() -> Result<()> {
+    let env = Env::get();
+    let tokenreviews = rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]);
+    let sars = rule(
+        &["authorization.k8s.io"],
+        &["subjectaccessreviews"],
+        &["create"],
+    );
+    let rotations = rule(&["sigil.dev"], &["rotations"], &["create", "get", "list"]);
+    let externalsecrets = rule(&["sigil.dev"], &["externalsecrets"], &["get"]);
+    let events = rule(&["events.k8s.io"], &["events"], &["create", "patch"]);
+    let core_events = rule(&[""], &["events"], &["create", "patch"]);
+    let public_keys = json!({
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": ["sigil-public-keys"],
+        "verbs": ["get"],
+    });
+    let at = |scope: &str, rules: &[&Value]| -> Vec<Granted> {
+        rules
+            .iter()
+            .map(|r| (scope.to_owned(), (*r).clone()))
+            .collect()
+    };
+    let cases: [(&[&str], Vec<Granted>); 3] = [
+        // Every namespace: callers rotate in their own.
+        (
+            &[],
+            [
+                at(
+                    "*",
+                    &[
+                        &tokenreviews,
+                        &sars,
+                        &rotations,
+                        &events,
+                        &core_events,
+                        &externalsecrets,
+                    ],
+                ),
+                at("sigil-system", &[&public_keys]),
+            ]
+            .concat(),
+        ),
+        // Only the watched namespace, and Sigil's own for sealing-key Rotations.
+        (
+            &["watchNamespace=apps"],
+            [
+                at("*", &[&tokenreviews, &sars]),
+                at(
+                    "apps",
+                    &[&rotations, &events, &core_events, &externalsecrets],
+                ),
+                at(
+                    "sigil-system",
+                    &[&public_keys, &rotations, &events, &core_events],
+                ),
+            ]
+            .concat(),
+        ),
+        (
+            &["watchNamespace=sigil-system"],
+            [
+                at("*", &[&tokenreviews, &sars]),
+                at(
+                    "sigil-system",
+                    &[
+                        &rotations,
+                        &events,
+                        &core_events,
+                        &externalsecrets,
+                        &public_keys,
+                    ],
+                ),
+            ]
+            .concat(),
+        ),
+    ];
+    for (set, expected) in cases {
+        let docs = render(env, "sigil-system", false, set)?;
+        let granted = rules_of(&docs, "sigil-system", "sigil-api")?;
+        let missing: Vec<_> = expected.iter().filter(|r| !granted.contains(r)).collect();
+        let extra: Vec<_> = granted.iter().filter(|r| !expected.contains(r)).collect();
+        ensure!(
+            missing.is_empty() && extra.is_empty(),
+            "API RBAC with {set:?}: missing {missing:?}, extra {extra:?}"
+        );
+        // The controller's permissions (Secrets, keys) are not the API's.
+        let controller_sa = name(the_of(&docs, "ServiceAccount", "controller")?);
+        ensure!(
+            controller_sa != "sigil-api",
+            "the API shares the controller's ServiceAccount"
+        );
+        ensure!(
+            !granted.iter().any(|(_, r)| r["resources"]
+                .as_array()
+                .is_some_and(|v| v.contains(&json!("secrets")))),
+            "the API may touch Secrets: {granted:?}"
+        );
+    }
+    Ok(())
+}
+
+/// An access to review: group, resource (`resource/subresource`), verb, namespace
+/// (none: cluster-scoped), name, and whether it must be allowed.
+type Access<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    bool,
+);
+
+#[tokio::test]
+async fn api_service_account_is_authorized_only_for_its_work() -> Result<()> {
+    let ctx = TestContext::new("api_service_account_is_authorized_only_for_its_work").await?;
+    let ns = ctx.namespace.as_str();
+    let docs = render(ctx.env, ns, false, &[])?;
+    // Cluster-scoped objects under this test's own name, so runs do not collide.
+    let cluster_name = format!("{}-api", ctx.id);
+    let mut cluster_role: ClusterRole =
+        serde_json::from_value(the_of(&docs, "ClusterRole", "api")?.clone())?;
+    cluster_role.metadata.name = Some(cluster_name.clone());
+    let mut cluster_binding: ClusterRoleBinding =
+        serde_json::from_value(the_of(&docs, "ClusterRoleBinding", "api")?.clone())?;
+    cluster_binding.metadata.name = Some(cluster_name.clone());
+    cluster_binding.role_ref.name = cluster_name.clone();
+    let role: Role = serde_json::from_value(the_of(&docs, "Role", "api")?.clone())?;
+    let binding: RoleBinding =
+        serde_json::from_value(the_of(&docs, "RoleBinding", "api")?.clone())?;
+
+    let pp = PostParams::default();
+    let cluster_roles = Api::<ClusterRole>::all(ctx.kube.clone());
+    let cluster_bindings = Api::<ClusterRoleBinding>::all(ctx.kube.clone());
+    cluster_roles.create(&pp, &cluster_role).await?;
+    let result = async {
+        cluster_bindings.create(&pp, &cluster_binding).await?;
+        Api::<Role>::namespaced(ctx.kube.clone(), ns)
+            .create(&pp, &role)
+            .await?;
+        Api::<RoleBinding>::namespaced(ctx.kube.clone(), ns)
+            .create(&pp, &binding)
+            .await?;
+
+        let reviews = Api::<SubjectAccessReview>::all(ctx.kube.clone());
+        let user = format!("system:serviceaccount:{ns}:sigil-api");
+        let groups = vec![
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".to_owned(),
+        ];
+        let checks: &[Access<'_>] = &[
+            (
+                "authentication.k8s.io",
+                "tokenreviews",
+                "create",
+                None,
+                None,
+                true,
+            ),
+            (
+                "authorization.k8s.io",
+                "subjectaccessreviews",
+                "create",
+                None,
+                None,
+                true,
+            ),
+            ("sigil.dev", "rotations", "create", Some("prod"), None, true),
+            (
+                "sigil.dev",
+                "rotations",
+                "get",
+                Some("prod"),
+                Some("r"),
+                true,
+            ),
+            ("sigil.dev", "rotations", "list", Some("prod"), None, true),
+            ("sigil.dev", "rotations", "create", Some(ns), None, true),
+            (
+                "sigil.dev",
+                "externalsecrets",
+                "get",
+                Some("prod"),
+                Some("db"),
+                true,
+            ),
+            (
+                "events.k8s.io",
+                "events",
+                "create",
+                Some("prod"),
+                None,
+                true,
+            ),
+            ("", "events", "create", Some("prod"), None, true),
+            (
+                "",
+                "configmaps",
+                "get",
+                Some(ns),
+                Some("sigil-public-keys"),
+                true,
+            ),
+            // Never a Secret.
+            ("", "secrets", "get", Some(ns), Some("sigil-key-1"), false),
+            ("", "secrets", "list", Some(ns), None, false),
+            ("", "secrets", "get", Some("prod"), Some("db"), false),
+            ("", "secrets", "create", Some("prod"), None, false),
+            // Rotations are recorded, never changed or watched; status is the
+            // controller's.
+            (
+                "sigil.dev",
+                "rotations",
+                "update",
+                Some("prod"),
+                Some("r"),
+                false,
+            ),
+            (
+                "sigil.dev",
+                "rotations",
+                "patch",
+                Some("prod"),
+                Some("r"),
+                false,
+            ),
+            (
+                "sigil.dev",
+                "rotations",
+                "delete",
+                Some("prod"),
+                Some("r"),
+                false,
+            ),
+            ("sigil.dev", "rotations", "watch", Some("prod"), None, false),
+            (
+                "sigil.dev",
+                "rotations/status",
+                "patch",
+                Some("prod"),
+                Some("r"),
+                false,
+            ),
+            (
+                "sigil.dev",
+                "externalsecrets",
+                "list",
+                Some("prod"),
+                None,
+                false,
+            ),
+            (
+                "sigil.dev",
+                "externalsecrets",
+                "update",
+                Some("prod"),
+                Some("db"),
+                false,
+            ),
+            (
+                "sigil.dev",
+                "sealedsecrets",
+                "get",
+                Some("prod"),
+                Some("db"),
+                false,
+            ),
+            ("", "configmaps", "get", Some(ns), Some("other"), false),
+            ("", "configmaps", "list", Some(ns), None, false),
+            (
+                "",
+                "configmaps",
+                "get",
+                Some("prod"),
+                Some("sigil-public-keys"),
+                false,
+            ),
+            ("", "events", "delete", Some("prod"), Some("e"), false),
+            (
+                "",
+                "serviceaccounts/token",
+                "create",
+                Some(ns),
+                Some("sigil-api"),
+                false,
+            ),
+            ("", "users", "impersonate", None, Some("admin"), false),
+        ];
+        let mut wrong = Vec::new();
+        for &(group, resource, verb, namespace, name, allowed) in checks {
+            let (resource, subresource) = match resource.split_once('/') {
+                Some((r, s)) => (r, Some(s.to_owned())),
+                None => (resource, None),
+            };
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(user.clone()),
+                    groups: Some(groups.clone()),
+                    resource_attributes: Some(ResourceAttributes {
+                        group: Some(group.to_owned()),
+                        resource: Some(resource.to_owned()),
+                        subresource,
+                        verb: Some(verb.to_owned()),
+                        namespace: namespace.map(str::to_owned),
+                        name: name.map(str::to_owned),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let answer = reviews.create(&pp, &review).await?;
+            let got = answer.status.is_some_and(|s| s.allowed);
+            if got != allowed {
+                wrong.push(format!(
+                    "{verb} {group}/{resource} in {namespace:?} name {name:?}: allowed {got}"
+                ));
+            }
+        }
+        ensure!(wrong.is_empty(), "the API's ServiceAccount: {wrong:#?}");
+        Ok(())
+    }
+    .await;
+
+    // Cluster-scoped RBAC is not among what the harness deletes.
+    let dp = DeleteParams::default();
+    let _ = cluster_bindings.delete(&cluster_name, &dp).await;
+    cluster_roles.delete(&cluster_name, &dp).await?;
+    result
 }
 
 #[tokio::test]
@@ -413,6 +1116,7 @@ async fn rbac_is_least_privilege() -> Result<()> {
         // updated or deleted; wherever the controller serves Secrets.
         let serving = docs
             .iter()
+            .filter(|d| component(d) == "controller")
             .find(|d| {
                 kind(d) == "ClusterRole"
                     || (kind(d) == "Role" && d["metadata"]["namespace"] == "apps")
@@ -438,14 +1142,19 @@ async fn rbac_is_least_privilege() -> Result<()> {
                 .is_some_and(|r| r.contains(apps[0])),
             "the workload rule is not where Secrets are served: {serving}"
         );
-        let cluster = docs.iter().any(|d| kind(d) == "ClusterRole");
+        // The API's ClusterRole (TokenReview, SubjectAccessReview) is always there;
+        // the controller's only when it serves every namespace.
+        let cluster = docs
+            .iter()
+            .any(|d| kind(d) == "ClusterRole" && component(d) == "controller");
         ensure!(
             cluster == set.is_empty(),
-            "ClusterRole rendered: {cluster} with {set:?}"
+            "controller ClusterRole rendered: {cluster} with {set:?}"
         );
         if !set.is_empty() {
             let unseal = docs
                 .iter()
+                .filter(|d| component(d) == "controller")
                 .find(|d| kind(d) == "Role" && d["metadata"]["namespace"] == "apps")
                 .context("no Role in the watched namespace")?;
             ensure!(
