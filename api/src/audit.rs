@@ -32,7 +32,10 @@ struct AuditEntry {
 impl Audit {
     fn with<T>(&self, f: impl FnOnce(&mut AuditEntry) -> T) -> T {
         // A poisoned entry only means a handler panicked mid-update; record what is there.
-        let mut entry = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut entry = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut entry)
     }
 

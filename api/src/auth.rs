@@ -77,8 +77,11 @@ pub trait Reviewer: Send + Sync + 'static {
     /// The user behind `token`, or `None` when the token is not valid.
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<UserInfo>>>;
     /// Whether `user` may do `access`.
-    fn authorize<'a>(&'a self, user: &'a UserInfo, access: &'a Access)
-    -> BoxFuture<'a, Result<Decision>>;
+    fn authorize<'a>(
+        &'a self,
+        user: &'a UserInfo,
+        access: &'a Access,
+    ) -> BoxFuture<'a, Result<Decision>>;
 }
 
 /// Asks the Kubernetes API server (needs `create` on `tokenreviews` and
@@ -315,17 +318,53 @@ mod tests {
         let cached = CachedReviewer::new(inner.clone(), Duration::from_secs(60));
         let user = cached.authenticate("good").await.unwrap().unwrap();
         cached.authenticate("good").await.unwrap();
-        assert_eq!(inner.calls.load(Ordering::SeqCst), 1, "a valid token is reviewed once");
+        assert_eq!(
+            inner.calls.load(Ordering::SeqCst),
+            1,
+            "a valid token is reviewed once"
+        );
         assert!(cached.authenticate("bad").await.unwrap().is_none());
         assert!(cached.authenticate("bad").await.unwrap().is_none());
-        assert_eq!(inner.calls.load(Ordering::SeqCst), 3, "a bad token is reviewed every time");
+        assert_eq!(
+            inner.calls.load(Ordering::SeqCst),
+            3,
+            "a bad token is reviewed every time"
+        );
 
-        assert!(cached.authorize(&user, &access("create")).await.unwrap().allowed);
-        assert!(cached.authorize(&user, &access("create")).await.unwrap().allowed);
+        assert!(
+            cached
+                .authorize(&user, &access("create"))
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            cached
+                .authorize(&user, &access("create"))
+                .await
+                .unwrap()
+                .allowed
+        );
         assert_eq!(inner.calls.load(Ordering::SeqCst), 4);
-        assert!(!cached.authorize(&user, &access("list")).await.unwrap().allowed);
-        assert!(!cached.authorize(&user, &access("list")).await.unwrap().allowed);
-        assert_eq!(inner.calls.load(Ordering::SeqCst), 6, "a refusal is asked again");
+        assert!(
+            !cached
+                .authorize(&user, &access("list"))
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert!(
+            !cached
+                .authorize(&user, &access("list"))
+                .await
+                .unwrap()
+                .allowed
+        );
+        assert_eq!(
+            inner.calls.load(Ordering::SeqCst),
+            6,
+            "a refusal is asked again"
+        );
     }
 
     #[tokio::test]

@@ -29,13 +29,17 @@ struct Args {
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     insecure_http: bool,
     /// Base URL of the controller's internal HTTP server (verify and re-seal).
-    #[arg(long, env = "SIGIL_CONTROLLER_URL", default_value = "http://sigil-controller.sigil-system.svc:8080")]
+    #[arg(
+        long,
+        env = "SIGIL_CONTROLLER_URL",
+        default_value = "http://sigil-controller.sigil-system.svc:8080"
+    )]
     controller_url: String,
     /// Sigil's own namespace (sealing-key Rotations, the public key ConfigMap).
     #[arg(long, env = "POD_NAMESPACE", default_value = "sigil-system")]
     namespace: String,
     /// Largest request body accepted, in bytes.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, default_value_t = 2 * 1024 * 1024)]
     max_body_bytes: usize,
     /// Longest a request may take.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]

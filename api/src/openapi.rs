@@ -106,7 +106,8 @@ pub fn document() -> serde_json::Value {
     // kube's derive leaves out the fields every Kubernetes object has.
     for kind in ["Rotation", "SealedSecret"] {
         let properties = &mut schemas[kind]["properties"];
-        properties["apiVersion"] = serde_json::json!({"type": "string", "const": sigil_types::API_VERSION});
+        properties["apiVersion"] =
+            serde_json::json!({"type": "string", "const": sigil_types::API_VERSION});
         properties["kind"] = serde_json::json!({"type": "string", "const": kind});
         properties["metadata"] = serde_json::json!({
             "type": "object",

@@ -120,7 +120,10 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Rotation>)> {
     check_namespace(&namespace)?;
     let Query(query) = query.map_err(|err| {
-        ApiError::BadRequest(format!("{}; the only query parameter is `dryRun=true|false`", err.body_text()))
+        ApiError::BadRequest(format!(
+            "{}; the only query parameter is `dryRun=true|false`",
+            err.body_text()
+        ))
     })?;
     let idempotency_key = idempotency_key(&headers)?;
     caller
@@ -173,7 +176,15 @@ pub async fn create(
             "{what} does not exist; list them with `kubectl get externalsecrets.sigil.dev -n {namespace}`"
         )));
     }
-    record(&state, &caller, &namespace, spec, idempotency_key, &target.name).await
+    record(
+        &state,
+        &caller,
+        &namespace,
+        spec,
+        idempotency_key,
+        &target.name,
+    )
+    .await
 }
 
 /// Rotates the sealing key: a Rotation in Sigil's own namespace.
@@ -221,7 +232,15 @@ pub async fn rotate_sealing_key(
         reason: request.reason,
         ..RotationSpec::default()
     };
-    record(&state, &caller, &namespace, spec, idempotency_key, "sealing-key").await
+    record(
+        &state,
+        &caller,
+        &namespace,
+        spec,
+        idempotency_key,
+        "sealing-key",
+    )
+    .await
 }
 
 /// Creates the Rotation (or finds the one an earlier attempt with the same key made)
@@ -294,7 +313,11 @@ async fn announce(state: &AppState, rotation: &Rotation, user: &str) {
         .as_deref()
         .map(|reason| format!(" (reason: {reason})"))
         .unwrap_or_default();
-    let mode = if rotation.spec.is_dry_run() { "dry run " } else { "" };
+    let mode = if rotation.spec.is_dry_run() {
+        "dry run "
+    } else {
+        ""
+    };
     let event = Event {
         type_: EventType::Normal,
         reason: "RotationRequested".to_owned(),

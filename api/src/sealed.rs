@@ -123,9 +123,7 @@ async fn through_controller(
     let url = format!("{}/internal/v1/{endpoint}", state.settings.controller_url);
     let unreachable = |err: reqwest::Error| {
         tracing::warn!(error = %err, %url, "cannot reach the controller");
-        ApiError::Unavailable(
-            "the sigil controller is not reachable; retry shortly".to_owned(),
-        )
+        ApiError::Unavailable("the sigil controller is not reachable; retry shortly".to_owned())
     };
     let response = state
         .controller
@@ -160,4 +158,3 @@ async fn through_controller(
         _ => ApiError::Internal(format!("the controller answered {status} to {url}: {message}")),
     })
 }
-

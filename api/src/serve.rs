@@ -25,7 +25,11 @@ const DRAIN: Duration = Duration::from_secs(20);
 const CERT_POLL: Duration = Duration::from_secs(5);
 
 /// Serves `router` on `listen` until SIGTERM or Ctrl-C; TLS unless `tls` is `None`.
-pub async fn serve(router: Router, listen: SocketAddr, tls: Option<TlsFiles>) -> anyhow::Result<()> {
+pub async fn serve(
+    router: Router,
+    listen: SocketAddr,
+    tls: Option<TlsFiles>,
+) -> anyhow::Result<()> {
     let handle = Handle::<SocketAddr>::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
@@ -57,7 +61,10 @@ pub async fn serve(router: Router, listen: SocketAddr, tls: Option<TlsFiles>) ->
                 .await?;
         }
         None => {
-            axum_server::bind(listen).handle(handle).serve(service).await?;
+            axum_server::bind(listen)
+                .handle(handle)
+                .serve(service)
+                .await?;
         }
     }
     Ok(())

@@ -79,8 +79,12 @@ async fn call(app: Router, request: Request<Body>) -> (StatusCode, ErrorBody) {
     let response = app.oneshot(request).await.unwrap();
     let status = response.status();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|err| panic!("not an error body ({err}): {}", String::from_utf8_lossy(&bytes)));
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+        panic!(
+            "not an error body ({err}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
     (status, body)
 }
 
@@ -90,23 +94,37 @@ const JSON: Option<&str> = Some("application/json");
 #[tokio::test]
 async fn no_token_is_401() {
     let (status, body) = call(app(settings()), create(None, JSON, GOOD)).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::UNAUTHORIZED, "unauthenticated"));
-    assert!(body.message.contains("Authorization: Bearer"), "{}", body.message);
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
+    assert!(
+        body.message.contains("Authorization: Bearer"),
+        "{}",
+        body.message
+    );
 }
 
 #[tokio::test]
 async fn a_token_the_cluster_does_not_know_is_401() {
     let (status, body) = call(app(settings()), create(Some("forged"), JSON, GOOD)).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::UNAUTHORIZED, "unauthenticated"));
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
     assert!(body.message.contains("TokenReview"), "{}", body.message);
 }
 
 #[tokio::test]
 async fn a_valid_token_without_rbac_is_403_naming_the_permission() {
     let (status, body) = call(app(settings()), create(Some("nobody"), JSON, GOOD)).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::FORBIDDEN, "forbidden"));
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
     assert!(
-        body.message.contains("create rotations.sigil.dev in namespace `prod`"),
+        body.message
+            .contains("create rotations.sigil.dev in namespace `prod`"),
         "{}",
         body.message
     );
@@ -116,7 +134,10 @@ async fn a_valid_token_without_rbac_is_403_naming_the_permission() {
 async fn a_body_over_the_limit_is_413() {
     let huge = format!(r#"{{"reason": "{}"}}"#, "x".repeat(4096));
     let (status, body) = call(app(settings()), create(Some("admin"), JSON, huge.clone())).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"));
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+    );
     // Without a Content-Length (chunked), the limit still holds while reading.
     let stream = futures::stream::iter([Ok::<_, std::io::Error>(huge.into_bytes())]);
     let request = create(Some("admin"), JSON, Body::from_stream(stream));
@@ -126,28 +147,51 @@ async fn a_body_over_the_limit_is_413() {
 
 #[tokio::test]
 async fn bad_json_is_400_with_the_position() {
-    let (status, body) = call(app(settings()), create(Some("admin"), JSON, "{\"externalSecretRef\": ")).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::BAD_REQUEST, "invalid_json"));
+    let (status, body) = call(
+        app(settings()),
+        create(Some("admin"), JSON, "{\"externalSecretRef\": "),
+    )
+    .await;
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_json")
+    );
     assert!(body.message.contains("line 1"), "{}", body.message);
 }
 
 #[tokio::test]
 async fn a_body_that_is_not_json_is_415() {
-    let (status, body) = call(app(settings()), create(Some("admin"), Some("application/yaml"), "a: b")).await;
+    let (status, body) = call(
+        app(settings()),
+        create(Some("admin"), Some("application/yaml"), "a: b"),
+    )
+    .await;
     assert_eq!(
         (status, body.code.as_str()),
         (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
     );
     let (status, _) = call(app(settings()), create(Some("admin"), None, GOOD)).await;
-    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "a body without a content type");
+    assert_eq!(
+        status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "a body without a content type"
+    );
 }
 
 #[tokio::test]
 async fn unknown_fields_are_named() {
-    let typo = r#"{"externalSecretRef": {"name": "db", "secretkey": "password"}, "restrat": false}"#;
+    let typo =
+        r#"{"externalSecretRef": {"name": "db", "secretkey": "password"}, "restrat": false}"#;
     let (status, body) = call(app(settings()), create(Some("admin"), JSON, typo)).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::BAD_REQUEST, "unknown_field"));
-    assert!(body.message.contains("`externalSecretRef.secretkey`"), "{}", body.message);
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::BAD_REQUEST, "unknown_field")
+    );
+    assert!(
+        body.message.contains("`externalSecretRef.secretkey`"),
+        "{}",
+        body.message
+    );
     assert!(body.message.contains("`restrat`"), "{}", body.message);
 }
 
@@ -155,27 +199,47 @@ async fn unknown_fields_are_named() {
 async fn requested_by_comes_from_the_token_never_the_body() {
     let spoof = r#"{"externalSecretRef": {"name": "db"}, "requestedBy": "the-ceo"}"#;
     let (status, body) = call(app(settings()), create(Some("admin"), JSON, spoof)).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid"));
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+    );
     assert!(body.message.contains("requestedBy"), "{}", body.message);
 }
 
 #[tokio::test]
 async fn a_missing_target_is_422() {
-    let (status, body) = call(app(settings()), create(Some("admin"), JSON, r#"{"reason": "x"}"#)).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid"));
-    assert!(body.message.contains("externalSecretRef.name"), "{}", body.message);
+    let (status, body) = call(
+        app(settings()),
+        create(Some("admin"), JSON, r#"{"reason": "x"}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+    );
+    assert!(
+        body.message.contains("externalSecretRef.name"),
+        "{}",
+        body.message
+    );
 }
 
 #[tokio::test]
 async fn an_unreachable_api_server_is_503_without_internals() {
     let (status, body) = call(app(settings()), create(Some("admin"), JSON, GOOD)).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
     assert!(!body.message.contains("127.0.0.1"), "{}", body.message);
 }
 
 #[tokio::test]
 async fn each_user_is_rate_limited_with_retry_after() {
-    let app = app(Settings { rate_limit: 1, ..settings() });
+    let app = app(Settings {
+        rate_limit: 1,
+        ..settings()
+    });
     let mut statuses = Vec::new();
     for _ in 0..3 {
         let request = Request::get("/v1/namespaces/prod/rotations/x")
@@ -190,18 +254,26 @@ async fn each_user_is_rate_limited_with_retry_after() {
     }
     assert_eq!(
         statuses,
-        [StatusCode::FORBIDDEN, StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS]
+        [
+            StatusCode::FORBIDDEN,
+            StatusCode::FORBIDDEN,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
     );
 }
 
 #[tokio::test]
 async fn a_malformed_idempotency_key_or_query_is_400() {
     let mut request = create(Some("admin"), JSON, GOOD);
-    request
-        .headers_mut()
-        .insert("idempotency-key", "é".parse().unwrap_or(header::HeaderValue::from_static("")));
+    request.headers_mut().insert(
+        "idempotency-key",
+        "é".parse().unwrap_or(header::HeaderValue::from_static("")),
+    );
     let (status, body) = call(app(settings()), request).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
 
     let request = Request::post("/v1/namespaces/prod/rotations?dryRun=maybe")
         .header(header::AUTHORIZATION, "Bearer admin")
@@ -209,7 +281,10 @@ async fn a_malformed_idempotency_key_or_query_is_400() {
         .body(Body::from(GOOD))
         .unwrap();
     let (status, body) = call(app(settings()), request).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
     assert!(body.message.contains("dryRun"), "{}", body.message);
 }
 
@@ -217,7 +292,10 @@ async fn a_malformed_idempotency_key_or_query_is_400() {
 async fn unknown_paths_answer_json() {
     let request = Request::get("/v2/anything").body(Body::empty()).unwrap();
     let (status, body) = call(app(settings()), request).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
 }
 
 #[tokio::test]
@@ -230,13 +308,22 @@ async fn verify_needs_the_namespace_it_was_sealed_for() {
         .body(Body::from(sealed))
         .unwrap();
     let (status, body) = call(app(settings()), request).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid"));
-    assert!(body.message.contains("metadata.namespace"), "{}", body.message);
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+    );
+    assert!(
+        body.message.contains("metadata.namespace"),
+        "{}",
+        body.message
+    );
 }
 
 #[tokio::test]
 async fn the_served_openapi_document_is_the_checked_in_one() {
-    let request = Request::get("/v1/openapi.json").body(Body::empty()).unwrap();
+    let request = Request::get("/v1/openapi.json")
+        .body(Body::empty())
+        .unwrap();
     let response = app(settings()).oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let served = response.into_body().collect().await.unwrap().to_bytes();

@@ -53,7 +53,7 @@ pub struct Config {
     pub api_qps: NonZeroU32,
     /// Requests allowed at once above the steady rate.
     pub api_burst: NonZeroU32,
-    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    /// Where `/healthz`, `/readyz`, `/metrics` and the internal verify and re-seal are served.
     pub http_addr: SocketAddr,
     /// Whether to take a Lease before working (off only for a single local replica).
     pub leader_election: bool,
@@ -82,11 +82,15 @@ pub struct Config {
 pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
+    // Made before the HTTP server, which shares it: verify and re-seal answer 503 while it
+    // is empty, until this replica leads and loads the keys.
+    let keys = Arc::new(keys::Keys::default());
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /healthz, /readyz, /metrics");
+    tracing::info!(addr = %listener.local_addr()?, "serving /healthz, /readyz, /metrics, /internal/v1/verify, /internal/v1/reseal");
     let router = http::router(http::HttpState {
         ready: ready.clone(),
         metrics: metrics.clone(),
+        keys: keys.clone(),
     });
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router).await {
@@ -118,7 +122,6 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         }
     };
 
-    let keys = Arc::new(keys::Keys::default());
     let (key_changes_tx, key_changes) = futures::channel::mpsc::unbounded::<()>();
     let (keys_ready_tx, mut keys_ready) = tokio::sync::watch::channel(false);
     let key_task = tokio::spawn(keep_keys(

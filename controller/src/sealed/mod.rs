@@ -1,4 +1,6 @@
-//! SealedSecrets: the sealing-key lifecycle and the unseal reconcile.
+//! SealedSecrets: the sealing-key lifecycle, the unseal reconcile, and verify and re-seal
+//! for the internal HTTP endpoints.
 
 pub mod keys;
 pub mod unseal;
+pub(crate) mod verify;

@@ -137,43 +137,90 @@ pub struct Context {
     pub secrets: Store<Secret>,
 }
 
+/// Why one value did not open: a reason from the fixed set, and the error with its fix
+/// in words that never hold the value.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// The reason.
+    pub reason: Reason,
+    /// What went wrong and how to fix it, without the data key.
+    pub detail: String,
+}
+
+impl Failure {
+    fn of(err: &SealError, keys: &KeyState) -> Self {
+        let reason = Reason::of(err, keys);
+        let mut detail = err.to_string();
+        if reason == Reason::RevokedKey {
+            detail.push_str(" (that key was revoked)");
+        }
+        if let Some(hint) = err.hint() {
+            detail.push_str("; ");
+            detail.push_str(&hint);
+        }
+        Self { reason, detail }
+    }
+
+    /// The words for data key `key`, as status, Events and verify give them.
+    pub fn message(&self, key: &str) -> String {
+        format!("key `{key}`: {}", self.detail)
+    }
+}
+
+/// One value opened; its plaintext is wiped when this is dropped, and it has no `Debug`.
+pub(crate) struct OpenedValue {
+    /// The plaintext.
+    pub value: Zeroizing<Vec<u8>>,
+    /// The place it opened for, which is where a re-seal binds it again.
+    pub binding: Binding,
+    /// The cluster key that opened it.
+    pub key_id: Option<KeyId>,
+}
+
+/// Opens each value of `obj` for `namespace`, `name` and its data key, in key order:
+/// the one judgement behind the unseal reconcile, verify and re-seal, so that they can
+/// never disagree about a value.
+pub(crate) fn open_each<'a>(
+    obj: &'a SealedSecret,
+    namespace: &'a str,
+    name: &'a str,
+    keys: &'a KeyState,
+) -> impl Iterator<Item = (&'a str, Result<OpenedValue, Failure>)> + 'a {
+    let scope = obj.spec.scope.into();
+    obj.spec.encrypted_data.iter().map(move |(key, text)| {
+        let opened = Binding::new(scope, namespace, name, key).and_then(|binding| {
+            let envelope = Envelope::decode(text)?;
+            let value = envelope.open(&binding, &keys.keyring)?;
+            let key_id = envelope
+                .key_ids()
+                .into_iter()
+                .find(|id| keys.keyring.get(id).is_some());
+            Ok(OpenedValue {
+                value,
+                binding,
+                key_id,
+            })
+        });
+        (key.as_str(), opened.map_err(|err| Failure::of(&err, keys)))
+    })
+}
+
 fn open_all(
     obj: &SealedSecret,
     namespace: &str,
     name: &str,
     keys: &KeyState,
 ) -> Result<Opened, Outcome> {
-    let scope = obj.spec.scope.into();
     let mut data = BTreeMap::new();
     let mut key_ids = BTreeSet::new();
     let mut failures: Vec<(Reason, String)> = Vec::new();
-    for (key, text) in &obj.spec.encrypted_data {
-        let opened = Binding::new(scope, namespace, name, key).and_then(|binding| {
-            let envelope = Envelope::decode(text)?;
-            let value = envelope.open(&binding, &keys.keyring)?;
-            let id = envelope
-                .key_ids()
-                .into_iter()
-                .find(|id| keys.keyring.get(id).is_some());
-            Ok((value, id))
-        });
+    for (key, opened) in open_each(obj, namespace, name, keys) {
         match opened {
-            Ok((value, id)) => {
-                key_ids.extend(id);
-                data.insert(key.clone(), value);
+            Ok(opened) => {
+                key_ids.extend(opened.key_id);
+                data.insert(key.to_owned(), opened.value);
             }
-            Err(err) => {
-                let reason = Reason::of(&err, keys);
-                let mut message = format!("key `{key}`: {err}");
-                if reason == Reason::RevokedKey {
-                    message.push_str(" (that key was revoked)");
-                }
-                if let Some(hint) = err.hint() {
-                    message.push_str("; ");
-                    message.push_str(&hint);
-                }
-                failures.push((reason, message));
-            }
+            Err(failure) => failures.push((failure.reason, failure.message(key))),
         }
     }
     if let Some((reason, _)) = failures.first() {

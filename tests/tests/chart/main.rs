@@ -600,7 +600,7 @@ async fn api_deployment_is_locked_down() -> Result<()> {
             &controller_url,
             "--rate-limit=20",
             "--request-timeout=30s",
-            "--max-body-bytes=1048576",
+            "--max-body-bytes=2097152",
             "--review-cache-ttl=10s",
             "--log-json",
         ]

@@ -1,8 +1,10 @@
 //! `sigil-controller` on a real kube-apiserver: keys, unsealing, bad input, HA and
 //! metrics. Each test runs its own controller confined to its own namespace.
 
+mod api;
 mod cluster;
 mod ha;
+mod internal;
 mod keys;
 mod restart;
 mod rotation;

@@ -209,7 +209,7 @@ fn password_of(json_text: &str) -> String {
 }
 
 /// An ExternalSecret copying property `password` of `key` into Secret `name`.
-async fn password_mirror(ctx: &TestContext, name: &str, store_name: &str, key: &str) {
+pub(crate) async fn password_mirror(ctx: &TestContext, name: &str, store_name: &str, key: &str) {
     external(
         ctx,
         name,

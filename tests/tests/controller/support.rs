@@ -26,6 +26,8 @@ fn binary(name: &str) -> PathBuf {
                 "sigil-controller",
                 "-p",
                 "sigil-cli",
+                "-p",
+                "sigil-api",
                 // Fail points stay off unless a test sets FAILPOINTS.
                 "--features",
                 "sigil-controller/failpoints",
@@ -35,7 +37,7 @@ fn binary(name: &str) -> PathBuf {
             .expect("cargo runs");
         assert!(
             status.success(),
-            "building sigil-controller and sigil failed"
+            "building sigil-controller, sigil-api and sigil failed"
         );
     });
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -70,96 +72,40 @@ where
     }
 }
 
-/// A `sigil-controller` process, killed when dropped; its logs are kept for inspection.
-pub struct Controller {
+/// A server process, killed when dropped; its logs (stderr) and audit lines (stdout)
+/// are kept in files for inspection, and their tail printed when a test fails.
+pub struct Process {
     child: Child,
-    /// Address of /healthz, /readyz, /metrics.
-    pub http: SocketAddr,
+    name: &'static str,
     log: PathBuf,
     audit: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-impl Controller {
-    /// Starts a controller whose keys, Lease and SealedSecrets all live in the test's
-    /// namespace.
-    pub fn start(ctx: &TestContext, identity: &str, extra: &[&str]) -> Self {
-        Self::start_with_env(ctx, identity, extra, &[])
-    }
-
-    /// Like [`Controller::start`], with extra environment variables (e.g. `FAILPOINTS`).
-    pub fn start_with_env(
-        ctx: &TestContext,
-        identity: &str,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let http = SocketAddr::from(([127, 0, 0, 1], port));
+impl Process {
+    fn spawn(name: &'static str, command: &mut Command) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("controller.log");
+        let log = dir.path().join(format!("{name}.log"));
         let audit = dir.path().join("audit.jsonl");
-        let child = Command::new(binary("sigil-controller"))
-            .args([
-                "--namespace",
-                &ctx.namespace,
-                "--watch-namespace",
-                &ctx.namespace,
-                "--http-addr",
-                &http.to_string(),
-                "--lease-duration",
-                "3s",
-                "--identity",
-                identity,
-            ])
-            .args(extra)
-            .env("KUBECONFIG", ctx.env.kubeconfig_path())
+        let child = command
             .env(
                 "RUST_LOG",
                 "debug,kube=info,hyper=info,tower=info,rustls=info,h2=info",
             )
-            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&audit).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         Self {
             child,
-            http,
+            name,
             log,
             audit,
             _dir: dir,
         }
     }
 
-    /// GET on the internal HTTP server: (status code, body).
-    pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(1)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let code = response.split(' ').nth(1)?.parse().ok()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((code, body))
-    }
-
-    /// Waits until /readyz says ready.
-    pub async fn wait_ready(&self) {
-        eventually(Duration::from_secs(30), || async {
-            (self.get("/readyz")?.0 == 200).then_some(())
-        })
-        .await;
-    }
-
-    /// Everything the controller logged so far.
+    /// Everything the process logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -188,19 +134,177 @@ impl Controller {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM: the way Kubernetes stops a pod.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
 }
 
-impl Drop for Controller {
+impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
             let logs = self.logs();
             let tail: Vec<&str> = logs.lines().rev().take(80).collect();
-            eprintln!("--- controller log (last lines) ---");
+            eprintln!("--- {} log (last lines) ---", self.name);
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
         }
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// GET on a plain-HTTP server: (status code, body).
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// A `sigil-controller` process, killed when dropped.
+pub struct Controller {
+    process: Process,
+    /// Address of /healthz, /readyz, /metrics and the internal endpoints.
+    pub http: SocketAddr,
+}
+
+impl std::ops::Deref for Controller {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Controller {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+impl Controller {
+    /// Starts a controller whose keys, Lease and SealedSecrets all live in the test's
+    /// namespace.
+    pub fn start(ctx: &TestContext, identity: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(ctx, identity, extra, &[])
+    }
+
+    /// Like [`Controller::start`], with extra environment variables (e.g. `FAILPOINTS`).
+    pub fn start_with_env(
+        ctx: &TestContext,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let http = free_addr();
+        let process = Process::spawn(
+            "controller",
+            Command::new(binary("sigil-controller"))
+                .args([
+                    "--namespace",
+                    &ctx.namespace,
+                    "--watch-namespace",
+                    &ctx.namespace,
+                    "--http-addr",
+                    &http.to_string(),
+                    "--lease-duration",
+                    "3s",
+                    "--identity",
+                    identity,
+                ])
+                .args(extra)
+                .env("KUBECONFIG", ctx.env.kubeconfig_path())
+                .envs(env.iter().copied()),
+        );
+        Self { process, http }
+    }
+
+    /// GET on the internal HTTP server: (status code, body).
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.http, path)
+    }
+
+    /// Waits until /readyz says ready.
+    pub async fn wait_ready(&self) {
+        eventually(Duration::from_secs(30), || async {
+            (self.get("/readyz")?.0 == 200).then_some(())
+        })
+        .await;
+    }
+}
+
+/// A `sigil-api` process on plain HTTP, serving the test's namespace as Sigil's own and
+/// calling `controller`'s internal endpoints; killed when dropped.
+pub struct ApiServer {
+    process: Process,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    addr: SocketAddr,
+}
+
+impl std::ops::Deref for ApiServer {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for ApiServer {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+impl ApiServer {
+    /// Starts the API with the admin kubeconfig as its own identity, and waits until ready.
+    pub async fn start(ctx: &TestContext, controller: &Controller, extra: &[&str]) -> Self {
+        let addr = free_addr();
+        let process = Process::spawn(
+            "sigil-api",
+            Command::new(binary("sigil-api"))
+                .args([
+                    "--listen",
+                    &addr.to_string(),
+                    "--insecure-http",
+                    "--namespace",
+                    &ctx.namespace,
+                    "--controller-url",
+                    &format!("http://{}", controller.http),
+                ])
+                .args(extra)
+                .env("KUBECONFIG", ctx.env.kubeconfig_path()),
+        );
+        let api = Self {
+            process,
+            url: format!("http://{addr}"),
+            addr,
+        };
+        eventually(Duration::from_secs(30), || async {
+            (http_get(api.addr, "/readyz")?.0 == 200).then_some(())
+        })
+        .await;
+        api
     }
 }
 

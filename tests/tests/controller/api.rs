@@ -1,0 +1,427 @@
+//! `sigil-api` on the real servers: callers authenticated by the kube-apiserver's
+//! TokenReview and authorized by its SubjectAccessReview (the environment's privileged
+//! and unprivileged users and a ServiceAccount bound by a RoleBinding), Rotations the
+//! controller then carries out, retries made safe by `Idempotency-Key`, bad input that
+//! creates nothing, and an audit line for every call.
+
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sigil_tests::TestContext;
+use sigil_types::api::{ErrorBody, RotationList};
+use sigil_types::{Rotation, RotationPhase};
+
+use crate::rotation::password_mirror;
+use crate::support::*;
+use crate::sync::{events, started, vault_put, vault_token_store, wait_es};
+
+/// The environment's tokens: `sigil-admin` (system:masters) and `sigil-unprivileged`.
+fn token(ctx: &TestContext, which: &str) -> String {
+    ctx.env.var(which).unwrap().to_owned()
+}
+
+/// A ServiceAccount `runbook` allowed to create, get and list Rotations in the test's
+/// namespace only; its token.
+async fn runbook_token(ctx: &TestContext) -> String {
+    let ns = &ctx.namespace;
+    let accounts = Api::<ServiceAccount>::namespaced(ctx.kube.clone(), ns);
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "runbook"}})).unwrap();
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "rotator"},
+        "rules": [{"apiGroups": ["sigil.dev"], "resources": ["rotations"], "verbs": ["create", "get", "list"]}]
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(ctx.kube.clone(), ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "runbook-rotates"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "rotator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "runbook", "namespace": ns}]
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(ctx.kube.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"expirationSeconds": 3600}})).unwrap();
+    accounts
+        .create_token_request("runbook", &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+}
+
+/// A Vault-backed ExternalSecret `db` mirroring `password`, synced.
+async fn mirrored(ctx: &TestContext) {
+    vault_put(ctx, "db", json!({"password": "p0"})).await;
+    vault_token_store(ctx, "vault").await;
+    password_mirror(ctx, "db", "vault", &format!("{}/db", ctx.vault_prefix)).await;
+    wait_es(ctx, "db", "SecretSynced").await;
+}
+
+struct Call {
+    method: reqwest::Method,
+    path: String,
+    token: Option<String>,
+    content_type: Option<&'static str>,
+    idempotency_key: Option<&'static str>,
+    body: Vec<u8>,
+}
+
+impl Call {
+    fn new(method: reqwest::Method, path: impl Into<String>) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            token: None,
+            content_type: None,
+            idempotency_key: None,
+            body: Vec::new(),
+        }
+    }
+
+    fn post(path: impl Into<String>, token: &str, body: Value) -> Self {
+        Self::new(reqwest::Method::POST, path)
+            .token(token)
+            .json(body)
+    }
+
+    fn get(path: impl Into<String>, token: &str) -> Self {
+        Self::new(reqwest::Method::GET, path).token(token)
+    }
+
+    fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    fn json(mut self, body: Value) -> Self {
+        self.content_type = Some("application/json");
+        self.body = serde_json::to_vec(&body).unwrap();
+        self
+    }
+
+    fn raw(mut self, content_type: Option<&'static str>, body: impl Into<Vec<u8>>) -> Self {
+        self.content_type = content_type;
+        self.body = body.into();
+        self
+    }
+
+    fn key(mut self, key: &'static str) -> Self {
+        self.idempotency_key = Some(key);
+        self
+    }
+
+    async fn send(self, api: &ApiServer) -> (StatusCode, Value) {
+        let mut request = reqwest::Client::new()
+            .request(self.method, format!("{}{}", api.url, self.path))
+            .body(self.body);
+        if let Some(token) = self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(content_type) = self.content_type {
+            request = request.header("content-type", content_type);
+        }
+        if let Some(key) = self.idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+}
+
+/// The error code of a refusal, asserting the body is an `ErrorBody`.
+fn code(body: &Value) -> String {
+    serde_json::from_value::<ErrorBody>(body.clone())
+        .unwrap_or_else(|err| panic!("not an error body ({err}): {body}"))
+        .code
+}
+
+async fn rotation_names(ctx: &TestContext) -> Vec<String> {
+    Api::<Rotation>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|r| r.name_any())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_runbook_rotates_through_the_api_safely_retried_and_audited() {
+    let ctx = TestContext::new("api-rotate").await.unwrap();
+    let controller = started(&ctx).await;
+    mirrored(&ctx).await;
+    let api = ApiServer::start(&ctx, &controller, &[]).await;
+    let admin = token(&ctx, "SIGIL_KUBE_ADMIN_TOKEN");
+    let path = format!("/v1/namespaces/{}/rotations", ctx.namespace);
+    let spec = json!({"externalSecretRef": {"name": "db"}, "reason": "INC-123"});
+
+    let (status, first) = Call::post(&path, &admin, spec.clone())
+        .key("inc-123")
+        .send(&api)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let name = first["metadata"]["name"].as_str().unwrap().to_owned();
+    assert_eq!(first["spec"]["requestedBy"], "sigil-admin");
+
+    // A retry (the runbook did not see the answer) meets the same Rotation.
+    let (status, again) = Call::post(&path, &admin, spec.clone())
+        .key("inc-123")
+        .send(&api)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["metadata"]["uid"], first["metadata"]["uid"]);
+    // The same key for another request is a mistake worth stopping.
+    let (status, conflict) = Call::post(
+        &path,
+        &admin,
+        json!({"externalSecretRef": {"name": "db"}, "reason": "INC-999"}),
+    )
+    .key("inc-123")
+    .send(&api)
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(code(&conflict), "idempotency_conflict");
+    assert_eq!(rotation_names(&ctx).await, std::slice::from_ref(&name));
+
+    // The controller carries it out; the API shows its progress.
+    let done = eventually(Duration::from_secs(60), || async {
+        let (status, body) = Call::get(format!("{path}/{name}"), &admin).send(&api).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let rotation: Rotation = serde_json::from_value(body).unwrap();
+        rotation
+            .status
+            .as_ref()?
+            .phase?
+            .is_final()
+            .then_some(rotation)
+    })
+    .await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Some(RotationPhase::Completed));
+    assert_eq!(status.new_version.as_deref(), Some("2"));
+
+    // A dry run is listed first: newest first.
+    let (status, dry) = Call::post(format!("{path}?dryRun=true"), &admin, spec.clone())
+        .send(&api)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{dry}");
+    assert_eq!(dry["spec"]["dryRun"], true);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, list) = Call::get(&path, &admin).send(&api).await;
+    assert_eq!(status, StatusCode::OK);
+    let list: RotationList = serde_json::from_value(list).unwrap();
+    let listed: Vec<String> = list.items.iter().map(|r| r.name_any()).collect();
+    assert_eq!(listed, [dry["metadata"]["name"].as_str().unwrap(), &name]);
+
+    let requested: Vec<String> = events(&ctx)
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RotationRequested"))
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(
+        requested
+            .iter()
+            .any(|m| m == "requested by sigil-admin through sigil-api (reason: INC-123)"),
+        "{requested:?}"
+    );
+
+    let audit = api.audit();
+    let creates: Vec<(u64, &str, &str)> = audit
+        .iter()
+        .filter(|line| line["method"] == "POST")
+        .map(|line| {
+            (
+                line["result"].as_u64().unwrap(),
+                line["decision"].as_str().unwrap(),
+                line["rotation"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        creates[..3],
+        [
+            (201, "allow", name.as_str()),
+            (200, "allow", name.as_str()),
+            (409, "allow", name.as_str())
+        ]
+    );
+    for line in &audit {
+        assert_eq!(line["user"], "sigil-admin", "{line}");
+        assert!(
+            line["source"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{line}"
+        );
+        assert!(
+            line["time"].is_string() || line["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rbac_decides_and_bad_input_creates_nothing() {
+    let ctx = TestContext::new("api-authz").await.unwrap();
+    let controller = started(&ctx).await;
+    mirrored(&ctx).await;
+    let mut api = ApiServer::start(&ctx, &controller, &[]).await;
+    let path = format!("/v1/namespaces/{}/rotations", ctx.namespace);
+    let spec = json!({"externalSecretRef": {"name": "db"}, "reason": "drill", "dryRun": true});
+    let admin = token(&ctx, "SIGIL_KUBE_ADMIN_TOKEN");
+    let unprivileged = token(&ctx, "SIGIL_KUBE_USER_TOKEN");
+    let runbook = runbook_token(&ctx).await;
+
+    // A ServiceAccount bound by a RoleBinding may rotate here, as itself.
+    let (status, created) = Call::post(&path, &runbook, spec.clone()).send(&api).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        created["spec"]["requestedBy"],
+        format!("system:serviceaccount:{}:runbook", ctx.namespace)
+    );
+    let created_name = created["metadata"]["name"].as_str().unwrap().to_owned();
+
+    let refusals: Vec<(&str, Call, StatusCode, &str)> = vec![
+        (
+            "no token",
+            Call::new(reqwest::Method::POST, &path).json(spec.clone()),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            "bad token",
+            Call::post(&path, "not-a-token", spec.clone()),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            "valid token without RBAC",
+            Call::post(&path, &unprivileged, spec.clone()),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "another namespace",
+            Call::post("/v1/namespaces/default/rotations", &runbook, spec.clone()),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "huge body",
+            Call::post(&path, &admin, json!({"reason": "x".repeat(2 << 20)})),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            "bad JSON",
+            Call::post(&path, &admin, Value::Null)
+                .raw(Some("application/json"), "{\"externalSecretRef\":"),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            "wrong content type",
+            Call::post(&path, &admin, Value::Null)
+                .raw(Some("text/yaml"), "externalSecretRef: {name: db}"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "unknown ExternalSecret",
+            Call::post(
+                &path,
+                &admin,
+                json!({"externalSecretRef": {"name": "nope"}}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_external_secret",
+        ),
+        (
+            "unknown fields",
+            Call::post(
+                &path,
+                &admin,
+                json!({"externalSecretRef": {"name": "db"}, "restart": false, "resart": true}),
+            ),
+            StatusCode::BAD_REQUEST,
+            "unknown_field",
+        ),
+        (
+            "requestedBy in the body",
+            Call::post(
+                &path,
+                &admin,
+                json!({"externalSecretRef": {"name": "db"}, "requestedBy": "someone-else"}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+        (
+            "a value the CRD schema refuses",
+            Call::post(
+                &path,
+                &admin,
+                json!({"externalSecretRef": {"name": "db"}, "generate": {"length": 0}}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+        ),
+    ];
+    for (what, call, want_status, want_code) in refusals {
+        let (status, body) = call.send(&api).await;
+        assert_eq!(
+            (status, code(&body).as_str()),
+            (want_status, want_code),
+            "{what}: {body}"
+        );
+    }
+    assert_eq!(
+        rotation_names(&ctx).await,
+        [created_name],
+        "bad input created nothing"
+    );
+
+    let audit = api.audit();
+    let denied = audit
+        .iter()
+        .filter(|l| l["decision"] == "deny")
+        .map(|l| l["user"].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        denied,
+        [
+            "sigil-unprivileged".to_owned(),
+            format!("system:serviceaccount:{}:runbook", ctx.namespace)
+        ]
+    );
+    let unauthenticated = audit
+        .iter()
+        .filter(|l| l["result"] == 401 && l["user"] == "")
+        .count();
+    assert_eq!(unauthenticated, 2);
+    assert_eq!(audit.len(), 12, "one line per call");
+
+    // SIGTERM: drains and exits cleanly.
+    api.terminate();
+    assert_eq!(api.wait_exit(Duration::from_secs(30)).await, Some(0));
+}
