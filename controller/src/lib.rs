@@ -107,7 +107,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
             config.lease_duration,
         )
     });
-    let shutdown = shutdown_signal();
+    let shutdown = sigil_telemetry::shutdown_signal();
     tokio::pin!(shutdown);
     if let Some(elector) = &elector {
         tokio::select! {
@@ -265,22 +265,6 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         elector.release().await;
     }
     result
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down");
 }
 
 /// Waits until `store` has been filled by its first list; false if its watch is gone.

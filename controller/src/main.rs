@@ -72,9 +72,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    init_logging(filter, args.log_json);
+    sigil_telemetry::init_logging(args.log_json);
     // Reads FAILPOINTS (tests only; the feature is off in release builds).
     #[cfg(feature = "failpoints")]
     let _fail_points = fail::FailScenario::setup();
@@ -120,34 +118,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs to stderr (text or JSON), and the `audit` target, one JSON object per line, to
-/// stdout: the record of every Rotation step, kept apart so it can be shipped and kept
-/// longer than the logs.
-fn init_logging(filter: tracing_subscriber::EnvFilter, json: bool) {
-    use tracing_subscriber::Layer as _;
-    use tracing_subscriber::filter::{LevelFilter, Targets, filter_fn};
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-
-    let not_audit = filter_fn(|meta| meta.target() != "audit");
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let logs = if json {
-        logs.json().with_filter(not_audit).boxed()
-    } else {
-        logs.with_filter(not_audit).boxed()
-    };
-    let audit = tracing_subscriber::fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_target(false)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_writer(std::io::stdout)
-        .with_filter(Targets::new().with_target("audit", LevelFilter::INFO));
-    tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
-        .with(audit)
-        .init();
 }
