@@ -425,3 +425,123 @@ async fn rbac_decides_and_bad_input_creates_nothing() {
     api.terminate();
     assert_eq!(api.wait_exit(Duration::from_secs(30)).await, Some(0));
 }
+
+/// The key ID every value of `sealed` is sealed to.
+fn sealed_to(sealed: &Value) -> Vec<String> {
+    sealed["spec"]["encryptedData"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|text| {
+            sigil_core::Envelope::decode(text.as_str().unwrap())
+                .unwrap()
+                .key_ids()
+        })
+        .map(|id| id.to_string())
+        .collect()
+}
+
+/// The active key's ID, as the API publishes it.
+async fn active_key(api: &ApiServer) -> String {
+    let text = reqwest::get(format!("{}/v1/publickeys", api.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let keys = sigil_core::keyfile::parse_public(&text).unwrap();
+    keys[0].key.id().to_string()
+}
+
+#[tokio::test]
+async fn verify_reseal_and_a_new_sealing_key_through_the_controller() {
+    let ctx = TestContext::new("api-sealed").await.unwrap();
+    let controller = started(&ctx).await;
+    let api = ApiServer::start(&ctx, &controller, &[]).await;
+    let admin = token(&ctx, "SIGIL_KUBE_ADMIN_TOKEN");
+    let dir = tempfile::tempdir().unwrap();
+    let canary = format!("canary-{}", ctx.id);
+    let sealed = seal_with_cluster_key(
+        &ctx,
+        dir.path(),
+        &secret_yaml(
+            &ctx.namespace,
+            "db",
+            &[("password", &canary), ("user", "app")],
+        ),
+    );
+    let sealed = serde_json::to_value(&sealed).unwrap();
+    let old_key = active_key(&api).await;
+    assert_eq!(sealed_to(&sealed), [old_key.clone(), old_key.clone()]);
+
+    let (status, report) = Call::post("/v1/verify", &admin, sealed.clone())
+        .send(&api)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(
+        report,
+        json!({"namespace": ctx.namespace, "name": "db",
+               "keys": [{"key": "password", "opens": true}, {"key": "user", "opens": true}]})
+    );
+    // Someone who may not read SealedSecrets there learns nothing.
+    let unprivileged = token(&ctx, "SIGIL_KUBE_USER_TOKEN");
+    let (status, _) = Call::post("/v1/verify", &unprivileged, sealed.clone())
+        .send(&api)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let (status, rotation) =
+        Call::post("/v1/sealingkey/rotate", &admin, json!({"reason": "drill"}))
+            .send(&api)
+            .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotation}");
+    assert_eq!(rotation["spec"]["sealingKey"], json!({}));
+    assert_eq!(rotation["spec"]["requestedBy"], "sigil-admin");
+    let name = rotation["metadata"]["name"].as_str().unwrap().to_owned();
+    let path = format!("/v1/namespaces/{}/rotations/{name}", ctx.namespace);
+    eventually(Duration::from_secs(60), || async {
+        let (_, body) = Call::get(&path, &admin).send(&api).await;
+        (body["status"]["phase"] == "Completed").then_some(())
+    })
+    .await;
+    let new_key = active_key(&api).await;
+    assert_ne!(new_key, old_key);
+
+    // Re-sealed inside the controller, to the new key; it still opens for the same Secret.
+    let resealed = eventually(Duration::from_secs(30), || async {
+        let (status, body) = Call::post("/v1/reseal", &admin, sealed.clone())
+            .send(&api)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        (sealed_to(&body) == [new_key.clone(), new_key.clone()]).then_some(body)
+    })
+    .await;
+    assert_eq!(resealed["metadata"]["name"], "db");
+    let (status, report) = Call::post("/v1/verify", &admin, resealed.clone())
+        .send(&api)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["keys"][0]["opens"], true, "{report}");
+
+    // Sealed for another namespace: the reason, never the value.
+    let mut moved = sealed.clone();
+    moved["metadata"]["namespace"] = json!("default");
+    let (status, report) = Call::post("/v1/verify", &admin, moved.clone())
+        .send(&api)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["keys"][0]["reason"], "WrongBinding", "{report}");
+    let (status, refused) = Call::post("/v1/reseal", &admin, moved).send(&api).await;
+    assert_eq!(
+        (status, code(&refused).as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+    );
+
+    let everything = format!(
+        "{}{}{}",
+        api.logs(),
+        controller.logs(),
+        serde_json::to_string(&api.audit()).unwrap()
+    );
+    assert!(!everything.contains(&canary), "the value leaked into a log");
+}
