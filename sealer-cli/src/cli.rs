@@ -1,16 +1,20 @@
 //! Command-line interface definition.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::api::ApiArgs;
 use crate::cluster::ClusterArgs;
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0  success
-  1  error: bad input, an unreadable or invalid file, a value that does not open
-  2  usage error: unknown command, flag or flag value";
+  0  success (a Rotation: it completed, or its dry run did)
+  1  error: bad input, an unreadable or invalid file, a value that does not open, an error
+     from the cluster or sigil-api, a Rotation that failed
+  2  usage error: unknown command, flag or flag value; no --server for a command that needs it
+  3  --timeout elapsed while waiting for a Rotation, which keeps running";
 
 /// Seal Kubernetes Secrets so they are safe to commit to Git; only the cluster can open
 /// them, and only in the namespace, name and key they were sealed for.
@@ -37,6 +41,24 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Rotate an ExternalSecret's remote key now through sigil-api, and follow its progress.
+    ///
+    /// sigil-api records a Rotation; the controller writes a new value to the store,
+    /// refreshes every Secret that mirrors it and restarts the workloads that read them.
+    /// sigil prints each step as it finishes, then a summary.
+    #[command(after_help = EXIT_CODES)]
+    Rotate(RotateArgs),
+    /// Check through sigil-api that every value of SealedSecrets opens in the cluster.
+    #[command(after_help = EXIT_CODES)]
+    Verify(VerifyArgs),
+    /// Re-seal SealedSecrets to the cluster's newest sealing key, through sigil-api.
+    #[command(after_help = EXIT_CODES)]
+    Reseal(ResealArgs),
+    /// Print a shell completion script.
+    ///
+    /// For example `sigil completions bash > /etc/bash_completion.d/sigil`, or
+    /// `sigil completions zsh > "${fpath[1]}/_sigil"`.
+    Completions(CompletionsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -50,6 +72,9 @@ pub(crate) enum KeysCommand {
     /// Bring private keys into the cluster (e.g. the same key for a disaster-recovery cluster).
     #[command(after_help = EXIT_CODES)]
     Import(ImportArgs),
+    /// Make a new active sealing key now through sigil-api, and follow its progress.
+    #[command(after_help = EXIT_CODES)]
+    Rotate(KeysRotateArgs),
 }
 
 /// How much of its identity each value is bound to.
@@ -181,4 +206,160 @@ pub(crate) struct ImportArgs {
     /// Private key file (`sigil.key.v1` lines), e.g. from `sigil keys backup`.
     #[arg(long, value_name = "FILE")]
     pub(crate) private_key: PathBuf,
+}
+
+/// How `sigil rotate` and `sigil keys rotate` report.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum ReportFormat {
+    /// Progress step by step, then a summary.
+    #[default]
+    Text,
+    /// The final Rotation object, and nothing else.
+    Json,
+}
+
+/// Waiting for a Rotation and reporting on it.
+#[derive(Args, Debug)]
+pub(crate) struct WaitArgs {
+    /// Wait until the Rotation completes or fails, showing its steps (the default).
+    #[arg(long, overrides_with = "no_wait")]
+    pub(crate) wait: bool,
+    /// Print the new Rotation's name and return at once.
+    #[arg(long, overrides_with = "wait")]
+    pub(crate) no_wait: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub(crate) format: ReportFormat,
+    /// Stop waiting after this long (e.g. 90s, 10m, 1h) and exit with status 3; the
+    /// Rotation keeps running.
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration, conflicts_with = "no_wait")]
+    pub(crate) timeout: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let parsed: jiff::SignedDuration = text
+        .parse()
+        .map_err(|_| "expected a duration such as 90s, 10m or 1h30m".to_owned())?;
+    Duration::try_from(parsed)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "expected a duration above zero".to_owned())
+}
+
+/// An Idempotency-Key travels as an HTTP header: visible ASCII only.
+fn parse_idempotency_key(text: &str) -> Result<String, String> {
+    let valid = (1..=255).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_graphic());
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("expected 1 to 255 printable ASCII characters without spaces".to_owned())
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RotateArgs {
+    /// The ExternalSecret whose remote key gets a new value.
+    #[arg(value_name = "EXTERNALSECRET")]
+    pub(crate) external_secret: String,
+    /// Namespace of the ExternalSecret (default: the kubeconfig context's, else `default`).
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub(crate) namespace: Option<String>,
+    /// Which of the ExternalSecret's `data[].secretKey` entries to rotate; needed when it
+    /// reads more than one remote key or property.
+    #[arg(long, value_name = "SECRET_KEY")]
+    pub(crate) key: Option<String>,
+    /// Why, for the record (e.g. an incident number): shown in status, Events and the
+    /// audit log.
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+    /// Do not restart the workloads that consume the refreshed Secrets.
+    #[arg(long)]
+    pub(crate) no_restart: bool,
+    /// Show what would change (Secrets, ExternalSecrets, workloads) and change nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Makes retrying this command safe: sigil-api creates one Rotation per key and
+    /// answers a repeat with that Rotation (default: a new random key per invocation).
+    #[arg(long, value_name = "KEY", value_parser = parse_idempotency_key)]
+    pub(crate) idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub(crate) wait: WaitArgs,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct KeysRotateArgs {
+    /// Why, for the record (e.g. an incident number).
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+    #[command(flatten)]
+    pub(crate) wait: WaitArgs,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct VerifyArgs {
+    /// SealedSecrets to check: a file (YAML or JSON, one or many documents) or `-`.
+    #[arg(short = 'f', long = "file", value_name = "FILE|-", default_value = "-")]
+    pub(crate) input: PathBuf,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ResealArgs {
+    /// SealedSecrets to re-seal: a file, a directory (file by file into the -w
+    /// directory), or `-`.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE|DIR|-",
+        default_value = "-"
+    )]
+    pub(crate) input: PathBuf,
+    /// Write to this file (or directory, for a directory input) instead of stdout; name
+    /// the input itself to re-seal in place.
+    #[arg(short = 'w', long = "write", value_name = "OUT")]
+    pub(crate) out: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+/// Shells `sigil completions` writes for.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl From<Shell> for clap_complete::Shell {
+    fn from(shell: Shell) -> Self {
+        match shell {
+            Shell::Bash => Self::Bash,
+            Shell::Zsh => Self::Zsh,
+            Shell::Fish => Self::Fish,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub(crate) shell: Shell,
+}
+
+/// Writes the completion script for the whole command tree.
+pub(crate) fn completions(args: &CompletionsArgs) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(
+        clap_complete::Shell::from(args.shell),
+        &mut Cli::command(),
+        "sigil",
+        &mut script,
+    );
+    crate::output::emit(None, &String::from_utf8(script)?)
 }

@@ -39,6 +39,52 @@ pub(crate) struct Document {
     pub(crate) value: Value,
 }
 
+/// A SealedSecret's namespace and name, shown as `SealedSecret NAMESPACE/NAME`.
+pub(crate) struct SealedName {
+    pub(crate) namespace: Option<String>,
+    pub(crate) name: String,
+}
+
+impl fmt::Display for SealedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(namespace) => write!(f, "SealedSecret {namespace}/{}", self.name),
+            None => write!(f, "SealedSecret {}", self.name),
+        }
+    }
+}
+
+impl Document {
+    /// The SealedSecret's namespace and name, once the document is known to be a valid
+    /// SealedSecret; `command` names what wants one, for the hint.
+    pub(crate) fn sealed_secret_name(&self, command: &str) -> anyhow::Result<SealedName> {
+        let origin = &self.origin;
+        let field = |name: &str| self.value.get(name).and_then(Value::as_str).unwrap_or("");
+        if field("kind") != "SealedSecret" || field("apiVersion") != sigil_types::API_VERSION {
+            let found = match field("kind") {
+                "" => "an object without `kind`".to_owned(),
+                kind => format!("a {kind} ({})", field("apiVersion")),
+            };
+            return fail(
+                format!("{origin}: is {found}, not a SealedSecret"),
+                format!(
+                    "{command} takes SealedSecret manifests (apiVersion: {}) written by `sigil seal`",
+                    sigil_types::API_VERSION
+                ),
+            );
+        }
+        let sealed: sigil_types::SealedSecret = serde_json::from_value(self.value.clone())
+            .map_err(|err| {
+                Failure::new(format!("{origin}: invalid SealedSecret: {err}"))
+                    .with_hint("check spec.scope (strict, namespace or cluster) and spec.encryptedData (key: sealed value)")
+            })?;
+        Ok(SealedName {
+            namespace: sealed.metadata.namespace,
+            name: sealed.metadata.name.unwrap_or_default(),
+        })
+    }
+}
+
 impl Drop for Document {
     fn drop(&mut self) {
         wipe(&mut self.value);

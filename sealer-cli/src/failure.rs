@@ -3,11 +3,19 @@
 use std::fmt;
 use std::io;
 
+/// Exit status of an error: bad input, an API error, a Rotation that failed.
+pub(crate) const EXIT_ERROR: u8 = 1;
+/// Exit status of a usage error (clap uses the same for its own).
+pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit status when `--timeout` elapsed while a Rotation was still running.
+pub(crate) const EXIT_TIMEOUT: u8 = 3;
+
 /// An error the user can fix, with the fix.
 #[derive(Debug)]
 pub(crate) struct Failure {
     message: String,
     hint: Option<String>,
+    exit: u8,
 }
 
 impl Failure {
@@ -15,6 +23,7 @@ impl Failure {
         Self {
             message: message.into(),
             hint: None,
+            exit: EXIT_ERROR,
         }
     }
 
@@ -26,6 +35,18 @@ impl Failure {
         self.hint = Some(hint.into());
         self
     }
+
+    /// Ends the program with `code` instead of [`EXIT_ERROR`].
+    pub(crate) fn with_exit(mut self, code: u8) -> Self {
+        self.exit = code;
+        self
+    }
+}
+
+/// The exit status for an error: the [`Failure`]'s own, else [`EXIT_ERROR`].
+pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
+    err.downcast_ref::<Failure>()
+        .map_or(EXIT_ERROR, |failure| failure.exit)
 }
 
 impl fmt::Display for Failure {

@@ -1,19 +1,24 @@
 //! `sigil`: seal Kubernetes Secrets so they are safe to commit to Git, open them offline
-//! in an emergency, and manage sealing keys. A thin binary over `sigil-core`.
+//! in an emergency, manage sealing keys, and rotate credentials through sigil-api. A
+//! thin binary over `sigil-core`.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 
+mod api;
 mod cli;
 mod cluster;
 mod document;
 mod failure;
 mod keys;
 mod output;
+mod reseal;
+mod rotate;
 mod seal;
 mod unseal;
+mod verify;
 
 use cli::{Cli, Command, KeysCommand};
 use failure::Failure;
@@ -28,7 +33,12 @@ fn main() -> ExitCode {
             KeysCommand::Generate(args) => keys::generate(&args),
             KeysCommand::Backup(args) => keys::backup(&args),
             KeysCommand::Import(args) => keys::import(&args),
+            KeysCommand::Rotate(args) => rotate::keys_rotate(&args),
         },
+        Command::Rotate(args) => rotate::run(&args),
+        Command::Verify(args) => verify::run(&args),
+        Command::Reseal(args) => reseal::run(&args),
+        Command::Completions(args) => cli::completions(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -39,7 +49,7 @@ fn main() -> ExitCode {
             if let Some(hint) = err.downcast_ref::<Failure>().and_then(Failure::hint) {
                 let _ = writeln!(stderr, "hint: {hint}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(failure::exit_code(&err))
         }
     }
 }
