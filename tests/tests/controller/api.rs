@@ -545,3 +545,142 @@ async fn verify_reseal_and_a_new_sealing_key_through_the_controller() {
     );
     assert!(!everything.contains(&canary), "the value leaked into a log");
 }
+
+/// `sigil` output with what differs between runs replaced: the namespace, the remote
+/// prefix, the Rotation's name suffix and the durations.
+fn normalised(ctx: &TestContext, output: &[u8]) -> String {
+    let text = String::from_utf8_lossy(output)
+        .replace(&ctx.vault_prefix, "PREFIX")
+        .replace(&ctx.namespace, "NS");
+    text.lines()
+        .map(|line| {
+            let line = match line.split_once("Rotation NS/db-") {
+                Some((before, after)) => {
+                    let rest = after.split_once(':').map_or("", |(_, r)| r);
+                    format!("{before}Rotation NS/db-[hash]:{rest}")
+                }
+                None => line.to_owned(),
+            };
+            // `  ✓ resolve     <1s  message`: the duration has a fixed column.
+            if let Some(step) = line.strip_prefix("  ✓ ") {
+                let (name, rest) = step.split_at(9);
+                let message = rest.get(8..).unwrap_or_default();
+                return format!("  ✓ {name} [dur]  {message}");
+            }
+            match line.split_once(" in ") {
+                Some((what, _)) if what == "Completed" || what == "Dry run completed" => {
+                    format!(
+                        "{what} in [dur]{}",
+                        line.split_once(':')
+                            .map_or(String::new(), |(_, r)| format!(":{r}"))
+                    )
+                }
+                _ => line,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn sigil_rotate_through_the_api_golden() {
+    let ctx = TestContext::new("api-cli").await.unwrap();
+    let controller = started(&ctx).await;
+    mirrored(&ctx).await;
+    let api = ApiServer::start(&ctx, &controller, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rotate = |extra: &[&str], env_token: Option<String>| {
+        let mut args = vec!["rotate", "-n", &ctx.namespace, "db", "--server", &api.url];
+        args.extend_from_slice(extra);
+        let mut args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        if let Some(token) = env_token {
+            args.extend(["--token".to_owned(), token]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sigil(&ctx, dir.path(), &args, "")
+    };
+
+    let dry = rotate(&["--dry-run"], None);
+    assert_eq!(
+        dry.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert_eq!(
+        normalised(&ctx, &dry.stdout),
+        "\
+Rotation NS/db-[hash]: ExternalSecret db (dry run)
+  ✓ resolve   [dur]  dry run: would write a new version of Vault key `PREFIX/db` property `password` on top of version 1, refresh 1 ExternalSecret(s) and 1 Secret(s), and restart 0 workload(s); nothing was changed
+Dry run completed in [dur]: nothing was changed
+  version:          1, a new one would replace it
+  ExternalSecrets:  1 would be refreshed: NS/db
+  Secrets:          1 would be refreshed: NS/db
+  workloads:        none would be restarted"
+    );
+
+    let done = rotate(&["--key", "password", "--reason", "INC-7"], None);
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(
+        normalised(&ctx, &done.stdout),
+        "\
+Rotation NS/db-[hash]: ExternalSecret db, key password
+  ✓ resolve   [dur]  rotating Vault key `PREFIX/db` property `password`, now at version 1
+  ✓ stage     [dur]  wrote version 2 of Vault key `PREFIX/db` property `password`
+  ✓ promote   [dur]  version 2 of Vault key `PREFIX/db` property `password` is current; version 1 stays readable
+  ✓ propagate [dur]  1 Secret(s) of 1 ExternalSecret(s) hold version 2 of Vault key `PREFIX/db` property `password`
+  ✓ restart   [dur]  restarted 0 workload(s) that consume the refreshed Secrets
+  ✓ complete  [dur]  rotation completed
+Completed in [dur]
+  version:          1 -> 2
+  ExternalSecrets:  1 refreshed: NS/db
+  Secrets:          1 refreshed: NS/db
+  workloads:        none restarted"
+    );
+
+    let refused = rotate(&[], Some(token(&ctx, "SIGIL_KUBE_USER_TOKEN")));
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(refused.stdout.is_empty());
+    assert_eq!(
+        normalised(&ctx, &refused.stderr),
+        "\
+error: user `sigil-unprivileged` may not create rotations.sigil.dev in namespace `NS`: RBAC must grant verb `create` on resource `rotations` in API group `sigil.dev` (a Role and RoleBinding in that namespace)
+hint: you need `create rotations.sigil.dev` in namespace NS: check with `kubectl auth can-i create rotations.sigil.dev -n NS`, and ask a cluster admin for a Role and RoleBinding that grant it"
+    );
+
+    let unknown = sigil(
+        &ctx,
+        dir.path(),
+        &[
+            "rotate",
+            "-n",
+            &ctx.namespace,
+            "nope",
+            "--server",
+            &api.url,
+            "-o",
+            "json",
+        ],
+        "",
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains(
+            "ExternalSecret `NS/nope` does not exist"
+                .replace("NS", &ctx.namespace)
+                .as_str()
+        ),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    assert_eq!(
+        rotation_names(&ctx).await.len(),
+        2,
+        "the refused calls created nothing"
+    );
+}
