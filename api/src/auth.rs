@@ -46,6 +46,16 @@ pub struct Access {
 }
 
 impl Access {
+    /// `verb` on Rotations in `namespace` (on the one named `name`, when given).
+    pub fn rotations(verb: &'static str, namespace: &str, name: Option<&str>) -> Self {
+        Self {
+            verb,
+            resource: "rotations",
+            namespace: namespace.to_owned(),
+            name: name.map(str::to_owned),
+        }
+    }
+
     /// `create rotations.sigil.dev in namespace prod`: the words an RBAC rule is written in.
     pub fn describe(&self) -> String {
         let name = self

@@ -127,15 +127,7 @@ pub async fn create(
     })?;
     let idempotency_key = idempotency_key(&headers)?;
     caller
-        .authorize(
-            &state,
-            Access {
-                verb: "create",
-                resource: "rotations",
-                namespace: namespace.clone(),
-                name: None,
-            },
-        )
+        .authorize(&state, Access::rotations("create", &namespace, None))
         .await?;
     if body.is_empty() {
         return Err(ApiError::InvalidJson(
@@ -212,15 +204,7 @@ pub async fn rotate_sealing_key(
     let idempotency_key = idempotency_key(&headers)?;
     let namespace = state.settings.namespace.clone();
     caller
-        .authorize(
-            &state,
-            Access {
-                verb: "create",
-                resource: "rotations",
-                namespace: namespace.clone(),
-                name: None,
-            },
-        )
+        .authorize(&state, Access::rotations("create", &namespace, None))
         .await?;
     let request: SealingKeyRotationRequest = if body.is_empty() {
         SealingKeyRotationRequest::default()
@@ -354,15 +338,7 @@ pub async fn get(
 ) -> Result<Json<Rotation>> {
     check_namespace(&namespace)?;
     caller
-        .authorize(
-            &state,
-            Access {
-                verb: "get",
-                resource: "rotations",
-                namespace: namespace.clone(),
-                name: Some(name.clone()),
-            },
-        )
+        .authorize(&state, Access::rotations("get", &namespace, Some(&name)))
         .await?;
     caller.audit().rotation(&name);
     let rotation = Api::<Rotation>::namespaced(state.client.clone(), &namespace)
@@ -392,15 +368,7 @@ pub async fn list(
 ) -> Result<Json<RotationList>> {
     check_namespace(&namespace)?;
     caller
-        .authorize(
-            &state,
-            Access {
-                verb: "list",
-                resource: "rotations",
-                namespace: namespace.clone(),
-                name: None,
-            },
-        )
+        .authorize(&state, Access::rotations("list", &namespace, None))
         .await?;
     let mut items = Api::<Rotation>::namespaced(state.client.clone(), &namespace)
         .list(&ListParams::default())

@@ -397,6 +397,47 @@ impl PlainSecret {
     }
 }
 
+/// The SealedSecret manifests of one file (or stdin).
+pub(crate) struct SealedManifests {
+    /// The input's name for messages.
+    pub(crate) source: String,
+    /// The text as read (YAML or JSON).
+    pub(crate) text: Zeroizing<String>,
+    /// Its documents, at least one.
+    pub(crate) documents: Vec<Document>,
+}
+
+/// Reads the SealedSecret manifests of one file (or stdin), refusing an input with none.
+pub(crate) fn read_sealed_manifests(path: &Path) -> anyhow::Result<SealedManifests> {
+    let text = read_input(path)?;
+    let source = source_name(path);
+    let documents = parse_documents(&text, &source)?;
+    if documents.is_empty() {
+        return crate::failure::fail(
+            format!("{source}: holds no document"),
+            "give SealedSecret manifests written by `sigil seal`",
+        );
+    }
+    Ok(SealedManifests {
+        source,
+        text,
+        documents,
+    })
+}
+
+/// [`manifest_files`], refusing a directory with none; `what` names the manifests it
+/// should hold.
+pub(crate) fn manifest_files_in(dir: &Path, what: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let files = manifest_files(dir)?;
+    if files.is_empty() {
+        return crate::failure::fail(
+            format!("{} holds no .yaml, .yml or .json file", dir.display()),
+            format!("point -f at the directory of {what} manifests"),
+        );
+    }
+    Ok(files)
+}
+
 /// Every input file under a directory that holds manifests, sorted, as paths relative
 /// to the directory.
 pub(crate) fn manifest_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {

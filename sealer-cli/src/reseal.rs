@@ -22,15 +22,11 @@ struct File {
 }
 
 fn read(path: &Path, out: Option<PathBuf>) -> anyhow::Result<File> {
-    let text = document::read_input(path)?;
-    let source = document::source_name(path);
-    let documents = document::parse_documents(&text, &source)?;
-    if documents.is_empty() {
-        return fail(
-            format!("{source}: holds no document"),
-            "give SealedSecret manifests written by `sigil seal`",
-        );
-    }
+    let document::SealedManifests {
+        source,
+        text,
+        documents,
+    } = document::read_sealed_manifests(path)?;
     for doc in &documents {
         doc.sealed_secret_name("sigil reseal")?;
     }
@@ -65,16 +61,7 @@ fn inputs(args: &ResealArgs) -> anyhow::Result<Vec<File>> {
             ),
         );
     };
-    let files = document::manifest_files(&args.input)?;
-    if files.is_empty() {
-        return fail(
-            format!(
-                "{} holds no .yaml, .yml or .json file",
-                args.input.display()
-            ),
-            "point -f at the directory of SealedSecret manifests",
-        );
-    }
+    let files = document::manifest_files_in(&args.input, "SealedSecret")?;
     files
         .into_iter()
         .map(|relative| read(&args.input.join(&relative), Some(out_dir.join(relative))))

@@ -277,16 +277,7 @@ fn seal_directory(args: &SealArgs, recipients: &[PublicKey]) -> anyhow::Result<(
             "write the SealedSecrets to another directory; sigil never overwrites its input",
         );
     }
-    let files = document::manifest_files(&args.input)?;
-    if files.is_empty() {
-        return fail(
-            format!(
-                "{} holds no .yaml, .yml or .json file",
-                args.input.display()
-            ),
-            "point -f at the directory of Secret manifests",
-        );
-    }
+    let files = document::manifest_files_in(&args.input, "Secret")?;
     // Seal everything before writing anything, so one bad file leaves no partial tree.
     let mut outputs = Vec::with_capacity(files.len());
     for relative in files {

@@ -102,15 +102,7 @@ fn open_document(doc: &Document, args: &UnsealArgs, keyring: &Keyring) -> anyhow
 
 pub(crate) fn run(args: &UnsealArgs) -> anyhow::Result<()> {
     let keyring = load_keyring(args)?;
-    let text = document::read_input(&args.input)?;
-    let source = document::source_name(&args.input);
-    let documents = document::parse_documents(&text, &source)?;
-    if documents.is_empty() {
-        return fail(
-            format!("{source}: holds no document"),
-            "give SealedSecret manifests written by `sigil seal`",
-        );
-    }
+    let document::SealedManifests { documents, .. } = document::read_sealed_manifests(&args.input)?;
     let secrets = documents
         .iter()
         .map(|doc| open_document(doc, args, &keyring))

@@ -7,20 +7,12 @@ use crate::api::{self, Api, Call};
 use crate::cli::VerifyArgs;
 use crate::cluster;
 use crate::document;
-use crate::failure::{Failure, fail};
+use crate::failure::Failure;
 use crate::output;
 
 pub(crate) fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     let base = api::server(&args.api)?;
-    let text = document::read_input(&args.input)?;
-    let source = document::source_name(&args.input);
-    let documents = document::parse_documents(&text, &source)?;
-    if documents.is_empty() {
-        return fail(
-            format!("{source}: holds no document"),
-            "give SealedSecret manifests written by `sigil seal`",
-        );
-    }
+    let document::SealedManifests { documents, .. } = document::read_sealed_manifests(&args.input)?;
     let objects = documents
         .iter()
         .map(|doc| doc.sealed_secret_name("sigil verify"))
