@@ -684,3 +684,97 @@ hint: you need `create rotations.sigil.dev` in namespace NS: check with `kubectl
         "the refused calls created nothing"
     );
 }
+
+/// A CA and a certificate for 127.0.0.1 signed by it, written as `NAME-ca.pem`,
+/// `NAME.pem` and `NAME.key` in `dir` (with openssl, as an operator or cert-manager
+/// would provide them).
+fn issue_certificate(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    let script = format!(
+        "set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+  -subj /CN={name}-ca -keyout {name}-ca.key -out {name}-ca.pem 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=sigil-api \
+  -keyout {name}.key.new -out {name}.csr 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > {name}.ext
+openssl x509 -req -in {name}.csr -CA {name}-ca.pem -CAkey {name}-ca.key -CAcreateserial \
+  -days 1 -extfile {name}.ext -out {name}.pem.new 2>/dev/null"
+    );
+    let status = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl failed");
+    std::fs::read(dir.join(format!("{name}-ca.pem"))).unwrap()
+}
+
+/// Moves a freshly issued pair into place (`tls.crt`, `tls.key`) as a Secret volume
+/// update would: each file replaced whole.
+fn install_certificate(dir: &std::path::Path, name: &str) {
+    std::fs::rename(dir.join(format!("{name}.key.new")), dir.join("tls.key")).unwrap();
+    std::fs::rename(dir.join(format!("{name}.pem.new")), dir.join("tls.crt")).unwrap();
+}
+
+/// GET /healthz over HTTPS trusting only `ca`, on a new connection.
+async fn healthz_trusting(port: u16, ca: &[u8]) -> Result<StatusCode, reqwest::Error> {
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca).unwrap()])
+        .build()
+        .unwrap();
+    Ok(client
+        .get(format!("https://127.0.0.1:{port}/healthz"))
+        .send()
+        .await?
+        .status())
+}
+
+#[tokio::test]
+async fn https_with_a_certificate_reloaded_when_it_changes() {
+    let ctx = TestContext::new("api-tls").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first_ca = issue_certificate(dir.path(), "first");
+    install_certificate(dir.path(), "first");
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    let api = ApiServer::spawn(
+        &ctx,
+        "http://127.0.0.1:9",
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    eventually(Duration::from_secs(30), || async {
+        (healthz_trusting(api.port(), &first_ca).await.ok()? == StatusCode::OK).then_some(())
+    })
+    .await;
+    // Plain HTTP is not served beside TLS.
+    assert!(
+        reqwest::get(format!("http://127.0.0.1:{}/healthz", api.port()))
+            .await
+            .is_err()
+    );
+
+    let second_ca = issue_certificate(dir.path(), "second");
+    assert!(healthz_trusting(api.port(), &second_ca).await.is_err());
+    install_certificate(dir.path(), "second");
+    eventually(Duration::from_secs(20), || async {
+        healthz_trusting(api.port(), &second_ca)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    assert!(
+        healthz_trusting(api.port(), &first_ca).await.is_err(),
+        "the old certificate is no longer served"
+    );
+    assert!(api.logs().contains("reloaded the TLS certificate"));
+
+    // Without a certificate, plain HTTP must be asked for by name.
+    let mut bare = ApiServer::spawn(&ctx, "http://127.0.0.1:9", &[]);
+    assert_eq!(bare.wait_exit(Duration::from_secs(10)).await, Some(2));
+    assert!(bare.logs().contains("--tls-cert"), "{}", bare.logs());
+}

@@ -277,8 +277,23 @@ impl std::ops::DerefMut for ApiServer {
 }
 
 impl ApiServer {
-    /// Starts the API with the admin kubeconfig as its own identity, and waits until ready.
+    /// Starts the API on plain HTTP with the admin kubeconfig as its own identity, and
+    /// waits until ready.
     pub async fn start(ctx: &TestContext, controller: &Controller, extra: &[&str]) -> Self {
+        let api = Self::spawn(
+            ctx,
+            &format!("http://{}", controller.http),
+            &[&["--insecure-http"], extra].concat(),
+        );
+        eventually(Duration::from_secs(30), || async {
+            (http_get(api.addr, "/readyz")?.0 == 200).then_some(())
+        })
+        .await;
+        api
+    }
+
+    /// Starts the API with `flags` (e.g. `--tls-cert`), without waiting.
+    pub fn spawn(ctx: &TestContext, controller_url: &str, flags: &[&str]) -> Self {
         let addr = free_addr();
         let process = Process::spawn(
             "sigil-api",
@@ -286,25 +301,24 @@ impl ApiServer {
                 .args([
                     "--listen",
                     &addr.to_string(),
-                    "--insecure-http",
                     "--namespace",
                     &ctx.namespace,
                     "--controller-url",
-                    &format!("http://{}", controller.http),
+                    controller_url,
                 ])
-                .args(extra)
+                .args(flags)
                 .env("KUBECONFIG", ctx.env.kubeconfig_path()),
         );
-        let api = Self {
+        Self {
             process,
             url: format!("http://{addr}"),
             addr,
-        };
-        eventually(Duration::from_secs(30), || async {
-            (http_get(api.addr, "/readyz")?.0 == 200).then_some(())
-        })
-        .await;
-        api
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 }
 
