@@ -94,7 +94,7 @@ pub async fn observe(State(state): State<AppState>, mut request: Request, next: 
     let timeout = state.settings.request_timeout;
     let response = match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::Timeout(timeout.as_secs()).into_response(),
+        Err(_) => ApiError::Timeout(timeout).into_response(),
     };
     let status = response.status();
     state

@@ -15,8 +15,8 @@ use tower::ServiceExt;
 use super::*;
 use crate::auth::{Access, Decision, UserInfo};
 
-/// `admin` may do anything, `nobody` is a valid token with no rights, anything else is
-/// not a token.
+/// `admin` may do anything, `nobody` is a valid token with no rights, `slow` takes 5 s
+/// to refuse, anything else is not a token.
 struct FakeReviewer;
 
 impl Reviewer for FakeReviewer {
@@ -25,6 +25,9 @@ impl Reviewer for FakeReviewer {
         token: &'a str,
     ) -> BoxFuture<'a, error::Result<Option<UserInfo>>> {
         Box::pin(async move {
+            if token == "slow" {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
             Ok(matches!(token, "admin" | "nobody").then(|| UserInfo {
                 username: token.to_owned(),
                 uid: None,
@@ -333,4 +336,15 @@ async fn the_served_openapi_document_is_the_checked_in_one() {
         "api/openapi.json differs from the served document: regenerate it with \
          `cargo run -p sigil-api -- --print-openapi > api/openapi.json` and review the diff"
     );
+}
+
+#[tokio::test]
+async fn a_request_over_the_time_limit_is_503_and_says_how_to_retry() {
+    let app = app(Settings {
+        request_timeout: Duration::from_millis(200),
+        ..settings()
+    });
+    let (status, body) = call(app, create(Some("slow"), JSON, GOOD)).await;
+    assert_eq!((status, body.code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "timeout"));
+    assert!(body.message.contains("Idempotency-Key"), "{}", body.message);
 }
