@@ -58,9 +58,9 @@ pub enum ApiError {
     Unavailable(String),
     /// The request took longer than `--request-timeout`.
     #[error(
-        "the request did not finish within {0} s; it may still take effect, retry with the same Idempotency-Key"
+        "the request did not finish within {0:?}; it may still take effect, retry with the same Idempotency-Key"
     )]
-    Timeout(u64),
+    Timeout(std::time::Duration),
     /// A bug or a misconfiguration; the detail is in the log only.
     #[error("internal error; the details are in the sigil-api log")]
     Internal(String),
