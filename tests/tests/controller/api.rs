@@ -523,6 +523,29 @@ async fn verify_reseal_and_a_new_sealing_key_through_the_controller() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(report["keys"][0]["opens"], true, "{report}");
 
+    // The same through the CLI: files in, files out, exit codes.
+    let cli = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--server", api.url.as_str()]);
+        sigil(&ctx, dir.path(), &args, "")
+    };
+    std::fs::write(dir.path().join("sealed.json"), sealed.to_string()).unwrap();
+    let out = cli(&["reseal", "-f", "sealed.json", "-w", "resealed.json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("resealed.json")).unwrap()).unwrap();
+    assert_eq!(sealed_to(&file), [new_key.clone(), new_key.clone()]);
+    let out = cli(&["verify", "-f", "resealed.json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Sealed for another namespace: the reason, never the value.
     let mut moved = sealed.clone();
     moved["metadata"]["namespace"] = json!("default");
@@ -531,6 +554,15 @@ async fn verify_reseal_and_a_new_sealing_key_through_the_controller() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(report["keys"][0]["reason"], "WrongBinding", "{report}");
+    std::fs::write(dir.path().join("moved.json"), moved.to_string()).unwrap();
+    let out = cli(&["verify", "-f", "moved.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("WrongBinding"), "{said}");
     let (status, refused) = Call::post("/v1/reseal", &admin, moved).send(&api).await;
     assert_eq!(
         (status, code(&refused).as_str()),
