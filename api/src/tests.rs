@@ -345,6 +345,9 @@ async fn a_request_over_the_time_limit_is_503_and_says_how_to_retry() {
         ..settings()
     });
     let (status, body) = call(app, create(Some("slow"), JSON, GOOD)).await;
-    assert_eq!((status, body.code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "timeout"));
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "timeout")
+    );
     assert!(body.message.contains("Idempotency-Key"), "{}", body.message);
 }
