@@ -223,11 +223,13 @@ async fn reseal(
             tracing::info!(%namespace, %name, values = resealed.spec.encrypted_data.len(), "re-sealed to the active key");
             Ok(Json(resealed))
         }
-        Err(err @ ResealError::NotOpened { .. }) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            format!("SealedSecret {namespace}/{name}: {err}"),
-        )),
+        Err(err @ (ResealError::NotOpened { .. } | ResealError::OtherRecipients { .. })) => {
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("SealedSecret {namespace}/{name}: {err}"),
+            ))
+        }
         Err(ResealError::NoActiveKey) => Err(ApiError::unavailable()),
         Err(ResealError::Seal(err)) => {
             tracing::error!(%namespace, %name, error = %err, "re-seal failed: cannot seal a value again");
@@ -437,6 +439,54 @@ mod tests {
                 expected
             );
         }
+    }
+
+    #[tokio::test]
+    async fn reseal_keeps_values_already_on_the_active_key_byte_for_byte() {
+        let old = PrivateKey::generate().unwrap();
+        let new = PrivateKey::generate().unwrap();
+        let current = sealed_for(&new, NS, "user", b"admin");
+        let obj = sealed_secret(BTreeMap::from([
+            (
+                "password".to_owned(),
+                sealed_for(&old, NS, "password", PASSWORD),
+            ),
+            ("user".to_owned(), current.clone()),
+        ]));
+
+        let (status, body) = post_json(state(&[&old, &new]), "/internal/v1/reseal", &obj).await;
+
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let resealed: SealedSecret = serde_json::from_slice(&body).unwrap();
+        assert_eq!(resealed.spec.encrypted_data["user"], current);
+        let password = &resealed.spec.encrypted_data["password"];
+        assert_eq!(Envelope::decode(password).unwrap().key_ids(), [new.id()]);
+    }
+
+    #[tokio::test]
+    async fn reseal_refuses_to_drop_recipients_this_cluster_cannot_seal_to() {
+        let cluster = PrivateKey::generate().unwrap();
+        let offline = PrivateKey::generate().unwrap();
+        let binding = Binding::new(Scope::Strict, NS, NAME, "password").unwrap();
+        let both = seal(
+            &[*cluster.public_key(), *offline.public_key()],
+            &binding,
+            PASSWORD,
+        )
+        .unwrap();
+        let obj = sealed_secret(BTreeMap::from([("password".to_owned(), both)]));
+
+        let (status, body) = post_json(state(&[&cluster]), "/internal/v1/reseal", &obj).await;
+
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let err = error(&body);
+        assert!(
+            err.message
+                .contains(&format!("key `password` (also sealed to {})", offline.id()))
+                && err.message.contains("sigil seal --merge-into"),
+            "{}",
+            err.message
+        );
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use kube::api::ObjectMeta;
-use sigil_core::seal;
+use sigil_core::{Envelope, KeyId, seal};
 use sigil_types::api::{KeyVerdict, VerifyReport};
 use sigil_types::{SealedSecret, SealedSecretSpec};
 
@@ -24,6 +24,13 @@ pub(crate) enum ResealError {
         failed: Vec<(String, Failure)>,
         /// How many values the SealedSecret holds.
         total: usize,
+    },
+    /// Some values are also sealed to keys this cluster does not hold; re-sealing here
+    /// would drop those recipients.
+    #[error("{}", other_recipients_message(.values))]
+    OtherRecipients {
+        /// Each such value: its data key and the key IDs this cluster does not hold.
+        values: Vec<(String, Vec<KeyId>)>,
     },
     /// No sealing key is loaded yet (a standby replica).
     #[error("this replica holds no active sealing key yet")]
@@ -43,6 +50,36 @@ fn not_opened_message(failed: &[(String, Failure)], total: usize) -> String {
         "{} of {total} values did not open, so nothing was re-sealed: {each}",
         failed.len()
     )
+}
+
+fn other_recipients_message(values: &[(String, Vec<KeyId>)]) -> String {
+    let each = values
+        .iter()
+        .map(|(key, ids)| {
+            let ids = ids
+                .iter()
+                .map(KeyId::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("key `{key}` (also sealed to {ids})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{each}: those keys belong to another cluster or an offline key, and this cluster \
+         cannot seal to them, so re-sealing here would drop them; nothing was re-sealed. \
+         Re-seal with `sigil seal --merge-into FILE` and a --cert for every recipient"
+    )
+}
+
+/// The key IDs a sealed value names that `keys` does not hold.
+fn foreign_recipients(text: &str, keys: &KeyState) -> Vec<KeyId> {
+    Envelope::decode(text)
+        .map(|envelope| envelope.key_ids())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| keys.keyring.get(id).is_none() && !keys.revoked.contains(id))
+        .collect()
 }
 
 /// Whether each value of `obj` opens here for `namespace`/`name`, and why not.
@@ -76,10 +113,12 @@ pub(crate) fn verify(
 }
 
 /// `obj` with every value opened and sealed again, for the same place and scope, to the
-/// active key alone; all or nothing.
+/// active key; all or nothing. A value already sealed to the active key alone is kept
+/// byte for byte, so a re-seal changes in Git only what it had to.
 ///
-/// Recipients besides the active key (another cluster, an offline break-glass key) are
-/// not kept: this cluster holds only its own public keys.
+/// A value also sealed to keys this cluster does not hold (another cluster, an offline
+/// break-glass key) is refused rather than silently losing those recipients: this
+/// cluster has only its own public keys.
 pub(crate) fn reseal(
     obj: &SealedSecret,
     namespace: &str,
@@ -105,9 +144,30 @@ pub(crate) fn reseal(
             total: obj.spec.encrypted_data.len(),
         });
     }
+    let texts = &obj.spec.encrypted_data;
+    let foreign: Vec<(String, Vec<KeyId>)> = texts
+        .iter()
+        .map(|(key, text)| (key.clone(), foreign_recipients(text, keys)))
+        .filter(|(_, ids)| !ids.is_empty())
+        .collect();
+    if !foreign.is_empty() {
+        return Err(ResealError::OtherRecipients { values: foreign });
+    }
+    let active_id = active.id();
     let encrypted_data = opened
         .iter()
-        .map(|(key, v)| Ok(((*key).to_owned(), seal(&[active], &v.binding, &v.value)?)))
+        .map(|(key, v)| {
+            let text = &texts[*key];
+            let current = Envelope::decode(text)
+                .map(|e| e.key_ids())
+                .unwrap_or_default();
+            let resealed = if current == [active_id] {
+                text.clone()
+            } else {
+                seal(&[active], &v.binding, &v.value)?
+            };
+            Ok(((*key).to_owned(), resealed))
+        })
         .collect::<Result<BTreeMap<_, _>, sigil_core::Error>>()
         .map_err(ResealError::Seal)?;
     Ok(SealedSecret {
