@@ -226,6 +226,8 @@ pub fn start(
 ) {
     let ns = config.watch_namespace.as_deref();
     let (secrets, secrets_writer) = reflector::store::<Secret>();
+    // One watch fills the cache `not_due` reads and triggers the ExternalSecret, each
+    // event after the cache has it: a Secret deleted by hand is restored at once.
     let secret_watch = watcher(
         api::<Secret>(&client, ns),
         watcher::Config::default()
@@ -233,8 +235,8 @@ pub fn start(
             .any_semantic(),
     )
     .default_backoff()
-    .reflect(secrets_writer);
-    tokio::spawn(secret_watch.for_each(|_| std::future::ready(())));
+    .reflect(secrets_writer)
+    .touched_objects();
     let store_controller = Controller::<SecretStore>::new(
         api::<SecretStore>(&client, ns),
         watcher::Config::default().any_semantic(),
@@ -274,13 +276,9 @@ pub fn start(
     let by_secret = externals.clone();
     let by_store = externals.clone();
     let mut es_controller = es_controller
-        .watches(
-            api::<Secret>(&client, ns),
-            watcher::Config::default()
-                .labels(EXTERNAL_SECRET_LABEL)
-                .any_semantic(),
-            move |secret| external::targets_of(&by_secret, &secret),
-        )
+        .watches_stream(secret_watch, move |secret| {
+            external::targets_of(&by_secret, &secret)
+        })
         .watches(
             api::<SecretStore>(&client, ns),
             watcher::Config::default().any_semantic(),

@@ -621,6 +621,23 @@ async fn changes_are_picked_up_on_the_interval_at_once_with_force_sync_and_edits
     let started_at = std::time::Instant::now();
     wait_data(&ctx, "slow", &map(&[("v", "2")])).await;
     assert!(started_at.elapsed() < Duration::from_secs(5));
+
+    // So is a deletion, every time: the reconcile it triggers must not judge from a cache
+    // that still holds the deleted Secret.
+    let secrets = Api::<Secret>::namespaced(ctx.kube.clone(), &ctx.namespace);
+    for round in 0..5 {
+        secrets
+            .delete("slow", &DeleteParams::default())
+            .await
+            .unwrap();
+        let started_at = std::time::Instant::now();
+        wait_data(&ctx, "slow", &map(&[("v", "2")])).await;
+        assert!(
+            started_at.elapsed() < Duration::from_secs(10),
+            "round {round}: restored after {:?}",
+            started_at.elapsed()
+        );
+    }
 }
 
 #[tokio::test]
