@@ -485,6 +485,7 @@ async fn deployment_is_locked_down() -> Result<()> {
         "--max-concurrent-restarts=5",
         "--rollout-deadline=5m",
         "--reload-debounce=10s",
+        "--rotation-propagation-timeout=5m",
     ] {
         assert!(args.contains(&flag), "{flag} missing from {args:?}");
     }
