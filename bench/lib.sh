@@ -21,6 +21,20 @@
 # bench_cleanup (on exit) stops the controller, shows the end of its log on failure,
 # runs `bench.py cleanup`, stops a private environment and removes $work, unless
 # BENCH_KEEP=1.
+#
+# For bench/api.sh (sigil-api under load):
+#   bench_build_api         release build of sigil-api and sigil-controller (nice); sets
+#                           `api` and `controller`
+#   bench_oha               oha (an HTTP load generator from crates.io, OHA_VERSION) built
+#                           once into ${SIGIL_CACHE:-~/.cache/sigil}/oha-<version>/ beside
+#                           scripts/env's servers; sets `oha`
+#   bench_start_api FLAGS...
+#                           starts sigil-api on a free loopback port, plain HTTP, against
+#                           the controller on $port (audit lines in $work/api-audit.log,
+#                           log in $work/api.log); sets `api_pid`, `api_port`; exports
+#                           BENCH_API_PORT; bench_cleanup stops it and shows its log on
+#                           failure
+#   bench_wait_api          until its /readyz answers
 
 bench_build() {
   nice -n 10 cargo build --quiet --release --locked -p sigil-controller --manifest-path "$root/Cargo.toml"
@@ -38,6 +52,10 @@ bench_init() {
 
 bench_cleanup() {
   local rc=$?
+  if [[ -n ${api_pid:-} ]]; then
+    kill "$api_pid" 2>/dev/null || true
+    wait "$api_pid" 2>/dev/null || true
+  fi
   if [[ -n $pid ]]; then
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -45,6 +63,10 @@ bench_cleanup() {
   if ((rc != 0)) && [[ -f $work/controller.log ]]; then
     echo "bench: failed; last lines of the controller's log:" >&2
     tail -n 15 "$work/controller.log" >&2 || true
+  fi
+  if ((rc != 0)) && [[ -f $work/api.log ]]; then
+    echo "bench: failed; last lines of sigil-api's log:" >&2
+    tail -n 15 "$work/api.log" >&2 || true
   fi
   # Every object is deleted explicitly (then its namespace), the remote keys after them.
   if [[ -n ${SIGIL_KUBE_SERVER:-} && -f $work/bench.py ]]; then
@@ -88,6 +110,56 @@ bench_start_controller() {
 bench_wait_ready() {
   until curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; do
     kill -0 "$pid" 2>/dev/null || exit 1
+    sleep 0.1
+  done
+}
+
+# The load generator of bench/api.sh; pinned here, cached like scripts/env's servers.
+OHA_VERSION=1.16.0
+
+bench_build_api() {
+  nice -n 10 cargo build --quiet --release --locked -p sigil-api -p sigil-controller \
+    --manifest-path "$root/Cargo.toml"
+  controller=$root/target/release/sigil-controller
+  api=$root/target/release/sigil-api
+}
+
+bench_oha() {
+  local cache=${SIGIL_CACHE:-$HOME/.cache/sigil}
+  local dir=$cache/oha-$OHA_VERSION
+  oha=$dir/bin/oha
+  [[ -x $oha ]] && return
+  mkdir -p "$dir"
+  # scripts/env's lock: one install into the cache at a time. Its own target directory,
+  # removed afterwards; the default features (rustls) are needed to build at all.
+  (
+    flock 9
+    [[ -x $oha ]] && exit 0
+    echo "bench: building oha $OHA_VERSION into $dir (once; about 10 minutes on 2 cores) ..." >&2
+    local target
+    target=$(mktemp -d)
+    if ! CARGO_TARGET_DIR=$target nice -n 10 cargo install --locked --root "$dir" \
+        --version "$OHA_VERSION" oha >"$dir.build.log" 2>&1; then
+      tail -n 20 "$dir.build.log" >&2
+      rm -rf "$target"
+      echo "bench: cargo install oha $OHA_VERSION failed; see $dir.build.log" >&2
+      exit 1
+    fi
+    rm -rf "$target"
+  ) 9>"$cache/.install.lock"
+}
+
+bench_start_api() {
+  api_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  export BENCH_API_PORT=$api_port
+  "$api" --listen "127.0.0.1:$api_port" --insecure-http --controller-url "http://127.0.0.1:$port" \
+    "$@" >"$work/api-audit.log" 2>"$work/api.log" &
+  api_pid=$!
+}
+
+bench_wait_api() {
+  until curl -sf "http://127.0.0.1:$api_port/readyz" >/dev/null; do
+    kill -0 "$api_pid" 2>/dev/null || exit 1
     sleep 0.1
   done
 }
