@@ -239,15 +239,25 @@ fn user_hash(user: &UserInfo) -> [u8; 32] {
 impl Reviewer for CachedReviewer {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<UserInfo>>> {
         Box::pin(async move {
-            let key = token_hash(token);
-            if let Some(user) = self.users.get(&key).await {
-                return Ok(Some(user));
+            // Concurrent misses of one token share a single review; only a valid token
+            // is kept (the error side, `None` for "not a token", is never cached).
+            let reviewed = self
+                .users
+                .try_get_with(token_hash(token), async {
+                    match self.inner.authenticate(token).await {
+                        Ok(Some(user)) => Ok(user),
+                        Ok(None) => Err(None),
+                        Err(err) => Err(Some(err)),
+                    }
+                })
+                .await;
+            match reviewed {
+                Ok(user) => Ok(Some(user)),
+                Err(refused) => match refused.as_ref() {
+                    None => Ok(None),
+                    Some(err) => Err(err.clone()),
+                },
             }
-            let user = self.inner.authenticate(token).await?;
-            if let Some(user) = &user {
-                self.users.insert(key, user.clone()).await;
-            }
-            Ok(user)
         })
     }
 
@@ -258,17 +268,22 @@ impl Reviewer for CachedReviewer {
     ) -> BoxFuture<'a, Result<Decision>> {
         Box::pin(async move {
             let key = (user_hash(user), access.clone());
-            if self.allowed.get(&key).await.is_some() {
-                return Ok(Decision {
+            let reviewed = self
+                .allowed
+                .try_get_with(key, async {
+                    match self.inner.authorize(user, access).await {
+                        Ok(decision) if decision.allowed => Ok(()),
+                        other => Err(other),
+                    }
+                })
+                .await;
+            match reviewed {
+                Ok(()) => Ok(Decision {
                     allowed: true,
                     reason: String::new(),
-                });
+                }),
+                Err(refused) => refused.as_ref().clone(),
             }
-            let decision = self.inner.authorize(user, access).await?;
-            if decision.allowed {
-                self.allowed.insert(key, ()).await;
-            }
-            Ok(decision)
         })
     }
 }
@@ -375,6 +390,16 @@ mod tests {
             6,
             "a refusal is asked again"
         );
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_review() {
+        let inner = Arc::new(Counting::default());
+        let cached = CachedReviewer::new(inner.clone(), Duration::from_secs(60));
+        let reviews = (0..16).map(|_| cached.authenticate("good"));
+        let users = futures::future::join_all(reviews).await;
+        assert!(users.iter().all(|u| matches!(u, Ok(Some(_)))));
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

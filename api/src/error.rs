@@ -12,7 +12,7 @@ use sigil_types::api::ErrorBody;
 pub struct ErrorCode(pub &'static str);
 
 /// Why a request was refused or failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ApiError {
     /// The body is not valid JSON, or does not have the expected shape.
     #[error("{0}")]

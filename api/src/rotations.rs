@@ -156,6 +156,11 @@ pub async fn create(
     if query.dry_run == Some(true) {
         spec.dry_run = Some(true);
     }
+    let planned = Planned::new(&caller, &namespace, spec, idempotency_key, &target.name)?;
+    // A retry costs one read: the Rotation its first attempt made.
+    if let Some(answer) = planned.replay(&state, &caller).await? {
+        return Ok(answer);
+    }
     let externals = Api::<ExternalSecret>::namespaced(state.client.clone(), &namespace);
     let what = format!("ExternalSecret `{namespace}/{}`", target.name);
     if externals
@@ -168,15 +173,7 @@ pub async fn create(
             "{what} does not exist; list them with `kubectl get externalsecrets.sigil.dev -n {namespace}`"
         )));
     }
-    record(
-        &state,
-        &caller,
-        &namespace,
-        spec,
-        idempotency_key,
-        &target.name,
-    )
-    .await
+    planned.create(&state, &caller).await
 }
 
 /// Rotates the sealing key: a Rotation in Sigil's own namespace.
@@ -216,75 +213,122 @@ pub async fn rotate_sealing_key(
         reason: request.reason,
         ..RotationSpec::default()
     };
-    record(
-        &state,
-        &caller,
-        &namespace,
-        spec,
-        idempotency_key,
-        "sealing-key",
-    )
-    .await
+    let planned = Planned::new(&caller, &namespace, spec, idempotency_key, "sealing-key")?;
+    if let Some(answer) = planned.replay(&state, &caller).await? {
+        return Ok(answer);
+    }
+    planned.create(&state, &caller).await
 }
 
-/// Creates the Rotation (or finds the one an earlier attempt with the same key made)
-/// and announces it.
-async fn record(
-    state: &AppState,
-    caller: &Caller,
-    namespace: &str,
-    mut spec: RotationSpec,
-    idempotency_key: Option<String>,
-    name_base: &str,
-) -> Result<(StatusCode, Json<Rotation>)> {
-    let user = &caller.user.username;
-    spec.requested_by = Some(user.clone());
-    let request_hash = sha256_hex(&[&serde_json::to_vec(&spec)
-        .map_err(|err| ApiError::Internal(format!("cannot encode a Rotation spec: {err}")))?]);
-    let mut rotation = Rotation::new("", spec);
-    rotation.metadata.name = None;
-    rotation.metadata.namespace = Some(namespace.to_owned());
-    rotation.metadata.annotations = Some(BTreeMap::from([(
-        REQUEST_HASH_ANNOTATION.to_owned(),
-        request_hash.clone(),
-    )]));
-    let prefix = name_prefix(name_base);
-    let idempotent_name = idempotency_key.as_ref().map(|key| {
-        let hash = sha256_hex(&[user.as_bytes(), key.as_bytes()]);
-        format!("{prefix}-{}", &hash[..16])
-    });
-    match &idempotent_name {
-        Some(name) => rotation.metadata.name = Some(name.clone()),
-        None => rotation.metadata.generate_name = Some(format!("{prefix}-")),
+/// A Rotation about to be created: named after the caller and the `Idempotency-Key`
+/// when there is one, and stamped with a hash of its spec to tell a replay from a
+/// different request.
+struct Planned {
+    namespace: String,
+    rotation: Rotation,
+    request_hash: String,
+    idempotent_name: Option<String>,
+}
+
+type Answer = (StatusCode, Json<Rotation>);
+
+impl Planned {
+    fn new(
+        caller: &Caller,
+        namespace: &str,
+        mut spec: RotationSpec,
+        idempotency_key: Option<String>,
+        name_base: &str,
+    ) -> Result<Self> {
+        let user = &caller.user.username;
+        spec.requested_by = Some(user.clone());
+        let encoded = serde_json::to_vec(&spec)
+            .map_err(|err| ApiError::Internal(format!("cannot encode a Rotation spec: {err}")))?;
+        let request_hash = sha256_hex(&[&encoded]);
+        let mut rotation = Rotation::new("", spec);
+        rotation.metadata.name = None;
+        rotation.metadata.namespace = Some(namespace.to_owned());
+        rotation.metadata.annotations = Some(BTreeMap::from([(
+            REQUEST_HASH_ANNOTATION.to_owned(),
+            request_hash.clone(),
+        )]));
+        let prefix = name_prefix(name_base);
+        let idempotent_name = idempotency_key.as_ref().map(|key| {
+            let hash = sha256_hex(&[user.as_bytes(), key.as_bytes()]);
+            format!("{prefix}-{}", &hash[..16])
+        });
+        match &idempotent_name {
+            Some(name) => rotation.metadata.name = Some(name.clone()),
+            None => rotation.metadata.generate_name = Some(format!("{prefix}-")),
+        }
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            rotation,
+            request_hash,
+            idempotent_name,
+        })
     }
-    let api = Api::<Rotation>::namespaced(state.client.clone(), namespace);
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PostParams::default()
-    };
-    let what = format!("Rotation in namespace `{namespace}`");
-    match api.create(&params, &rotation).await {
-        Ok(created) => {
-            caller.audit().rotation(&created.name_any());
-            announce(state, &created, user).await;
-            Ok((StatusCode::CREATED, Json(created)))
+
+    fn api(&self, state: &AppState) -> Api<Rotation> {
+        Api::namespaced(state.client.clone(), &self.namespace)
+    }
+
+    fn what(&self) -> String {
+        format!("Rotation in namespace `{}`", self.namespace)
+    }
+
+    /// The answer to a retry: the Rotation an earlier request with the same
+    /// `Idempotency-Key` made, if there is one.
+    async fn replay(&self, state: &AppState, caller: &Caller) -> Result<Option<Answer>> {
+        let Some(name) = &self.idempotent_name else {
+            return Ok(None);
+        };
+        let existing = self
+            .api(state)
+            .get_opt(name)
+            .await
+            .map_err(|err| ApiError::from_kube(err, &self.what()))?;
+        existing
+            .map(|found| self.replayed(caller, found))
+            .transpose()
+    }
+
+    /// The same request again gets the same Rotation; another one under the same key is
+    /// a mistake worth stopping.
+    fn replayed(&self, caller: &Caller, existing: Rotation) -> Result<Answer> {
+        let name = existing.name_any();
+        caller.audit().rotation(&name);
+        if existing.annotations().get(REQUEST_HASH_ANNOTATION) == Some(&self.request_hash) {
+            return Ok((StatusCode::OK, Json(existing)));
         }
-        Err(kube::Error::Api(status)) if status.code == 409 && idempotent_name.is_some() => {
-            let name = idempotent_name.unwrap_or_default();
-            let existing = api
-                .get(&name)
-                .await
-                .map_err(|err| ApiError::from_kube(err, &what))?;
-            caller.audit().rotation(&name);
-            if existing.annotations().get(REQUEST_HASH_ANNOTATION) == Some(&request_hash) {
-                Ok((StatusCode::OK, Json(existing)))
-            } else {
-                Err(ApiError::IdempotencyConflict(format!(
-                    "this Idempotency-Key was used for a different request (Rotation `{namespace}/{name}`); use a new key for a new request"
-                )))
+        Err(ApiError::IdempotencyConflict(format!(
+            "this Idempotency-Key was used for a different request (Rotation `{}/{name}`); use a new key for a new request",
+            self.namespace
+        )))
+    }
+
+    /// Creates the Rotation and announces it; a concurrent twin that won the race is
+    /// answered as a replay.
+    async fn create(self, state: &AppState, caller: &Caller) -> Result<Answer> {
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PostParams::default()
+        };
+        match self.api(state).create(&params, &self.rotation).await {
+            Ok(created) => {
+                caller.audit().rotation(&created.name_any());
+                announce(state, &created, &caller.user.username).await;
+                Ok((StatusCode::CREATED, Json(created)))
             }
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                self.replay(state, caller).await?.ok_or_else(|| {
+                    ApiError::Unavailable(
+                        "the Rotation was created and deleted at the same moment; retry".to_owned(),
+                    )
+                })
+            }
+            Err(err) => Err(ApiError::from_kube(err, &self.what())),
         }
-        Err(err) => Err(ApiError::from_kube(err, &what)),
     }
 }
 

@@ -221,13 +221,13 @@ async fn a_runbook_rotates_through_the_api_safely_retried_and_audited() {
     assert_eq!(status.phase, Some(RotationPhase::Completed));
     assert_eq!(status.new_version.as_deref(), Some("2"));
 
-    // A dry run is listed first: newest first.
+    // A dry run is listed first: newest first (creation times have whole seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, dry) = Call::post(format!("{path}?dryRun=true"), &admin, spec.clone())
         .send(&api)
         .await;
     assert_eq!(status, StatusCode::CREATED, "{dry}");
     assert_eq!(dry["spec"]["dryRun"], true);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, list) = Call::get(&path, &admin).send(&api).await;
     assert_eq!(status, StatusCode::OK);
     let list: RotationList = serde_json::from_value(list).unwrap();
