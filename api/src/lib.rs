@@ -29,6 +29,10 @@ pub mod serve;
 use auth::Reviewer;
 use error::ApiError;
 
+/// How long a read of the public key file serves `GET /v1/publickeys`: a new key shows
+/// within this long (the controller seals with it from then on; older keys still open).
+pub const PUBLIC_KEYS_TTL: Duration = Duration::from_secs(5);
+
 /// How the API behaves; the command line fills it in.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -59,6 +63,9 @@ pub struct AppState {
     pub recorder: Recorder,
     /// Request counts and latencies.
     pub metrics: Arc<metrics::Metrics>,
+    /// The public key file, briefly: anyone may ask for it, and without this every
+    /// unauthenticated request would cost the API server a read.
+    pub public_keys: moka::future::Cache<(), String>,
     /// Settings.
     pub settings: Arc<Settings>,
 }
@@ -90,6 +97,10 @@ impl AppState {
             controller,
             recorder,
             metrics: Arc::default(),
+            public_keys: moka::future::Cache::builder()
+                .max_capacity(1)
+                .time_to_live(PUBLIC_KEYS_TTL)
+                .build(),
             settings: Arc::new(settings),
         }
     }

@@ -29,20 +29,28 @@ use crate::extract::{Caller, JsonBody};
     )
 )]
 pub async fn public_keys(State(state): State<AppState>) -> Result<Response> {
+    let keys = state
+        .public_keys
+        .try_get_with((), read_public_keys(&state))
+        .await
+        .map_err(|err| err.as_ref().clone())?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], keys).into_response())
+}
+
+async fn read_public_keys(state: &AppState) -> Result<String> {
     let namespace = &state.settings.namespace;
     let what = format!("ConfigMap `{namespace}/{PUBLIC_KEYS_CONFIGMAP}`");
     let config_map = Api::<ConfigMap>::namespaced(state.client.clone(), namespace)
         .get_opt(PUBLIC_KEYS_CONFIGMAP)
         .await
         .map_err(|err| ApiError::from_kube(err, &what))?;
-    let keys = config_map
+    config_map
         .and_then(|cm| cm.data?.remove(PUBLIC_KEYS_DATA))
         .ok_or_else(|| {
             ApiError::Unavailable(format!(
                 "no public keys yet: the controller publishes them in {what} once it has started"
             ))
-        })?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], keys).into_response())
+        })
 }
 
 /// Reports, per key, whether a SealedSecret's values open in this cluster.
