@@ -69,7 +69,7 @@ while [ "$(unsealed || echo 0)" -lt "$n" ]; do
   sleep 0.2
 done
 synced_count() {
-  kubectl get sealedsecrets -n "$ns" \
+  kubectl get sealedsecrets.sigil.dev -n "$ns" \
     -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Synced")].status}{"\n"}{end}' | grep -c True
 }
 until [ "$(synced_count)" -ge "$n" ]; do
@@ -79,7 +79,7 @@ done
 end=$(date +%s.%N)
 rss_kib=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 wall=$(awk "BEGIN { print $end - $start }")
-synced=$(kubectl get sealedsecrets -n "$ns" -o json | python3 -c '
+synced=$(kubectl get sealedsecrets.sigil.dev -n "$ns" -o json | python3 -c '
 import json, sys
 items = json.load(sys.stdin)["items"]
 print(sum(1 for o in items for c in (o.get("status") or {}).get("conditions", [])

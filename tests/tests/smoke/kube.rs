@@ -119,3 +119,29 @@ async fn next_widget(
         Err(_) => bail!("no watch event within 30s"),
     }
 }
+
+/// The environment installs Bitnami's SealedSecret CRD (same plural as Sigil's), so every
+/// test runs as on a cluster migrating from Bitnami; each API sees only its own objects.
+#[tokio::test]
+async fn sigils_sealedsecrets_live_beside_bitnamis() -> Result<()> {
+    let ctx = TestContext::new("beside-bitnami").await?;
+    sigil_tests::install_crds(&ctx.kube).await?;
+    let crds = Api::<CustomResourceDefinition>::all(ctx.kube.clone());
+    let bitnami = crds
+        .get("sealedsecrets.bitnami.com")
+        .await
+        .context("scripts/env installs Bitnami's SealedSecret CRD")?;
+    let sigil = crds.get("sealedsecrets.sigil.dev").await?;
+    assert_eq!(bitnami.spec.names.plural, sigil.spec.names.plural);
+
+    let gvk = GroupVersionKind::gvk("bitnami.com", "v1alpha1", "SealedSecret");
+    let resource = ApiResource::from_gvk(&gvk);
+    let theirs = Api::<DynamicObject>::namespaced_with(ctx.kube.clone(), &ctx.namespace, &resource);
+    let object = DynamicObject::new("db", &resource)
+        .data(serde_json::json!({"spec": {"encryptedData": {"password": "AgBy3i4OJSWK"}}}));
+    theirs.create(&PostParams::default(), &object).await?;
+    let ours = Api::<sigil_types::SealedSecret>::namespaced(ctx.kube.clone(), &ctx.namespace);
+    let listed = ours.list(&Default::default()).await?;
+    assert!(listed.items.is_empty(), "Sigil's API saw Bitnami's object");
+    Ok(())
+}
