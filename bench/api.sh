@@ -255,34 +255,30 @@ def peak_rss(pid):
     return int(fields["VmHWM"].split()[0]) / 1024, int(fields["VmRSS"].split()[0]) / 1024
 
 
-def server_side(a, b, method, path_re):
-    """duration_ms of the API's audit lines (stdout) of calls answered between two marks."""
-    out = []
+def audit_calls():
+    """The API's audit lines (stdout), each with the time it was answered."""
     with open(os.path.join(WORK, "api-audit.log")) as f:
         for line in f:
             try:
                 entry = json.loads(line)
-                t = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp()
+                end = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp()
             except (ValueError, KeyError):
                 continue
-            if a["t"] <= t <= b["t"] and entry.get("method") == method and re.fullmatch(path_re, entry.get("path", "")):
-                out.append(entry["duration_ms"])
-    return out
+            yield entry, end
+
+
+def server_side(a, b, method, path_re):
+    """duration_ms of the API's audit lines of calls answered between two marks."""
+    return [entry["duration_ms"] for entry, t in audit_calls()
+            if a["t"] <= t <= b["t"] and entry.get("method") == method
+            and re.fullmatch(path_re, entry.get("path", ""))]
 
 
 def overlapping_replays():
     """Replays (POST, 200) that arrived while their key's creating request (201) was still
     in flight, from the audit lines: the race an Idempotency-Key must win."""
-    calls = []
-    with open(os.path.join(WORK, "api-audit.log")) as f:
-        for line in f:
-            try:
-                e = json.loads(line)
-                end = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
-                if e.get("method") == "POST" and e.get("path") == ROTATIONS:
-                    calls.append((e["result"], e.get("rotation"), end - e["duration_ms"] / 1000, end))
-            except (ValueError, KeyError):
-                continue
+    calls = [(e["result"], e.get("rotation"), end - e["duration_ms"] / 1000, end)
+             for e, end in audit_calls() if e.get("method") == "POST" and e.get("path") == ROTATIONS]
     firsts = {rot: end for code, rot, _, end in calls if code == 201}
     return sum(1 for code, rot, start, _ in calls if code == 200 and rot in firsts and start < firsts[rot])
 

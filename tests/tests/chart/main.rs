@@ -280,41 +280,15 @@ async fn chart_lints() -> Result<()> {
         );
     }
     // Two replicas without leader election would unseal and renew keys concurrently.
-    let refused = helm(
-        env,
-        &[
-            "template",
-            "sigil",
-            &chart,
-            "--set",
-            "leaderElection.enabled=false",
-        ],
-    );
-    let err = format!(
-        "{:#}",
-        refused.err().context("replicas without a Lease rendered")?
-    );
+    let err = refused_render(env, &chart, "leaderElection.enabled=false")
+        .context("replicas without a Lease rendered")?;
     ensure!(
         err.contains("leaderElection.enabled"),
         "unexpected error: {err}"
     );
     // The API's ServiceAccount must be named when the chart does not create it.
-    let refused = helm(
-        env,
-        &[
-            "template",
-            "sigil",
-            &chart,
-            "--set",
-            "api.serviceAccount.create=false",
-        ],
-    );
-    let err = format!(
-        "{:#}",
-        refused
-            .err()
-            .context("an unnamed API ServiceAccount rendered")?
-    );
+    let err = refused_render(env, &chart, "api.serviceAccount.create=false")
+        .context("an unnamed API ServiceAccount rendered")?;
     ensure!(
         err.contains("api.serviceAccount.name is required"),
         "unexpected error: {err}"
@@ -1223,4 +1197,11 @@ async fn every_authenticated_user_reads_only_the_public_keys() -> Result<()> {
     bindings.delete(name(reader), &dp).await?;
     roles.delete(name(reader), &dp).await?;
     result
+}
+
+/// The error `helm template` gives for `--set SET`, or `None` when it rendered.
+fn refused_render(env: &Env, chart: &str, set: &str) -> Option<String> {
+    helm(env, &["template", "sigil", chart, "--set", set])
+        .err()
+        .map(|err| format!("{err:#}"))
 }
