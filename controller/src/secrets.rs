@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
@@ -93,7 +94,12 @@ impl Claim<'_> {
         let by_owner = secret
             .owner_references()
             .iter()
-            .find(|r| r.controller == Some(true) && r.kind == self.kind && r.uid != self.uid)
+            .find(|r| {
+                r.controller == Some(true)
+                    && is_sigils(r)
+                    && r.kind == self.kind
+                    && r.uid != self.uid
+            })
             .map(|r| format!("{} {}", r.kind, r.name));
         by_owner.or_else(|| {
             secret
@@ -103,6 +109,43 @@ impl Claim<'_> {
                 .map(|uid| format!("the object with UID {uid}"))
         })
     }
+}
+
+/// Whether the owner is one of Sigil's objects: Bitnami's SealedSecret and ESO's
+/// ExternalSecret share the kind names.
+fn is_sigils(owner: &OwnerReference) -> bool {
+    owner
+        .api_version
+        .strip_prefix(sigil_types::GROUP)
+        .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// A controller of the Secret outside Sigil, which would keep writing it: the API server
+/// also refuses a second controller reference.
+fn foreign_controller(secret: &Secret) -> Option<&OwnerReference> {
+    secret
+        .owner_references()
+        .iter()
+        .find(|r| r.controller == Some(true) && !is_sigils(r))
+}
+
+/// Why a Secret controlled outside Sigil was left alone, and how to hand it over.
+fn foreign_refusal(namespace: &str, name: &str, owner: &OwnerReference) -> Refusal {
+    let release = if owner.api_version.starts_with("bitnami.com/") {
+        format!(
+            "moving from Bitnami Sealed Secrets, delete that object but not its Secret: kubectl delete sealedsecrets.bitnami.com {} -n {namespace} --cascade=orphan",
+            owner.name
+        )
+    } else {
+        format!(
+            "remove that owner reference (or delete the {} with --cascade=orphan)",
+            owner.kind
+        )
+    };
+    Refusal::NotOwned(format!(
+        "Secret {namespace}/{name} is controlled by {} {} ({}), so it was left untouched; {release}, then annotate the Secret with {MANAGED_ANNOTATION}=\"true\"",
+        owner.kind, owner.name, owner.api_version
+    ))
 }
 
 /// Whether `existing` already carries everything `desired` sets (for `Own`, exactly the
@@ -235,6 +278,9 @@ impl SecretWriter<'_> {
                     return Ok(Written::Refused(Refusal::Conflict(format!(
                         "Secret {namespace}/{name} already belongs to {rival}; nothing was written. Give one of them another target.name"
                     ))));
+                }
+                if let Some(owner) = foreign_controller(existing) {
+                    return Ok(Written::Refused(foreign_refusal(&namespace, &name, owner)));
                 }
                 let opted_in = existing
                     .annotations()
@@ -451,6 +497,7 @@ mod tests {
         assert!(claim("u2").rival(&s).is_some());
         let mut t = secret(&[]);
         t.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "sigil.dev/v1".into(),
             kind: "ExternalSecret".into(),
             name: "first".into(),
             uid: "u1".into(),
@@ -462,6 +509,39 @@ mod tests {
             claim("u2").rival(&t).as_deref(),
             Some("ExternalSecret first")
         );
+        assert!(foreign_controller(&t).is_none());
+    }
+
+    #[test]
+    fn a_secret_controlled_outside_sigil_is_foreign_even_with_the_same_kind() {
+        let mut s = secret(&[]);
+        s.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "bitnami.com/v1alpha1".into(),
+            kind: "SealedSecret".into(),
+            name: "db".into(),
+            uid: "b1".into(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }]);
+        let sealed = Claim {
+            kind: "SealedSecret",
+            uid: "s1",
+            mode: Mode::Own,
+        };
+        assert_eq!(sealed.rival(&s), None);
+        let owner = foreign_controller(&s).expect("Bitnami's controller reference");
+        let Refusal::NotOwned(message) = foreign_refusal("prod", "db", owner) else {
+            panic!("a foreign controller is a NotOwned refusal");
+        };
+        assert!(
+            message
+                .contains("kubectl delete sealedsecrets.bitnami.com db -n prod --cascade=orphan")
+                && message.contains("sigil.dev/managed"),
+            "{message}"
+        );
+        // A sigil.dev lookalike group is not Sigil's.
+        s.metadata.owner_references.as_mut().unwrap()[0].api_version = "sigil.dev.evil/v1".into();
+        assert!(foreign_controller(&s).is_some());
     }
 
     #[test]

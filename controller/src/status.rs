@@ -2,6 +2,25 @@
 //! transition time moves only when their status does, status written by server-side
 //! apply only when it changed, and Events when something was written or went wrong in
 //! a new way.
+//!
+//! Every kind says how it is in one [`Health`], which [`conditions`] turns into the
+//! conditions GitOps tools read, so that kstatus (`sigs.k8s.io/cli-utils`, used by Flux),
+//! Flux and Argo CD agree:
+//!
+//! | health | conditions | kstatus | Argo CD (chart README) |
+//! |---|---|---|---|
+//! | [`Health::Ready`] | `Ready=True` | Current | Healthy |
+//! | [`Health::Progressing`] | `Ready=False`, `Reconciling=True` | InProgress | Progressing |
+//! | [`Health::Failed`] | `Ready=False`, `Stalled=True` | Failed | Degraded |
+//!
+//! kstatus decides, in this order: `metadata.generation` differs from
+//! `status.observedGeneration` → InProgress; a `Reconciling` condition with status True →
+//! InProgress; a `Stalled` condition with status True → Failed; then (for kinds it has no
+//! rule of its own for) `Ready=True` → Current and `Ready=False` → InProgress, never
+//! Failed. Hence `Stalled`: without it a failure would read as work in progress until a
+//! GitOps tool's timeout. `Reconciling` and `Stalled` follow the "abnormal-true" polarity
+//! and are written only while true, as Flux's controllers do; each carries `Ready`'s
+//! reason and message. Every condition carries the `observedGeneration` it describes.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -14,9 +33,57 @@ use serde::de::DeserializeOwned;
 use crate::MANAGER;
 use crate::error::{KubeContext, Result};
 
+/// How a reconcile left an object, in the terms GitOps tools read (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// The object is what its spec asks for: `Ready=True`.
+    Ready,
+    /// Work is under way, or waits for something that is on its way: `Ready=False` and
+    /// `Reconciling=True`.
+    Progressing,
+    /// The reconcile failed. The controller may well retry (an outage can pass), but the
+    /// object does not do its job now and a person may have to act: `Ready=False` and
+    /// `Stalled=True`.
+    Failed,
+}
+
+/// The condition `Ready` that every kind writes.
+pub(crate) const READY: &str = "Ready";
+/// kstatus's condition for work under way (abnormal-true: written only while true).
+pub(crate) const RECONCILING: &str = "Reconciling";
+/// kstatus's condition for a failure (abnormal-true: written only while true).
+pub(crate) const STALLED: &str = "Stalled";
+
+/// The conditions of an object at `generation` whose reconcile ended in `health` for
+/// `reason`: `Ready`, then `Reconciling` or `Stalled` while true, then each type of
+/// `twins` with `Ready`'s status (kind-specific conditions kept for compatibility, such
+/// as a SealedSecret's `Synced`). All carry `reason` and `message`; a condition whose
+/// status is unchanged keeps its transition time from `previous`, so that writing the
+/// same outcome again changes nothing.
+pub(crate) fn conditions(
+    previous: &[Condition],
+    generation: Option<i64>,
+    health: Health,
+    reason: &str,
+    message: &str,
+    twins: &[&str],
+) -> Vec<Condition> {
+    let ready = health == Health::Ready;
+    let abnormal = match health {
+        Health::Ready => None,
+        Health::Progressing => Some(RECONCILING),
+        Health::Failed => Some(STALLED),
+    };
+    std::iter::once((READY, ready))
+        .chain(abnormal.map(|type_| (type_, true)))
+        .chain(twins.iter().map(|type_| (*type_, ready)))
+        .map(|(type_, ok)| condition(previous, type_, ok, reason, message, generation))
+        .collect()
+}
+
 /// A condition of `type_` for an object at `generation`, keeping the previous transition
 /// time when the status did not change.
-pub(crate) fn condition(
+fn condition(
     previous: &[Condition],
     type_: &str,
     ok: bool,
@@ -179,6 +246,89 @@ mod tests {
         let recovered = condition(&[again], "Ready", true, "SecretSynced", "ok", Some(2));
         assert_ne!(recovered.last_transition_time, first.last_transition_time);
         assert_eq!(recovered.status, "True");
+    }
+
+    fn summary(conditions: &[Condition]) -> Vec<(&str, &str, &str)> {
+        conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn each_health_writes_what_kstatus_reads() {
+        let ready = conditions(&[], Some(3), Health::Ready, "Unsealed", "ok", &["Synced"]);
+        assert_eq!(
+            summary(&ready),
+            [
+                ("Ready", "True", "Unsealed"),
+                ("Synced", "True", "Unsealed")
+            ]
+        );
+        let progressing = conditions(&[], Some(3), Health::Progressing, "Staged", "…", &[]);
+        assert_eq!(
+            summary(&progressing),
+            [
+                ("Ready", "False", "Staged"),
+                ("Reconciling", "True", "Staged")
+            ]
+        );
+        let failed = conditions(&[], Some(3), Health::Failed, "Tampered", "bad", &["Synced"]);
+        assert_eq!(
+            summary(&failed),
+            [
+                ("Ready", "False", "Tampered"),
+                ("Stalled", "True", "Tampered"),
+                ("Synced", "False", "Tampered")
+            ]
+        );
+        assert!(
+            [ready, progressing, failed]
+                .iter()
+                .flatten()
+                .all(|c| c.observed_generation == Some(3) && !c.message.is_empty())
+        );
+    }
+
+    #[test]
+    fn the_same_outcome_again_is_the_same_status() {
+        let first = conditions(
+            &[],
+            Some(1),
+            Health::Failed,
+            "ProviderUnavailable",
+            "down",
+            &[],
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let again = conditions(
+            &first,
+            Some(1),
+            Health::Failed,
+            "ProviderUnavailable",
+            "down",
+            &[],
+        );
+        assert_eq!(again, first, "no timestamp churn");
+        let other = conditions(
+            &first,
+            Some(1),
+            Health::Failed,
+            "AuthFailed",
+            "refused",
+            &[],
+        );
+        assert_eq!(other[1].type_, "Stalled");
+        assert_eq!(
+            other[1].last_transition_time, first[1].last_transition_time,
+            "still stalled, for another reason"
+        );
+        let recovered = conditions(&other, Some(1), Health::Ready, "SecretSynced", "ok", &[]);
+        assert_eq!(summary(&recovered), [("Ready", "True", "SecretSynced")]);
+        assert_ne!(
+            recovered[0].last_transition_time,
+            first[0].last_transition_time
+        );
     }
 
     #[test]

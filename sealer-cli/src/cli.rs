@@ -54,6 +54,11 @@ pub(crate) enum Command {
     /// Re-seal SealedSecrets to the cluster's newest sealing key, through sigil-api.
     #[command(after_help = EXIT_CODES)]
     Reseal(ResealArgs),
+    /// Move SealedSecrets made by other tools to Sigil, offline.
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
     /// Print a shell completion script.
     ///
     /// For example `sigil completions bash > /etc/bash_completion.d/sigil`, or
@@ -325,6 +330,60 @@ pub(crate) struct ResealArgs {
     pub(crate) out: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) api: ApiArgs,
+}
+
+const MIGRATE_BITNAMI: &str = "\
+Re-seal Bitnami SealedSecrets as Sigil SealedSecrets, offline, with Bitnami's keys.
+
+Each value is opened in memory with Bitnami's private keys and sealed to the Sigil keys of --cert \
+for the same namespace, name, data key and scope (strict; namespace-wide as namespace; \
+cluster-wide as cluster). The template's type, immutable, labels and annotations are kept; \
+Bitnami's data templates are refused. A directory is migrated file by file into the same relative \
+paths under -w: other documents pass through, and files without a Bitnami SealedSecret are copied \
+as they are. Nothing is written unless every value opens, and plaintext never leaves memory.
+
+For example, without writing Bitnami's keys to a file:
+
+  sigil cert -w sigil.pub
+  kubectl get secret -n kube-system -l sealedsecrets.bitnami.com/sealed-secrets-key -o yaml |
+    sigil migrate bitnami --bitnami-key /dev/stdin --cert sigil.pub -f k8s/ -w k8s-sigil/";
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum MigrateCommand {
+    /// Re-seal Bitnami SealedSecrets as Sigil SealedSecrets, offline, with Bitnami's keys.
+    #[command(long_about = MIGRATE_BITNAMI, after_help = EXIT_CODES)]
+    Bitnami(MigrateBitnamiArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct MigrateBitnamiArgs {
+    /// Bitnami's private sealing keys: PEM (tls.key, PKCS#1 or PKCS#8), or the key
+    /// Secrets as `kubectl get secret -l sealedsecrets.bitnami.com/sealed-secrets-key -o
+    /// yaml` prints them. Repeat, or list several files: every key is tried, so values
+    /// sealed before a key renewal open too.
+    #[arg(long = "bitnami-key", value_name = "FILE", required = true, num_args = 1..)]
+    pub(crate) bitnami_keys: Vec<PathBuf>,
+    /// Sigil public key file (`sigil.pub.v1` lines, e.g. from `sigil cert`) to seal to;
+    /// repeat for several clusters, as with `sigil seal --cert`.
+    #[arg(long = "cert", value_name = "FILE", required = true)]
+    pub(crate) certs: Vec<PathBuf>,
+    /// Namespace of SealedSecrets that do not set metadata.namespace (e.g. one that
+    /// kustomize sets); their output does not set it either.
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub(crate) namespace: Option<String>,
+    /// Bitnami SealedSecrets: a file, a directory (file by file into the -w directory),
+    /// or `-`.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE|DIR|-",
+        default_value = "-"
+    )]
+    pub(crate) input: PathBuf,
+    /// Write to this file (or directory, for a directory input) instead of stdout; never
+    /// over an input file. Each file keeps its format (YAML or JSON).
+    #[arg(short = 'w', long = "write", value_name = "OUT")]
+    pub(crate) out: Option<PathBuf>,
 }
 
 /// Shells `sigil completions` writes for.

@@ -13,6 +13,7 @@ mod cluster;
 mod document;
 mod failure;
 mod keys;
+mod migrate;
 mod output;
 mod reseal;
 mod rotate;
@@ -20,7 +21,7 @@ mod seal;
 mod unseal;
 mod verify;
 
-use cli::{Cli, Command, KeysCommand};
+use cli::{Cli, Command, KeysCommand, MigrateCommand};
 use failure::Failure;
 
 fn main() -> ExitCode {
@@ -38,6 +39,9 @@ fn main() -> ExitCode {
         Command::Rotate(args) => rotate::run(&args),
         Command::Verify(args) => verify::run(&args),
         Command::Reseal(args) => reseal::run(&args),
+        Command::Migrate { command } => match command {
+            MigrateCommand::Bitnami(args) => migrate::bitnami(&args),
+        },
         Command::Completions(args) => cli::completions(&args),
     };
     match result {

@@ -389,8 +389,10 @@ pub struct ExtractRef {
 /// What the controller last did with an ExternalSecret.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {"observedGeneration": 0}))]
 pub struct ExternalSecretStatus {
-    /// The generation the status describes.
+    /// The generation the status describes; 0 (filled in by the API server) until the
+    /// controller first reports, so that kstatus, Flux and Argo CD see work to be done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// When the store was last read successfully.
@@ -403,7 +405,9 @@ pub struct ExternalSecretStatus {
     /// ESO compatibility: the Secret written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<SecretBinding>,
-    /// Conditions; `Ready` says whether the Secret holds what the store holds.
+    /// Conditions: `Ready` says whether the Secret holds what the store holds;
+    /// `Stalled` is present (True) while syncing fails (a failed read is retried), and
+    /// `Reconciling` while the store it names does not exist yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -195,8 +195,10 @@ impl RotationPhase {
 /// What a Rotation found, did and is doing. Never holds a value.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {"observedGeneration": 0}))]
 pub struct RotationStatus {
-    /// The generation acted on.
+    /// The generation acted on; 0 (filled in by the API server) until the controller
+    /// first reports, so that kstatus, Flux and Argo CD see work to be done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Where the Rotation is.
@@ -228,7 +230,8 @@ pub struct RotationStatus {
     /// Sealing-key Rotations: how many SealedSecrets still use each key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sealing_keys: Vec<SealingKeyUse>,
-    /// `Ready`: True when Completed, False with the reason otherwise.
+    /// `Ready`: True when Completed, False with the reason otherwise; `Reconciling`
+    /// (True) while a step is under way or waits, `Stalled` (True) once Failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

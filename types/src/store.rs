@@ -478,11 +478,14 @@ pub struct ClusterSecretStoreCondition {
 /// What the controller last found out about a store.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {"observedGeneration": 0}))]
 pub struct SecretStoreStatus {
-    /// The generation the status describes.
+    /// The generation the status describes; 0 (filled in by the API server) until the
+    /// controller first reports, so that kstatus, Flux and Argo CD see work to be done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Conditions; `Ready` says whether the store could be logged in to.
+    /// Conditions: `Ready` says whether the store could be logged in to; `Stalled` is
+    /// present (True) while it cannot (checked again with backoff).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// What Sigil may do with the store, as ESO spells it: `ReadOnly` or `ReadWrite`

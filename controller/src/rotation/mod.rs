@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::restart::Restarter;
 use crate::sealed::keys::Keys;
-use crate::status;
+use crate::status::{self, Health};
 use crate::sync::SyncContext;
 
 /// How long a failed step waits at most before it is tried again.
@@ -318,21 +318,28 @@ async fn run_step(
     }
 }
 
-/// The `Ready` condition for a Rotation in `phase`.
-fn ready(
+/// The conditions of a Rotation in `phase`: `Ready` once Completed, `Stalled` once
+/// Failed (nothing more will happen: a new Rotation is the way on), `Reconciling` in
+/// every step between (also while a step waits or retries).
+fn conditions_of(
     obj: &Rotation,
     status: &RotationStatus,
     phase: RotationPhase,
     reason: &str,
     message: &str,
-) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    status::condition(
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let health = match phase {
+        RotationPhase::Completed => Health::Ready,
+        RotationPhase::Failed => Health::Failed,
+        _ => Health::Progressing,
+    };
+    status::conditions(
         &status.conditions,
-        "Ready",
-        phase == RotationPhase::Completed,
+        obj.metadata.generation,
+        health,
         reason,
         message,
-        obj.metadata.generation,
+        &[],
     )
 }
 
@@ -355,8 +362,7 @@ async fn record(
         RotationPhase::Completed if obj.spec.is_dry_run() => "DryRun",
         phase => phase.as_str(),
     };
-    let condition = ready(obj, &status, outcome.phase, reason, &outcome.message);
-    status.conditions = vec![condition];
+    status.conditions = conditions_of(obj, &status, outcome.phase, reason, &outcome.message);
     let written = status::record_status_at(api_of(ctx, obj), &ctx.limiter, obj, &status).await?;
     let event_reason = if outcome.phase == RotationPhase::Completed {
         StepName::Complete.event_reason()
@@ -394,14 +400,13 @@ async fn record_failed(
     );
     status.phase = Some(RotationPhase::Failed);
     status.observed_generation = obj.metadata.generation;
-    let condition = ready(
+    status.conditions = conditions_of(
         obj,
         &status,
         RotationPhase::Failed,
         failure.reason,
         &failure.message,
     );
-    status.conditions = vec![condition];
     let written = status::record_status_at(api_of(ctx, obj), &ctx.limiter, obj, &status).await?;
     announce(
         ctx,
@@ -432,7 +437,7 @@ async fn note_waiting(
         StepName::Resolve | StepName::Stage => "Waiting",
         _ => phase.as_str(),
     };
-    status.conditions = vec![ready(obj, &status, phase, reason, message)];
+    status.conditions = conditions_of(obj, &status, phase, reason, message);
     status.observed_generation = obj.metadata.generation;
     if status != before {
         status::record_status_at(api_of(ctx, obj), &ctx.limiter, obj, &status).await?;

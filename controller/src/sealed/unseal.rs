@@ -24,16 +24,19 @@ use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::sealed::keys::{KeyState, Keys};
 use crate::secrets::{Claim, Mode, Refusal, SecretWriter, Written};
-use crate::status;
+use crate::status::{self, Health};
 
 pub use crate::secrets::MANAGED_ANNOTATION;
 /// Label on every Secret the controller writes, so its watch sees only those.
 pub const OWNER_LABEL: &str = "sigil.dev/sealed-secret";
+/// The condition SealedSecrets wrote before `Ready`, kept beside it (same status, reason
+/// and message) for the tools and scripts that read it.
+pub const SYNCED: &str = "Synced";
 /// The most plaintext one Secret may hold (the API server's limit).
 const MAX_SECRET_BYTES: usize = 1024 * 1024;
 
-/// Why a SealedSecret is or is not synced: the `Synced` condition's reason, the Event
-/// reason and the metric label, from one fixed set.
+/// Why a SealedSecret is or is not synced: the reason of its `Ready` and `Synced`
+/// conditions, the Event reason and the metric label, from one fixed set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// Every value opened and the Secret matches.
@@ -345,17 +348,24 @@ impl Context {
             .as_ref()
             .map(|s| s.conditions.as_slice())
             .unwrap_or_default();
+        // Every failure here is input a person must fix (re-seal, import a key, free the
+        // Secret's name): `Stalled`, which GitOps tools report as failed.
+        let health = if synced {
+            Health::Ready
+        } else {
+            Health::Failed
+        };
         let status = SealedSecretStatus {
             observed_generation: obj.metadata.generation,
             key_ids: outcome.key_ids.clone(),
-            conditions: vec![status::condition(
+            conditions: status::conditions(
                 previous,
-                "Synced",
-                synced,
+                obj.metadata.generation,
+                health,
                 outcome.reason.as_str(),
                 &outcome.message,
-                obj.metadata.generation,
-            )],
+                &[SYNCED],
+            ),
         };
         status::patch_status(
             Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default()),
@@ -366,7 +376,7 @@ impl Context {
         )
         .await?;
         let reason_changed =
-            status::reason_of(previous, "Synced").is_none_or(|r| r != outcome.reason.as_str());
+            status::reason_of(previous, SYNCED).is_none_or(|r| r != outcome.reason.as_str());
         if outcome.wrote || (!synced && reason_changed) {
             status::publish(
                 &self.recorder,

@@ -30,7 +30,7 @@ use crate::backoff::ObjectKey;
 use crate::error::{Error, Result};
 use crate::metrics::SyncLabel;
 use crate::secrets::{Claim, Mode, OWNED_BY_ANNOTATION, Refusal, Written};
-use crate::status;
+use crate::status::{self, Health};
 
 /// Annotation whose every new value refreshes at once, bypassing the read cache.
 pub const FORCE_SYNC_ANNOTATION: &str = "sigil.dev/force-sync";
@@ -127,6 +127,9 @@ impl SyncReason {
 pub(crate) struct Failure {
     reason: SyncReason,
     pub(crate) message: String,
+    /// [`Health::Failed`], but [`Health::Progressing`] while the sync waits for an object
+    /// that GitOps may apply a moment later (its store).
+    health: Health,
 }
 
 impl Failure {
@@ -134,6 +137,15 @@ impl Failure {
         Self {
             reason,
             message: message.into(),
+            health: Health::Failed,
+        }
+    }
+
+    /// A sync that waits for something not there yet (`Reconciling`, not `Stalled`).
+    fn waiting(reason: SyncReason, message: impl Into<String>) -> Self {
+        Self {
+            health: Health::Progressing,
+            ..Self::new(reason, message)
         }
     }
 }
@@ -506,8 +518,11 @@ pub(crate) async fn resolve_store(
             .get(&ObjectRef::new(&reference.name).within(namespace))
             .map(|s| s.as_ref().into()),
     };
+    // A store applied together with its ExternalSecret may reach this cache a moment
+    // later (its watch then syncs again): in progress, not failed. A typo in the
+    // reference stays in progress until a GitOps tool's timeout, with this message.
     let Some(store) = found else {
-        return Ok(Err(Failure::new(
+        return Ok(Err(Failure::waiting(
             SyncReason::StoreNotReady,
             format!(
                 "{store_ref} does not exist; create it, or fix spec.secretStoreRef (kind {})",
@@ -626,24 +641,25 @@ fn desired_secret(job: &Job<'_>, data: &Data) -> Secret {
     }
 }
 
-/// The `Ready` condition for `reason`, true only for `SecretSynced`.
-fn ready_condition(
+/// The conditions of `obj` after a sync that ended in `health` for `reason`.
+fn conditions_of(
     obj: &ExternalSecret,
+    health: Health,
     reason: SyncReason,
     message: &str,
-) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     let previous = obj
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    status::condition(
+    status::conditions(
         previous,
-        "Ready",
-        reason == SyncReason::SecretSynced,
+        obj.metadata.generation,
+        health,
         reason.as_str(),
         message,
-        obj.metadata.generation,
+        &[],
     )
 }
 
@@ -684,7 +700,7 @@ async fn record_synced(
         binding: (!synced.deleted).then(|| SecretBinding {
             name: job.target.clone(),
         }),
-        conditions: vec![ready_condition(obj, SyncReason::SecretSynced, &message)],
+        conditions: conditions_of(obj, Health::Ready, SyncReason::SecretSynced, &message),
     };
     status::patch_status(ctx.api_of(obj), &ctx.limiter, obj, previous, &status).await?;
     if synced.wrote {
@@ -714,12 +730,12 @@ async fn record_failed(obj: &ExternalSecret, ctx: &SyncContext, failure: &Failur
         .unwrap_or_default();
     let status = ExternalSecretStatus {
         observed_generation: obj.metadata.generation,
-        conditions: vec![ready_condition(obj, failure.reason, &failure.message)],
+        conditions: conditions_of(obj, failure.health, failure.reason, &failure.message),
         // What was last synced stays on record.
         ..previous.cloned().unwrap_or_default()
     };
     status::patch_status(ctx.api_of(obj), &ctx.limiter, obj, previous, &status).await?;
-    if status::reason_of(conditions, "Ready") != Some(failure.reason.as_str()) {
+    if status::reason_of(conditions, status::READY) != Some(failure.reason.as_str()) {
         status::publish(
             &ctx.recorder,
             &ctx.limiter,

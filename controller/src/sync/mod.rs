@@ -365,7 +365,7 @@ async fn housekeeping(ctx: Arc<SyncContext>) {
             let reason = es
                 .status
                 .as_ref()
-                .and_then(|s| crate::status::reason_of(&s.conditions, "Ready"))
+                .and_then(|s| crate::status::reason_of(&s.conditions, crate::status::READY))
                 .and_then(|r| SyncReason::ALL.into_iter().find(|k| k.as_str() == r))
                 .map_or("Pending", SyncReason::as_str);
             *counts.entry(reason).or_default() += 1;

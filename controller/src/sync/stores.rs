@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, KubeContext, Result};
-use crate::status;
+use crate::status::{self, Health};
 use crate::sync::SyncContext;
 
 /// How long a provider request may take.
@@ -797,14 +797,20 @@ where
         .unwrap_or_default();
     let status = SecretStoreStatus {
         observed_generation: obj.meta().generation,
-        conditions: vec![status::condition(
+        // A store that cannot be used fails every ExternalSecret that reads it, whether
+        // its settings are wrong or its provider is down (checked again with backoff).
+        conditions: status::conditions(
             conditions,
-            "Ready",
-            problem.is_none(),
+            obj.meta().generation,
+            if problem.is_none() {
+                Health::Ready
+            } else {
+                Health::Failed
+            },
             reason,
             &message,
-            obj.meta().generation,
-        )],
+            &[],
+        ),
         capabilities: Some("ReadOnly".to_owned()),
     };
     status::patch_status(
@@ -815,7 +821,7 @@ where
         &status,
     )
     .await?;
-    if problem.is_some() && status::reason_of(conditions, "Ready") != Some(reason) {
+    if problem.is_some() && status::reason_of(conditions, status::READY) != Some(reason) {
         status::publish(
             &ctx.recorder,
             &ctx.limiter,

@@ -4,6 +4,7 @@
 mod api;
 mod cluster;
 mod ha;
+mod health;
 mod internal;
 mod keys;
 mod restart;

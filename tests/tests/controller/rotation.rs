@@ -31,7 +31,7 @@ async fn started(ctx: &TestContext) -> Controller {
     controller
 }
 
-async fn rotation(ctx: &TestContext, name: &str, spec: Value) {
+pub(crate) async fn rotation(ctx: &TestContext, name: &str, spec: Value) {
     apply_obj::<Rotation>(
         Api::namespaced(ctx.kube.clone(), &ctx.namespace),
         "Rotation",
@@ -55,7 +55,7 @@ async fn rotate(ctx: &TestContext, name: &str, spec: Value) -> Rotation {
 }
 
 /// The Rotation once it reached `Completed` or `Failed`.
-async fn finished(ctx: &TestContext, name: &str) -> Rotation {
+pub(crate) async fn finished(ctx: &TestContext, name: &str) -> Rotation {
     eventually(Duration::from_secs(60), || async {
         let obj = Api::<Rotation>::namespaced(ctx.kube.clone(), &ctx.namespace)
             .get(name)

@@ -413,6 +413,17 @@ pub async fn wait_reason(ctx: &TestContext, name: &str, reason: &str) -> String 
     .await
 }
 
+/// Flips a bit of a sealed value's last byte (its ciphertext's tag): a value altered
+/// after sealing.
+pub fn tamper(sealed: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let mut bytes = STANDARD.decode(sealed).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    STANDARD.encode(bytes)
+}
+
 /// Makes an offline key pair `NAME.key`/`NAME.pub` in `dir` and seals `secret` to it:
 /// a SealedSecret this cluster cannot open until the key is imported.
 pub fn seal_with_offline_key(

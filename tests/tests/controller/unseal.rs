@@ -7,8 +7,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Event, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams, PropagationPolicy,
+};
 use sigil_tests::TestContext;
 use sigil_types::SealedSecret;
 
@@ -182,12 +186,89 @@ async fn a_secret_it_does_not_own_is_left_alone_until_it_opts_in() {
     );
 }
 
-/// Flips one character in the middle of a base64 value, past the header and stanza.
-fn tamper(sealed: &str) -> String {
-    let mut bytes = STANDARD.decode(sealed).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x01;
-    STANDARD.encode(bytes)
+/// The migration guide's hand-over: the Secret Bitnami's controller made stays in place,
+/// same object and bytes, while Sigil's SealedSecret of the same name takes it over.
+#[tokio::test]
+async fn a_secret_bitnami_made_is_handed_over_without_a_gap() {
+    let ctx = TestContext::new("handover").await.unwrap();
+    install_crds(&ctx.kube).await;
+    let controller = Controller::start(&ctx, "a", &[]);
+    controller.wait_ready().await;
+    let gvk = GroupVersionKind::gvk("bitnami.com", "v1alpha1", "SealedSecret");
+    let kind = ApiResource::from_gvk_with_plural(&gvk, "sealedsecrets");
+    let bitnamis = Api::<DynamicObject>::namespaced_with(ctx.kube.clone(), &ctx.namespace, &kind);
+    let mut theirs = DynamicObject::new("app", &kind).within(&ctx.namespace);
+    theirs.data = serde_json::json!({"spec": {"encryptedData": {"token": "AgBy3i4OJSWK"}}});
+    let theirs = bitnamis
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let secrets = Api::<Secret>::namespaced(ctx.kube.clone(), &ctx.namespace);
+    let made_by_bitnami = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("app".into()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "bitnami.com/v1alpha1".into(),
+                kind: "SealedSecret".into(),
+                name: "app".into(),
+                uid: theirs.uid().unwrap(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            annotations: Some(BTreeMap::from([(
+                "sigil.dev/managed".to_owned(),
+                "true".to_owned(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "token".to_owned(),
+            ByteString(b"same".to_vec()),
+        )])),
+        ..Default::default()
+    };
+    let before = secrets
+        .create(&PostParams::default(), &made_by_bitnami)
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let ours = seal_with_cluster_key(
+        &ctx,
+        dir.path(),
+        &secret_yaml(&ctx.namespace, "app", &[("token", "same")]),
+    );
+    apply(&ctx, &ours).await;
+    // Opting in is not enough while Bitnami's controller still controls the Secret.
+    let message = wait_reason(&ctx, "app", "SecretNotOwned").await;
+    assert!(
+        message.contains(&format!(
+            "kubectl delete sealedsecrets.bitnami.com app -n {} --cascade=orphan",
+            ctx.namespace
+        )),
+        "{message}"
+    );
+
+    bitnamis
+        .delete(
+            "app",
+            &DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Orphan),
+                ..DeleteParams::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_reason(&ctx, "app", "Unsealed").await;
+    let after = secret(&ctx, "app").await.unwrap();
+    assert_eq!(after.uid(), before.uid(), "the Secret was never recreated");
+    assert_eq!(value(&after, "token").as_deref(), Some(&b"same"[..]));
+    let owners: Vec<_> = after
+        .owner_references()
+        .iter()
+        .map(|r| (r.api_version.as_str(), r.kind.as_str()))
+        .collect();
+    assert_eq!(owners, [("sigil.dev/v1", "SealedSecret")]);
 }
 
 #[tokio::test]
