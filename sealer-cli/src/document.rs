@@ -219,12 +219,19 @@ pub(crate) struct PlainSecret {
 /// Annotations that describe an object's history on a server, not the Secret itself.
 const DROPPED_ANNOTATIONS: [&str; 1] = ["kubectl.kubernetes.io/last-applied-configuration"];
 
-fn string_map(
-    map: Option<&Value>,
+/// The last segment of a field's path: its name in the object that holds it.
+fn field_name(field: &str) -> &str {
+    field.rsplit('.').next().unwrap_or(field)
+}
+
+/// A map of strings, such as `metadata.labels`, from the object holding it; `field` is
+/// its path, for messages. Absent and null are empty.
+pub(crate) fn string_map(
+    object: &Map<String, Value>,
     field: &str,
     origin: &Origin,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let Some(map) = map.filter(|v| !v.is_null()) else {
+    let Some(map) = object.get(field_name(field)).filter(|v| !v.is_null()) else {
         return Ok(BTreeMap::new());
     };
     let Value::Object(map) = map else {
@@ -244,17 +251,36 @@ fn string_map(
         .collect()
 }
 
-fn optional_string(
+/// A string, such as `metadata.name`, from the object holding it; `field` is its path,
+/// for messages. Absent and null are `None`.
+pub(crate) fn optional_string(
     object: &Map<String, Value>,
     field: &str,
     origin: &Origin,
 ) -> anyhow::Result<Option<String>> {
-    match object.get(field.rsplit('.').next().unwrap_or(field)) {
+    match object.get(field_name(field)) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => fail(
             format!("{origin}: field `{field}` is not a string"),
             format!("set `{field}` to a quoted string"),
+        ),
+    }
+}
+
+/// A boolean, such as `immutable`, from the object holding it; `field` is its path, for
+/// messages. Absent and null are `None`.
+pub(crate) fn optional_bool(
+    object: &Map<String, Value>,
+    field: &str,
+    origin: &Origin,
+) -> anyhow::Result<Option<bool>> {
+    match object.get(field_name(field)) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => fail(
+            format!("{origin}: field `{field}` is not true or false"),
+            format!("write `{}: true` or remove the field", field_name(field)),
         ),
     }
 }
@@ -320,21 +346,11 @@ impl PlainSecret {
                 );
             }
         };
-        let mut annotations =
-            string_map(metadata.get("annotations"), "metadata.annotations", origin)?;
+        let mut annotations = string_map(metadata, "metadata.annotations", origin)?;
         for dropped in DROPPED_ANNOTATIONS {
             annotations.remove(dropped);
         }
-        let immutable = match object.get("immutable") {
-            None | Some(Value::Null) => None,
-            Some(Value::Bool(b)) => Some(*b),
-            Some(_) => {
-                return fail(
-                    format!("{origin}: field `immutable` is not true or false"),
-                    "write `immutable: true` or remove the field",
-                );
-            }
-        };
+        let immutable = optional_bool(object, "immutable", origin)?;
         let mut data = BTreeMap::new();
         if let Some(encoded) = object.get("data").filter(|v| !v.is_null()) {
             let Value::Object(encoded) = encoded else {
@@ -390,7 +406,7 @@ impl PlainSecret {
             namespace: optional_string(metadata, "metadata.namespace", origin)?,
             type_: optional_string(object, "type", origin)?,
             immutable,
-            labels: string_map(metadata.get("labels"), "metadata.labels", origin)?,
+            labels: string_map(metadata, "metadata.labels", origin)?,
             annotations,
             data,
         })

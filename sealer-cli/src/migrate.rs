@@ -10,21 +10,22 @@
 mod bitnami;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use clap::{Args as _, FromArgMatches as _};
 use serde_json::{Map, Value};
-use sigil_core::{Binding, PublicKey};
-use sigil_types::{SealedSecret, SealedSecretSpec, SecretTemplate, TemplateMetadata};
+use sigil_core::PublicKey;
+use sigil_types::SecretTemplate;
 use zeroize::Zeroizing;
 
-use crate::cli::{Format, MigrateBitnamiArgs, SealArgs};
-use crate::document::{self, Document, Origin, Wiped, check_data_key};
+use crate::cli::{Format, MigrateBitnamiArgs};
+use crate::document::{
+    self, Document, Origin, Wiped, check_data_key, optional_bool, optional_string, string_map,
+};
 use crate::failure::{Failure, fail};
-use crate::output;
+use crate::output::{self, Destination};
+use crate::seal::{self, Target};
 
 /// The only Bitnami API version there is (kubeseal up to v0.36 at least).
 const BITNAMI_API_VERSION: &str = "bitnami.com/v1alpha1";
@@ -62,7 +63,7 @@ pub(crate) fn bitnami(args: &MigrateBitnamiArgs) -> anyhow::Result<()> {
     let inputs = inputs(args)?;
     let keys = Keys {
         bitnami: load_bitnami_keys(&args.bitnami_keys)?,
-        recipients: recipients(&args.certs)?,
+        recipients: seal::recipients_from_files(&args.certs)?,
         namespace: args.namespace.clone().filter(|ns| !ns.is_empty()),
     };
     let lenient = args.input.is_dir();
@@ -120,44 +121,22 @@ struct Input {
     out: Option<PathBuf>,
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 /// Every file to migrate, with where it goes; refuses any output that is an input.
 fn inputs(args: &MigrateBitnamiArgs) -> anyhow::Result<Vec<Input>> {
-    if !args.input.is_dir() {
-        if let Some(out) = &args.out
-            && same_file(out, &args.input)
-        {
-            return fail(
-                format!("-w {} is the input file", out.display()),
-                "write the Sigil SealedSecrets to another file; sigil never overwrites its input",
-            );
+    let out_dir = match output::destination(
+        &args.input,
+        args.out.as_deref(),
+        "migrated",
+        "Sigil SealedSecrets",
+    )? {
+        Destination::File(out) => {
+            return Ok(vec![Input {
+                path: args.input.clone(),
+                out: out.map(PathBuf::from),
+            }]);
         }
-        return Ok(vec![Input {
-            path: args.input.clone(),
-            out: args.out.clone(),
-        }]);
-    }
-    let Some(out_dir) = &args.out else {
-        return fail(
-            format!(
-                "{} is a directory, and no -w OUTDIR was given",
-                args.input.display()
-            ),
-            "pass -w OUTDIR: each file is migrated into the same relative path under OUTDIR",
-        );
+        Destination::Directory(out_dir) => out_dir,
     };
-    if same_file(out_dir, &args.input) {
-        return fail(
-            format!("-w {} is the input directory", out_dir.display()),
-            "write the Sigil SealedSecrets to another directory; sigil never overwrites its input",
-        );
-    }
     let inputs: Vec<Input> = document::manifest_files_in(&args.input, "Bitnami SealedSecret")?
         .into_iter()
         .map(|relative| Input {
@@ -184,17 +163,6 @@ fn inputs(args: &MigrateBitnamiArgs) -> anyhow::Result<Vec<Input>> {
         }
     }
     Ok(inputs)
-}
-
-/// The Sigil public keys to seal to, read exactly as `sigil seal --cert` reads them.
-fn recipients(certs: &[PathBuf]) -> anyhow::Result<Vec<PublicKey>> {
-    let mut argv: Vec<OsString> = vec!["seal".into()];
-    for cert in certs {
-        argv.push("--cert".into());
-        argv.push(cert.into());
-    }
-    let matches = SealArgs::augment_args(clap::Command::new("seal")).try_get_matches_from(argv)?;
-    crate::seal::load_recipients(&SealArgs::from_arg_matches(&matches)?)
 }
 
 /// Every Bitnami private key in the `--bitnami-key` files.
@@ -344,42 +312,6 @@ fn object_field<'a>(
     }
 }
 
-fn string_field(
-    object: &Map<String, Value>,
-    field: &str,
-    path: &str,
-    origin: &Origin,
-) -> anyhow::Result<Option<String>> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => fail(
-            format!("{origin}: field `{path}` is not a string"),
-            format!("set `{path}` to a quoted string"),
-        ),
-    }
-}
-
-fn string_map(
-    object: &Map<String, Value>,
-    field: &str,
-    path: &str,
-    origin: &Origin,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let Some(map) = object_field(object, field, path, origin)? else {
-        return Ok(BTreeMap::new());
-    };
-    map.iter()
-        .map(|(key, value)| match value {
-            Value::String(s) => Ok((key.clone(), s.clone())),
-            _ => fail(
-                format!("{origin}: field `{path}.{key}` is not a string"),
-                "quote the value, e.g. \"true\"",
-            ),
-        })
-        .collect()
-}
-
 /// Annotations Sigil keeps: Bitnami's scope annotations become `spec.scope`, the
 /// last-applied copies go, and any other Bitnami annotation goes with a note on what
 /// Sigil does instead.
@@ -457,22 +389,21 @@ fn migrate_object(
     }
     let empty = Map::new();
     let metadata = object_field(object, "metadata", "metadata", origin)?.unwrap_or(&empty);
-    let Some(name) =
-        string_field(metadata, "name", "metadata.name", origin)?.filter(|n| !n.is_empty())
+    let Some(name) = optional_string(metadata, "metadata.name", origin)?.filter(|n| !n.is_empty())
     else {
         return fail(
             format!("{origin}: the Bitnami SealedSecret has no metadata.name"),
             "restore metadata.name: a strict value is bound to it",
         );
     };
-    let namespace = string_field(metadata, "namespace", "metadata.namespace", origin)?
-        .filter(|n| !n.is_empty());
+    let namespace =
+        optional_string(metadata, "metadata.namespace", origin)?.filter(|n| !n.is_empty());
     let object_name = match &namespace {
         Some(ns) => format!("Bitnami SealedSecret {ns}/{name}"),
         None => format!("Bitnami SealedSecret {name}"),
     };
     let at = format!("{origin}: {object_name}");
-    let annotations = string_map(metadata, "annotations", "metadata.annotations", origin)?;
+    let annotations = string_map(metadata, "metadata.annotations", origin)?;
     // Bitnami's controller takes the scope from the SealedSecret's own annotations.
     let scope = bitnami::Scope::from_annotations(&annotations);
     let bound_namespace = namespace
@@ -494,7 +425,7 @@ fn migrate_object(
         &at,
         notes,
     );
-    let labels = string_map(metadata, "labels", "metadata.labels", origin)?;
+    let labels = string_map(metadata, "metadata.labels", origin)?;
     let annotations = kept_annotations(annotations, "metadata.annotations", &at, notes);
 
     let Some(spec) = object_field(object, "spec", "spec", origin)? else {
@@ -524,6 +455,11 @@ fn migrate_object(
         );
     };
     let label = scope.label(&bound_namespace, &name);
+    let target = Target {
+        name,
+        namespace: bound_namespace,
+        scope: scope.to_sigil(),
+    };
     let mut encrypted_data = BTreeMap::new();
     // Sorted, so the first value that fails is the same on every run.
     let sorted: BTreeMap<&String, &Value> = encrypted.iter().collect();
@@ -551,21 +487,15 @@ fn migrate_object(
             }
             other => bad_value(other.to_string()),
         })?;
-        let binding = Binding::new(scope.to_sigil(), &bound_namespace, &name, key)
-            .map_err(|err| Failure::new(format!("{at}, key `{key}`: cannot seal: {err}")))?;
-        let sealed = sigil_core::seal(&keys.recipients, &binding, &plaintext)
+        let sealed = target
+            .seal_value(key, &plaintext, &keys.recipients)
             .map_err(|err| Failure::new(format!("{at}, key `{key}`: cannot seal: {err}")))?;
         encrypted_data.insert(key.clone(), sealed);
     }
     let count = encrypted_data.len();
-    let mut sealed = SealedSecret::new(
-        &name,
-        SealedSecretSpec {
-            scope: scope.to_sigil().into(),
-            encrypted_data,
-            template,
-        },
-    );
+    let mut sealed = target.sealed_secret(encrypted_data, template);
+    // The manifest names the namespace only if Bitnami's did: `-n` binds the values to
+    // the namespace it is applied to, and stays out of the manifest.
     sealed.metadata.namespace = namespace;
     sealed.metadata.labels = (!labels.is_empty()).then_some(labels);
     sealed.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
@@ -604,25 +534,15 @@ fn migrate_template(
         at,
         notes,
     );
-    let immutable = match template.get("immutable") {
-        None | Some(Value::Null) => None,
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => {
-            return fail(
-                format!("{origin}: field `spec.template.immutable` is not true or false"),
-                "write `immutable: true` or remove the field",
-            );
-        }
-    };
-    let type_ =
-        string_field(template, "type", "spec.template.type", origin)?.filter(|t| !t.is_empty());
+    let immutable = optional_bool(template, "spec.template.immutable", origin)?;
+    let type_ = optional_string(template, "spec.template.type", origin)?.filter(|t| !t.is_empty());
     let empty = Map::new();
     let metadata =
         object_field(template, "metadata", "spec.template.metadata", origin)?.unwrap_or(&empty);
     // Bitnami's controller names the Secret after the SealedSecret, whatever these say.
     for (field, own) in [("name", Some(name)), ("namespace", namespace)] {
         let path = format!("spec.template.metadata.{field}");
-        if let Some(value) = string_field(metadata, field, &path, origin)?
+        if let Some(value) = optional_string(metadata, &path, origin)?
             && !value.is_empty()
             && Some(value.as_str()) != own
         {
@@ -638,29 +558,17 @@ fn migrate_template(
         at,
         notes,
     );
-    let labels = string_map(metadata, "labels", "spec.template.metadata.labels", origin)?;
-    let annotations = string_map(
-        metadata,
-        "annotations",
-        "spec.template.metadata.annotations",
-        origin,
-    )?;
+    let labels = string_map(metadata, "spec.template.metadata.labels", origin)?;
+    let annotations = string_map(metadata, "spec.template.metadata.annotations", origin)?;
     let annotations =
         kept_annotations(annotations, "spec.template.metadata.annotations", at, notes);
-    let template = SecretTemplate {
-        type_,
-        immutable,
-        metadata: (!labels.is_empty() || !annotations.is_empty()).then_some(TemplateMetadata {
-            labels,
-            annotations,
-        }),
-    };
-    Ok((template != SecretTemplate::default()).then_some(template))
+    Ok(seal::secret_template(type_, immutable, labels, annotations))
 }
 
 #[cfg(test)]
 mod tests {
-    use sigil_core::{Keyring, PrivateKey, Scope};
+    use sigil_core::{Binding, Keyring, PrivateKey, Scope};
+    use sigil_types::SealedSecret;
 
     use super::*;
 
@@ -709,17 +617,23 @@ mod tests {
         Ok((objects, notes))
     }
 
-    /// Opens a migrated value with the Sigil key.
+    /// The error of a migration that must fail.
+    fn refused(setup: &Setup, text: &str, source: &str) -> String {
+        migrate(setup, text, source).unwrap_err().to_string()
+    }
+
+    /// Opens a migrated value with the Sigil key, bound to the object's own namespace.
     fn open(setup: &Setup, object: &Value, key: &str) -> Vec<u8> {
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or("");
+        open_in(setup, object, namespace, key)
+    }
+
+    /// Opens a migrated value with the Sigil key, bound to `namespace`.
+    fn open_in(setup: &Setup, object: &Value, namespace: &str, key: &str) -> Vec<u8> {
         let sealed: SealedSecret = serde_json::from_value(object.clone()).unwrap();
         let scope: Scope = sealed.spec.scope.into();
-        let binding = Binding::new(
-            scope,
-            sealed.metadata.namespace.as_deref().unwrap_or(""),
-            sealed.metadata.name.as_deref().unwrap_or(""),
-            key,
-        )
-        .unwrap();
+        let name = sealed.metadata.name.as_deref().unwrap_or("");
+        let binding = Binding::new(scope, namespace, name, key).unwrap();
         sigil_core::open(&sealed.spec.encrypted_data[key], &binding, &setup.sigil)
             .unwrap()
             .to_vec()
@@ -771,9 +685,8 @@ mod tests {
     fn a_value_no_key_opens_names_file_object_and_key() {
         let mut setup = setup();
         setup.keys.bitnami = keys_in(fixture!("other.key").as_bytes(), "other.key").unwrap();
-        let err = migrate(&setup, fixture!("db.yaml"), "db.yaml").unwrap_err();
         assert_eq!(
-            err.to_string(),
+            refused(&setup, fixture!("db.yaml"), "db.yaml"),
             "db.yaml, document 1: Bitnami SealedSecret prod/db, key `password`: the --bitnami-key does not open it"
         );
     }
@@ -781,9 +694,8 @@ mod tests {
     #[test]
     fn an_altered_value_is_refused() {
         let setup = setup();
-        let err = migrate(&setup, fixture!("tampered.yaml"), "tampered.yaml").unwrap_err();
         assert_eq!(
-            err.to_string(),
+            refused(&setup, fixture!("tampered.yaml"), "tampered.yaml"),
             "tampered.yaml, document 1: Bitnami SealedSecret prod/db, key `password`: the value was altered: its session key opens but its data fails authentication"
         );
     }
@@ -792,10 +704,9 @@ mod tests {
     fn a_moved_sealed_secret_does_not_open() {
         let setup = setup();
         let moved = fixture!("db.yaml").replace("namespace: prod", "namespace: staging");
-        let err = migrate(&setup, &moved, "moved.yaml").unwrap_err();
+        let err = refused(&setup, &moved, "moved.yaml");
         assert!(
-            err.to_string()
-                .ends_with("key `password`: none of the 2 --bitnami-key keys opens it"),
+            err.ends_with("key `password`: none of the 2 --bitnami-key keys opens it"),
             "{err}"
         );
     }
@@ -803,9 +714,8 @@ mod tests {
     #[test]
     fn data_templates_are_refused() {
         let setup = setup();
-        let err = migrate(&setup, fixture!("template-data.yaml"), "t.yaml").unwrap_err();
         assert_eq!(
-            err.to_string(),
+            refused(&setup, fixture!("template-data.yaml"), "t.yaml"),
             "t.yaml, document 1: Bitnami SealedSecret prod/db: spec.template.data renders key(s) dsn from Go templates, which a Sigil SealedSecret cannot express"
         );
     }
@@ -837,23 +747,14 @@ mod tests {
     fn a_strict_object_without_namespace_needs_one() {
         let mut setup = setup();
         let text = fixture!("db.yaml").replace("  namespace: prod\nspec:", "spec:");
-        let err = migrate(&setup, &text, "db.yaml").unwrap_err();
         assert_eq!(
-            err.to_string(),
+            refused(&setup, &text, "db.yaml"),
             "db.yaml, document 1: Bitnami SealedSecret db: no metadata.namespace, and scope strict binds each value to its namespace"
         );
         setup.keys.namespace = Some("prod".to_owned());
         let (objects, _) = migrate(&setup, &text, "db.yaml").unwrap();
         assert_eq!(objects[0]["metadata"].get("namespace"), None);
-        let sealed: SealedSecret = serde_json::from_value(objects[0].clone()).unwrap();
-        let binding = Binding::new(Scope::Strict, "prod", "db", "password").unwrap();
-        let opened = sigil_core::open(
-            &sealed.spec.encrypted_data["password"],
-            &binding,
-            &setup.sigil,
-        )
-        .unwrap();
-        assert_eq!(opened.as_slice(), b"s3cret");
+        assert_eq!(open_in(&setup, &objects[0], "prod", "password"), b"s3cret");
     }
 
     #[test]

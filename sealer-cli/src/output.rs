@@ -9,6 +9,61 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::cli::Format;
+use crate::failure::fail;
+
+/// Where a command that reads `-f` and writes `-w` puts its output.
+pub(crate) enum Destination<'a> {
+    /// One input (a file or stdin) into `-w FILE`, or stdout without one.
+    File(Option<&'a Path>),
+    /// A directory input, file by file into the same relative paths under `-w OUTDIR`.
+    Directory(&'a Path),
+}
+
+/// Checks `-f input` and `-w out` before anything is read: a directory needs an output
+/// directory, and sigil never writes over its input. `verb` says what becomes of each
+/// file of a directory ("sealed") and `written` what the command writes
+/// ("SealedSecrets"), for the hints.
+pub(crate) fn destination<'a>(
+    input: &Path,
+    out: Option<&'a Path>,
+    verb: &str,
+    written: &str,
+) -> anyhow::Result<Destination<'a>> {
+    if !input.is_dir() {
+        if let Some(out) = out
+            && same_file(out, input)
+        {
+            return fail(
+                format!("-w {} is the input file", out.display()),
+                format!("write the {written} to another file; sigil never overwrites its input"),
+            );
+        }
+        return Ok(Destination::File(out));
+    }
+    let Some(out_dir) = out else {
+        return fail(
+            format!(
+                "{} is a directory, and no -w OUTDIR was given",
+                input.display()
+            ),
+            format!("pass -w OUTDIR: each file is {verb} into the same relative path under OUTDIR"),
+        );
+    };
+    if same_file(out_dir, input) {
+        return fail(
+            format!("-w {} is the input directory", out_dir.display()),
+            format!("write the {written} to another directory; sigil never overwrites its input"),
+        );
+    }
+    Ok(Destination::Directory(out_dir))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
 
 /// Renders documents; map keys come out sorted because `serde_json::Map` is ordered.
 pub(crate) fn render(documents: &[Value], format: Format) -> anyhow::Result<Zeroizing<String>> {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde_json::Value;
@@ -13,14 +13,29 @@ use zeroize::Zeroizing;
 use crate::cli::{Format, SealArgs};
 use crate::document::{self, Document, Origin, PlainSecret, check_data_key};
 use crate::failure::{Failure, fail};
-use crate::output;
+use crate::output::{self, Destination};
 
-/// The public keys to seal to: for each `cluster=` name in a key file, the first key
-/// listed (the cluster's active key); every key without a cluster name. Without
-/// `--cert`, the cluster's published keys.
-pub(crate) fn load_recipients(args: &SealArgs) -> anyhow::Result<Vec<PublicKey>> {
-    let mut sources = Vec::new();
-    for path in &args.certs {
+/// The public keys to seal to: those of the `--cert` key files or, without any, the
+/// cluster's published keys.
+fn load_recipients(args: &SealArgs) -> anyhow::Result<Vec<PublicKey>> {
+    if !args.certs.is_empty() {
+        return recipients_from_files(&args.certs);
+    }
+    let text = crate::cluster::block_on(crate::cluster::public_keys(&args.cluster))?;
+    recipients_in(vec![(
+        format!(
+            "ConfigMap {}/{}",
+            args.cluster.controller_namespace,
+            sigil_types::keys::PUBLIC_KEYS_CONFIGMAP
+        ),
+        text,
+    )])
+}
+
+/// The public keys to seal to, from `--cert` key files (see [`recipients_in`]).
+pub(crate) fn recipients_from_files(certs: &[PathBuf]) -> anyhow::Result<Vec<PublicKey>> {
+    let mut sources = Vec::with_capacity(certs.len());
+    for path in certs {
         let text = std::fs::read_to_string(path).map_err(|err| {
             Failure::new(format!("cannot read key file {}: {err}", path.display())).with_hint(
                 "pass the public key file written by `sigil keys generate` or `sigil cert`",
@@ -28,17 +43,13 @@ pub(crate) fn load_recipients(args: &SealArgs) -> anyhow::Result<Vec<PublicKey>>
         })?;
         sources.push((format!("key file {}", path.display()), text));
     }
-    if sources.is_empty() {
-        let text = crate::cluster::block_on(crate::cluster::public_keys(&args.cluster))?;
-        sources.push((
-            format!(
-                "ConfigMap {}/{}",
-                args.cluster.controller_namespace,
-                sigil_types::keys::PUBLIC_KEYS_CONFIGMAP
-            ),
-            text,
-        ));
-    }
+    recipients_in(sources)
+}
+
+/// The public keys of key files, each given as (name for messages, text): for each
+/// `cluster=` name, the first key listed (the cluster's active key); every key without
+/// a cluster name.
+fn recipients_in(sources: Vec<(String, String)>) -> anyhow::Result<Vec<PublicKey>> {
     let mut recipients = Vec::new();
     for (source, text) in sources {
         let entries = keyfile::parse_public(&text).map_err(|err| {
@@ -105,10 +116,12 @@ fn require_namespace(
     }
 }
 
-struct Target {
-    name: String,
-    namespace: String,
-    scope: Scope,
+/// The identity the values of one SealedSecret are bound to.
+pub(crate) struct Target {
+    pub(crate) name: String,
+    /// Empty only for scope cluster.
+    pub(crate) namespace: String,
+    pub(crate) scope: Scope,
 }
 
 impl Target {
@@ -152,6 +165,17 @@ impl Target {
         })
     }
 
+    /// Seals the value of data key `key` to `recipients`, bound to this identity.
+    pub(crate) fn seal_value(
+        &self,
+        key: &str,
+        value: &[u8],
+        recipients: &[PublicKey],
+    ) -> sigil_core::Result<String> {
+        let binding = Binding::new(self.scope, &self.namespace, &self.name, key)?;
+        sigil_core::seal(recipients, &binding, value)
+    }
+
     fn seal_data(
         &self,
         secret: &PlainSecret,
@@ -161,26 +185,48 @@ impl Target {
             .data
             .iter()
             .map(|(key, value)| {
-                let binding = Binding::new(self.scope, &self.namespace, &self.name, key)
-                    .with_context(|| format!("{}: cannot seal key `{key}`", secret.origin))?;
-                let sealed = sigil_core::seal(recipients, &binding, value)
+                let sealed = self
+                    .seal_value(key, value, recipients)
                     .with_context(|| format!("{}: cannot seal key `{key}`", secret.origin))?;
                 Ok((key.clone(), sealed))
             })
             .collect()
     }
+
+    /// The SealedSecret of values sealed for this identity, in its namespace (none for
+    /// an empty one).
+    pub(crate) fn sealed_secret(
+        &self,
+        encrypted_data: BTreeMap<String, String>,
+        template: Option<SecretTemplate>,
+    ) -> SealedSecret {
+        let mut sealed = SealedSecret::new(
+            &self.name,
+            SealedSecretSpec {
+                scope: self.scope.into(),
+                encrypted_data,
+                template,
+            },
+        );
+        sealed.metadata.namespace = Some(self.namespace.clone()).filter(|ns| !ns.is_empty());
+        sealed
+    }
 }
 
-fn template(secret: &PlainSecret) -> Option<SecretTemplate> {
-    let metadata =
-        (!secret.labels.is_empty() || !secret.annotations.is_empty()).then(|| TemplateMetadata {
-            labels: secret.labels.clone(),
-            annotations: secret.annotations.clone(),
-        });
+/// The template of the Secret a SealedSecret becomes; `None` when it sets nothing.
+pub(crate) fn secret_template(
+    type_: Option<String>,
+    immutable: Option<bool>,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+) -> Option<SecretTemplate> {
     let template = SecretTemplate {
-        type_: secret.type_.clone(),
-        immutable: secret.immutable,
-        metadata,
+        type_,
+        immutable,
+        metadata: (!labels.is_empty() || !annotations.is_empty()).then_some(TemplateMetadata {
+            labels,
+            annotations,
+        }),
     };
     (template != SecretTemplate::default()).then_some(template)
 }
@@ -192,17 +238,13 @@ fn sealed_secret(
 ) -> anyhow::Result<Value> {
     let scope = args.scope.map_or(Scope::Strict, Scope::from);
     let target = Target::of(secret, args.name.as_ref(), args.namespace.as_ref(), scope)?;
-    let mut sealed = SealedSecret::new(
-        &target.name,
-        SealedSecretSpec {
-            scope: scope.into(),
-            encrypted_data: target.seal_data(secret, recipients)?,
-            template: template(secret),
-        },
+    let template = secret_template(
+        secret.type_.clone(),
+        secret.immutable,
+        secret.labels.clone(),
+        secret.annotations.clone(),
     );
-    if !target.namespace.is_empty() {
-        sealed.metadata.namespace = Some(target.namespace.clone());
-    }
+    let sealed = target.sealed_secret(target.seal_data(secret, recipients)?, template);
     Ok(serde_json::to_value(&sealed)?)
 }
 
@@ -225,13 +267,6 @@ fn seal_text(
         .collect()
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
 pub(crate) fn run(args: &SealArgs) -> anyhow::Result<()> {
     let recipients = load_recipients(args)?;
     if args.raw {
@@ -240,17 +275,11 @@ pub(crate) fn run(args: &SealArgs) -> anyhow::Result<()> {
     if let Some(target) = &args.merge_into {
         return merge_into(target, args, &recipients);
     }
-    if args.input.is_dir() {
-        return seal_directory(args, &recipients);
-    }
-    if let Some(out) = &args.out
-        && same_file(out, &args.input)
-    {
-        return fail(
-            format!("-w {} is the input file", out.display()),
-            "write the SealedSecret to another file; sigil never overwrites its input",
-        );
-    }
+    let out =
+        match output::destination(&args.input, args.out.as_deref(), "sealed", "SealedSecrets")? {
+            Destination::Directory(out_dir) => return seal_directory(args, out_dir, &recipients),
+            Destination::File(out) => out,
+        };
     let text = document::read_input(&args.input)?;
     let sealed = seal_text(
         &text,
@@ -258,25 +287,10 @@ pub(crate) fn run(args: &SealArgs) -> anyhow::Result<()> {
         args,
         &recipients,
     )?;
-    output::emit(args.out.as_deref(), &output::render(&sealed, args.format)?)
+    output::emit(out, &output::render(&sealed, args.format)?)
 }
 
-fn seal_directory(args: &SealArgs, recipients: &[PublicKey]) -> anyhow::Result<()> {
-    let Some(out_dir) = &args.out else {
-        return fail(
-            format!(
-                "{} is a directory, and no -w OUTDIR was given",
-                args.input.display()
-            ),
-            "pass -w OUTDIR: each file is sealed into the same relative path under OUTDIR",
-        );
-    };
-    if same_file(out_dir, &args.input) {
-        return fail(
-            format!("-w {} is the input directory", out_dir.display()),
-            "write the SealedSecrets to another directory; sigil never overwrites its input",
-        );
-    }
+fn seal_directory(args: &SealArgs, out_dir: &Path, recipients: &[PublicKey]) -> anyhow::Result<()> {
     let files = document::manifest_files_in(&args.input, "Secret")?;
     // Seal everything before writing anything, so one bad file leaves no partial tree.
     let mut outputs = Vec::with_capacity(files.len());
@@ -323,8 +337,12 @@ fn seal_raw(args: &SealArgs, recipients: &[PublicKey]) -> anyhow::Result<()> {
             "note: the value ends with a newline, which is sealed too; use `printf %s` or `echo -n` if that is not intended"
         );
     }
-    let binding = Binding::new(scope, &namespace, &name, &key)?;
-    let sealed = sigil_core::seal(recipients, &binding, &value)?;
+    let target = Target {
+        name,
+        namespace,
+        scope,
+    };
+    let sealed = target.seal_value(&key, &value, recipients)?;
     output::emit(args.out.as_deref(), &format!("{sealed}\n"))
 }
 

@@ -99,18 +99,24 @@ impl Setup {
         Ok(child.wait_with_output()?)
     }
 
+    /// Runs a program that must succeed; returns its stdout.
+    fn run_ok(&self, program: &Path, args: &[&str], stdin: &[u8]) -> Result<String> {
+        let out = self.run(program, args, stdin)?;
+        ensure!(
+            out.status.success(),
+            "{} {args:?}: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     fn sigil(&self, args: &[&str]) -> Result<Output> {
         self.run(&sigil_bin(), args, b"")
     }
 
     fn sigil_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.sigil(args)?;
-        ensure!(
-            out.status.success(),
-            "sigil {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
+        self.run_ok(&sigil_bin(), args, b"")
     }
 
     /// A Bitnami sealing key pair as its controller makes one (RSA, self-signed
@@ -119,7 +125,7 @@ impl Setup {
     fn bitnami_key(&self, name: &str) -> Result<()> {
         let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
         let openssl = Path::new("openssl");
-        let out = self.run(
+        self.run_ok(
             openssl,
             &[
                 "req",
@@ -138,21 +144,11 @@ impl Setup {
             ],
             b"",
         )?;
-        ensure!(
-            out.status.success(),
-            "openssl req: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = self.run(
+        self.run_ok(
             openssl,
             &["rsa", "-in", &key, "-traditional", "-out", &key],
             b"",
         )?;
-        ensure!(
-            out.status.success(),
-            "openssl rsa: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         ensure!(
             std::fs::read_to_string(self.path(&key))?
                 .starts_with("-----BEGIN RSA PRIVATE KEY-----")
@@ -189,32 +185,36 @@ impl Setup {
     /// `kubeseal --cert KEY.crt --scope SCOPE -o FORMAT < secret`.
     fn kubeseal(&self, key: &str, scope: &str, format: &str, secret: &Value) -> Result<String> {
         let crt = format!("{key}.crt");
-        let out = self.run(
+        let args = ["--cert", &crt, "--scope", scope, "-o", format];
+        self.run_ok(
             &self.kubeseal,
-            &["--cert", &crt, "--scope", scope, "-o", format],
+            &args,
             serde_json::to_string(secret)?.as_bytes(),
-        )?;
-        ensure!(
-            out.status.success(),
-            "kubeseal: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8(out.stdout)?)
+        )
+    }
+
+    /// [`Self::kubeseal`] into `file`, in JSON for a `.json` file, else YAML; returns
+    /// what kubeseal wrote.
+    fn kubeseal_to(&self, file: &str, key: &str, scope: &str, secret: &Value) -> Result<String> {
+        let format = if file.ends_with(".json") {
+            "json"
+        } else {
+            "yaml"
+        };
+        let text = self.kubeseal(key, scope, format, secret)?;
+        self.write(file, &text)?;
+        Ok(text)
     }
 
     /// `kubeseal --cert KEY.crt --merge-into FILE < secret`: adds keys sealed with KEY.
     fn kubeseal_merge(&self, key: &str, file: &str, secret: &Value) -> Result<()> {
         let crt = format!("{key}.crt");
-        let out = self.run(
+        let args = ["--cert", &crt, "--merge-into", file];
+        self.run_ok(
             &self.kubeseal,
-            &["--cert", &crt, "--merge-into", file],
+            &args,
             serde_json::to_string(secret)?.as_bytes(),
         )?;
-        ensure!(
-            out.status.success(),
-            "kubeseal --merge-into: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         Ok(())
     }
 
@@ -323,6 +323,16 @@ fn assert_data(opened: &Opened, name: &str, want: &[(&str, &[u8])]) -> Result<()
     Ok(())
 }
 
+/// `sigil migrate bitnami --bitnami-key KEY… --cert sigil.pub ARGS…`: one
+/// `--bitnami-key` listing `keys`, sealing to the test's Sigil key.
+fn migrate<'a>(keys: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
+    let mut argv = vec!["migrate", "bitnami", "--bitnami-key"];
+    argv.extend(keys);
+    argv.extend(["--cert", "sigil.pub"]);
+    argv.extend(args);
+    argv
+}
+
 /// Every file under `dir` with its bytes, by relative path.
 fn tree(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
     let mut files = BTreeMap::new();
@@ -374,16 +384,7 @@ async fn every_scope_opens_byte_for_byte() -> Result<()> {
         s.accepted(&doc).await?;
     }
 
-    let migrated = s.sigil_ok(&[
-        "migrate",
-        "bitnami",
-        "--bitnami-key",
-        "active.key",
-        "--cert",
-        "sigil.pub",
-        "-f",
-        "bitnami.yaml",
-    ])?;
+    let migrated = s.sigil_ok(&migrate(&["active.key"], &["-f", "bitnami.yaml"]))?;
     s.write("sigil.yaml", &migrated)?;
     let docs = documents(&migrated)?;
     let scopes: Vec<(&str, Option<&str>, Option<&str>)> = docs
@@ -428,32 +429,29 @@ async fn values_sealed_before_and_after_a_key_renewal_open() -> Result<()> {
     let ns = s.ctx.namespace.clone();
     // One object sealed with the old key, then a key added with the new one (kubeseal
     // --merge-into), as happens after Bitnami renews its key; one sealed with each.
-    let mixed = s.kubeseal(
+    s.kubeseal_to(
+        "mixed.yaml",
         "old",
         "strict",
-        "yaml",
         &secret(Some(&ns), "mixed", &[("before", b"1")]),
     )?;
-    s.write("mixed.yaml", &mixed)?;
     s.kubeseal_merge(
         "new",
         "mixed.yaml",
         &secret(Some(&ns), "mixed", &[("after", b"2")]),
     )?;
-    let old = s.kubeseal(
+    let old = s.kubeseal_to(
+        "old.json",
         "old",
         "strict",
-        "json",
         &secret(Some(&ns), "old", &[("k", b"o")]),
     )?;
-    let new = s.kubeseal(
+    let new = s.kubeseal_to(
+        "new.json",
         "new",
         "strict",
-        "json",
         &secret(Some(&ns), "new", &[("k", b"n")]),
     )?;
-    s.write("old.json", &old)?;
-    s.write("new.json", &new)?;
     // kubeseal --merge-into writes JSON: one YAML stream of the three.
     let mut all = String::new();
     for text in [std::fs::read_to_string(s.path("mixed.yaml"))?, old, new] {
@@ -464,18 +462,11 @@ async fn values_sealed_before_and_after_a_key_renewal_open() -> Result<()> {
     }
     s.write("all.yaml", &all)?;
 
-    let migrated = s.sigil_ok(&[
-        "migrate",
-        "bitnami",
-        "--bitnami-key",
-        "old.key",
-        "--bitnami-key",
-        "keys.yaml",
-        "--cert",
-        "sigil.pub",
-        "-f",
-        "all.yaml",
-    ])?;
+    // --bitnami-key repeated; below, one --bitnami-key listing both files.
+    let migrated = s.sigil_ok(&migrate(
+        &["old.key"],
+        &["--bitnami-key", "keys.yaml", "-f", "all.yaml"],
+    ))?;
     s.write("sigil.yaml", &migrated)?;
     let opened = s.unseal("sigil.yaml")?;
     assert_data(&opened, "mixed", &[("before", b"1"), ("after", b"2")])?;
@@ -483,38 +474,13 @@ async fn values_sealed_before_and_after_a_key_renewal_open() -> Result<()> {
     assert_data(&opened, "new", &[("k", b"n")])?;
 
     // A JSON file stays JSON.
-    let migrated = s.sigil_ok(&[
-        "migrate",
-        "bitnami",
-        "--bitnami-key",
-        "old.key",
-        "keys.yaml",
-        "--cert",
-        "sigil.pub",
-        "-f",
-        "new.json",
-    ])?;
+    let migrated = s.sigil_ok(&migrate(&["old.key", "keys.yaml"], &["-f", "new.json"]))?;
     let doc: Value = serde_json::from_str(&migrated).context("JSON in, JSON out")?;
     ensure!(doc["kind"] == "SealedSecret", "{doc}");
 
     // Without the new key, the first value it sealed is named.
-    let out = s.sigil(&[
-        "migrate",
-        "bitnami",
-        "--bitnami-key",
-        "old.key",
-        "--cert",
-        "sigil.pub",
-        "-f",
-        "all.yaml",
-    ])?;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(out.stdout.is_empty());
     assert_eq!(
-        String::from_utf8(out.stderr)?
-            .lines()
-            .next()
-            .unwrap_or_default(),
+        refused(&s, &migrate(&["old.key"], &["-f", "all.yaml"]))?,
         format!(
             "error: all.yaml, document 1: Bitnami SealedSecret {ns}/mixed, key `after`: the --bitnami-key does not open it"
         )
@@ -537,20 +503,11 @@ async fn the_template_is_carried_over() -> Result<()> {
     input["metadata"]["labels"] = json!({"app": "web", "tier": "frontend"});
     input["metadata"]["annotations"] =
         json!({"team": "payments", "example.com/rotated": "2026-01-01"});
-    let sealed = s.kubeseal("active", "namespace-wide", "yaml", &input)?;
-    s.write("registry.yaml", &sealed)?;
-    let migrated = s.sigil_ok(&[
-        "migrate",
-        "bitnami",
-        "--bitnami-key",
-        "active.key",
-        "--cert",
-        "sigil.pub",
-        "-f",
-        "registry.yaml",
-        "-w",
-        "sigil.yaml",
-    ])?;
+    s.kubeseal_to("registry.yaml", "active", "namespace-wide", &input)?;
+    let migrated = s.sigil_ok(&migrate(
+        &["active.key"],
+        &["-f", "registry.yaml", "-w", "sigil.yaml"],
+    ))?;
     ensure!(migrated.is_empty(), "-w writes nothing to stdout");
     let doc = documents(&std::fs::read_to_string(s.path("sigil.yaml"))?)?.remove(0);
     assert_eq!(
@@ -589,14 +546,11 @@ async fn a_directory_is_mirrored_file_by_file() -> Result<()> {
     let ns = s.ctx.namespace.clone();
     let bin = binary();
     let kustomization = "# kept byte for byte\nresources:\n  - secrets.yaml\n";
-    s.write(
+    s.kubeseal_to(
         "k8s/base/db.yaml",
-        &s.kubeseal(
-            "active",
-            "strict",
-            "yaml",
-            &secret(Some(&ns), "db", &[("password", b"pw")]),
-        )?,
+        "active",
+        "strict",
+        &secret(Some(&ns), "db", &[("password", b"pw")]),
     )?;
     s.write("k8s/overlays/prod/kustomization.yaml", kustomization)?;
     let configmap =
@@ -617,31 +571,17 @@ async fn a_directory_is_mirrored_file_by_file() -> Result<()> {
         )?,
     );
     s.write("k8s/overlays/prod/secrets.yaml", &secrets)?;
-    s.write(
+    s.kubeseal_to(
         "k8s/json/token.json",
-        &s.kubeseal(
-            "active",
-            "strict",
-            "json",
-            &secret(Some(&ns), "token", &[("t", b"x")]),
-        )?,
+        "active",
+        "strict",
+        &secret(Some(&ns), "token", &[("t", b"x")]),
     )?;
     // Not YAML at all (a draft, a template): copied as it is, with a warning.
     s.write("k8s/notes/draft.yaml", "title: [unfinished\n")?;
     let before = tree(&s.path("k8s"))?;
 
-    let out = s.sigil(&[
-        "migrate",
-        "bitnami",
-        "--bitnami-key",
-        "active.key",
-        "--cert",
-        "sigil.pub",
-        "-f",
-        "k8s",
-        "-w",
-        "out",
-    ])?;
+    let out = s.sigil(&migrate(&["active.key"], &["-f", "k8s", "-w", "out"]))?;
     ensure!(
         out.status.success(),
         "{}",
@@ -746,36 +686,19 @@ async fn a_wrong_key_writes_nothing() -> Result<()> {
     s.bitnami_key("active")?;
     s.bitnami_key("stranger")?;
     let ns = s.ctx.namespace.clone();
-    s.write(
+    s.kubeseal_to(
         "k8s/a.yaml",
-        &s.kubeseal(
-            "active",
-            "strict",
-            "yaml",
-            &secret(Some(&ns), "a", &[("k", b"v")]),
-        )?,
+        "active",
+        "strict",
+        &secret(Some(&ns), "a", &[("k", b"v")]),
     )?;
-    s.write(
+    s.kubeseal_to(
         "k8s/b.yaml",
-        &s.kubeseal(
-            "stranger",
-            "namespace-wide",
-            "yaml",
-            &secret(Some(&ns), "b", &[("x", b"1"), ("y", b"2")]),
-        )?,
+        "stranger",
+        "namespace-wide",
+        &secret(Some(&ns), "b", &[("x", b"1"), ("y", b"2")]),
     )?;
-    let args = [
-        "migrate",
-        "bitnami",
-        "--bitnami-key",
-        "active.key",
-        "--cert",
-        "sigil.pub",
-        "-f",
-        "k8s",
-        "-w",
-        "out",
-    ];
+    let args = migrate(&["active.key"], &["-f", "k8s", "-w", "out"]);
     assert_eq!(
         refused(&s, &args)?,
         format!(
@@ -826,21 +749,7 @@ async fn an_altered_value_writes_nothing() -> Result<()> {
         let text = sealed.replace(&value, &STANDARD.encode(&raw));
         raw[at] ^= 0x01;
         s.write("k8s/db.yaml", &text)?;
-        let line = refused(
-            &s,
-            &[
-                "migrate",
-                "bitnami",
-                "--bitnami-key",
-                "active.key",
-                "--cert",
-                "sigil.pub",
-                "-f",
-                "k8s",
-                "-w",
-                "out",
-            ],
-        )?;
+        let line = refused(&s, &migrate(&["active.key"], &["-f", "k8s", "-w", "out"]))?;
         assert_eq!(
             line,
             format!(
@@ -853,18 +762,7 @@ async fn an_altered_value_writes_nothing() -> Result<()> {
     s.write("k8s/db.yaml", &sealed.replace("name: db", "name: db2"))?;
     let line = refused(
         &s,
-        &[
-            "migrate",
-            "bitnami",
-            "--bitnami-key",
-            "active.key",
-            "--cert",
-            "sigil.pub",
-            "-f",
-            "k8s/db.yaml",
-            "-w",
-            "out/db.yaml",
-        ],
+        &migrate(&["active.key"], &["-f", "k8s/db.yaml", "-w", "out/db.yaml"]),
     )?;
     assert_eq!(
         line,
