@@ -529,7 +529,7 @@ async fn api_deployment_is_locked_down() -> Result<()> {
         c["securityContext"],
         controller_spec["containers"][0]["securityContext"]
     );
-    assert_eq!(c["image"], json!("example.invalid/sigil/sigil-api:0.1.0"));
+    assert_eq!(c["image"], json!("localhost/sigil/sigil-api:0.1.0"));
 
     // Its own ServiceAccount, and Pods the controller's selector does not take.
     assert_eq!(spec["serviceAccountName"], json!("sigil-api"));
@@ -637,7 +637,7 @@ async fn api_deployment_is_locked_down() -> Result<()> {
         json!("api-cert")
     );
     let c = &spec["containers"][0];
-    assert_eq!(c["image"], json!("example.invalid/sigil/sigil-api:v9"));
+    assert_eq!(c["image"], json!("localhost/sigil/sigil-api:v9"));
     let a = args(c)?;
     assert!(a.contains(&"--rate-limit=0"), "{a:?}");
     assert!(!a.contains(&"--log-json"), "{a:?}");
