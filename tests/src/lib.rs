@@ -9,6 +9,8 @@
 //! it: a reaper started by `scripts/env up --until-exit PID` waits for the process to end.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -716,4 +718,29 @@ impl Drop for TestContext {
             eprintln!("sigil-tests cleanup of {} panicked", self.id);
         }
     }
+}
+
+/// A loopback address with a port free at the time of asking.
+pub fn free_addr() -> SocketAddr {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// GET on a plain-HTTP server: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((code, body))
 }

@@ -2,8 +2,8 @@
 //! environment, and waiting for what they should do.
 
 use std::future::Future;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use sigil_tests::{TestContext, repo_root};
+pub use sigil_tests::{free_addr, http_get};
 use sigil_types::SealedSecret;
 
 /// Builds the binaries once per test process (the test binary does not depend on them).
@@ -155,30 +156,6 @@ impl Drop for Process {
             }
         }
     }
-}
-
-fn free_addr() -> SocketAddr {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// GET on a plain-HTTP server: (status code, body).
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((code, body))
 }
 
 /// A `sigil-controller` process, killed when dropped.

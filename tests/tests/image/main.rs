@@ -9,8 +9,8 @@
 //! built them already) and loads every archive into podman's storage.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use sigil_tests::{TestContext, repo_root};
+use sigil_tests::{TestContext, free_addr, http_get, repo_root};
 use sigil_types::SealedSecret;
 
 /// The workspace version, which the script tags and every binary prints.
@@ -372,30 +372,6 @@ impl Drop for Container {
         }
         let _ = podman(&["rm", "--force", "--time", "0", &self.name]);
     }
-}
-
-fn free_addr() -> SocketAddr {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// GET on a plain-HTTP server: (status code, body).
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((code, body))
 }
 
 /// A copy of the test environment's kubeconfig that the image's user can read, naming
