@@ -1,163 +1,112 @@
 //! Leader election through a `coordination.k8s.io` Lease, so that two replicas can run:
-//! one works, the other waits and takes over when the leader stops renewing.
+//! one works, the other waits and takes over when the leader stops renewing. The Lease
+//! protocol is `kube-lease-manager`'s; this module maps it onto the controller's flags
+//! and errors.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use jiff::Timestamp;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{ObjectMeta, PostParams};
-use kube::{Api, Client};
+use kube::Client;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError, LeaseParams};
 
-use crate::error::{Error, KubeContext, Result};
+use crate::error::{Error, Result};
 
-/// One replica's claim on the Lease.
-#[derive(Clone)]
-pub struct Elector {
-    api: Api<Lease>,
+/// This replica's hold on the Lease, from [`Leadership::acquire`] until
+/// [`Leadership::release`] or a loss reported by [`Leadership::hold`].
+pub struct Leadership {
+    manager: LeaseManager,
     name: String,
-    identity: String,
-    duration: Duration,
+    term: Duration,
+    renew_every: Duration,
 }
 
-impl Elector {
-    /// A claim on Lease `namespace/name` as `identity`, expiring after `duration`.
-    pub fn new(
+impl Leadership {
+    /// Waits until this replica holds Lease `namespace/name` as `identity`; the Lease
+    /// lasts `duration` unrenewed.
+    pub async fn acquire(
         client: Client,
         namespace: &str,
         name: &str,
         identity: &str,
         duration: Duration,
-    ) -> Self {
-        Self {
-            api: Api::namespaced(client, namespace),
+    ) -> Result<Self> {
+        // The crate counts whole seconds and renews `grace` seconds before the term ends,
+        // with 0 < grace < term: renewing every third of the term leaves room for two
+        // failed renewals before the Lease lapses.
+        let term = duration.as_secs().clamp(2, i32::MAX.unsigned_abs().into());
+        let renew_every = (term / 3).max(1);
+        let params = LeaseParams::new(identity, term, term - renew_every);
+        tracing::info!(lease = %name, "standing by until this replica holds the Lease");
+        let manager = loop {
+            let manager = LeaseManagerBuilder::new(client.clone(), name)
+                .with_namespace(namespace)
+                .with_parameters(params.clone())
+                .build()
+                .await
+                .map_err(|err| lease_error(name, "read or create", err))?;
+            // A manager reads a Lease held by another replica again only when that holder's
+            // term ends; a fresh one every quarter term sees a Lease released on shutdown
+            // at once. Dropping one mid-take is safe: the next sees this identity holding.
+            match tokio::time::timeout(Duration::from_secs(term) / 4, manager.changed()).await {
+                Ok(Ok(true)) => break manager,
+                Ok(Ok(false)) | Err(_) => {}
+                Ok(Err(err)) => return Err(lease_error(name, "take", err)),
+            }
+        };
+        tracing::info!(lease = %name, identity = %identity, "became leader");
+        Ok(Self {
+            manager,
             name: name.to_owned(),
-            identity: identity.to_owned(),
-            duration,
-        }
+            term: Duration::from_secs(term),
+            renew_every: Duration::from_secs(renew_every),
+        })
     }
 
-    fn seconds(&self) -> i32 {
-        i32::try_from(self.duration.as_secs())
-            .unwrap_or(i32::MAX)
-            .max(1)
-    }
-
-    /// Waits until this replica holds the Lease.
-    pub async fn acquire(&self) -> Result<()> {
-        let mut logged = false;
-        loop {
-            if self.try_acquire().await? {
-                tracing::info!(lease = %self.name, identity = %self.identity, "became leader");
-                return Ok(());
-            }
-            if !logged {
-                tracing::info!(lease = %self.name, "another replica leads; standing by");
-                logged = true;
-            }
-            tokio::time::sleep(self.duration / 4).await;
-        }
-    }
-
-    /// Takes or renews the Lease if it is free, expired or ours. `false`: someone else
-    /// holds it. Optimistic concurrency (resourceVersion) settles races.
-    async fn try_acquire(&self) -> Result<bool> {
-        let now = MicroTime(Timestamp::now());
-        let current = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .during(|| format!("read Lease {}", self.name))?;
-        let Some(mut lease) = current else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.name.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(self.identity.clone()),
-                    lease_duration_seconds: Some(self.seconds()),
-                    acquire_time: Some(now.clone()),
-                    renew_time: Some(now),
-                    lease_transitions: Some(0),
-                    ..LeaseSpec::default()
-                }),
-            };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-                Err(source) => Err(Error::Kube {
-                    action: format!("create Lease {}", self.name),
-                    source,
-                }),
-            };
-        };
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-            (Some(renewed), Some(seconds)) => {
-                renewed.0 + Duration::from_secs(u64::try_from(seconds).unwrap_or(0)) < now.0
-            }
-            _ => true,
-        };
-        let free = spec.holder_identity.as_deref().is_none_or(str::is_empty);
-        if !(ours || expired || free) {
-            return Ok(false);
-        }
-        if !ours {
-            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-            spec.acquire_time = Some(now.clone());
-        }
-        spec.holder_identity = Some(self.identity.clone());
-        spec.lease_duration_seconds = Some(self.seconds());
-        spec.renew_time = Some(now);
-        match self
-            .api
-            .replace(&self.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-            Err(source) => Err(Error::Kube {
-                action: format!("renew Lease {}", self.name),
-                source,
-            }),
-        }
-    }
-
-    /// Renews until renewal fails; returns the error that ended leadership.
+    /// Renews until the Lease is lost; returns the error that ended leadership.
     pub async fn hold(&self) -> Error {
-        let mut failures_since = None;
+        let mut failing_since: Option<Instant> = None;
         loop {
-            tokio::time::sleep(self.duration / 3).await;
-            match self.try_acquire().await {
-                Ok(true) => failures_since = None,
+            let started = Instant::now();
+            let err = match self.manager.changed().await {
+                Ok(true) => continue,
                 Ok(false) => return Error::LostLeadership(self.name.clone()),
-                Err(err) => {
-                    // A blip in the API server is not a reason to stop, until the Lease
-                    // could have expired for the others.
-                    let since = *failures_since.get_or_insert_with(std::time::Instant::now);
-                    tracing::warn!(error = %err, "cannot renew the leader Lease");
-                    if since.elapsed() >= self.duration {
-                        return err;
-                    }
-                }
+                Err(err) => err,
+            };
+            // `changed` sleeps a renewal interval after each renewal that went through, so a
+            // call that lasted that long renewed at least once (unless one request hung as
+            // long): the failures start afresh.
+            if started.elapsed() >= self.renew_every {
+                failing_since = None;
             }
+            // A blip in the API server is not a reason to stop, until the Lease could have
+            // expired for the others.
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            tracing::warn!(error = %err, lease = %self.name, "cannot renew the leader Lease");
+            if since.elapsed() >= self.term {
+                return lease_error(&self.name, "renew", err);
+            }
+            tokio::time::sleep(self.renew_every).await;
         }
     }
 
-    /// Gives the Lease up on shutdown so a standby takes over at once.
+    /// Gives the Lease up on shutdown, so a standby need not wait for it to expire.
     pub async fn release(&self) {
-        if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await
-            && let Some(spec) = lease.spec.as_mut()
-            && spec.holder_identity.as_deref() == Some(self.identity.as_str())
-        {
-            spec.holder_identity = None;
-            spec.renew_time = None;
-            let _ = self
-                .api
-                .replace(&self.name, &PostParams::default(), &lease)
-                .await;
+        if let Err(err) = self.manager.release().await {
+            tracing::warn!(error = %err, lease = %self.name, "cannot release the leader Lease; a standby takes over when it expires");
+        }
+    }
+}
+
+fn lease_error(name: &str, action: &str, err: LeaseManagerError) -> Error {
+    match err {
+        LeaseManagerError::KubeError(source) => Error::Kube {
+            action: format!("{action} Lease {name}"),
+            source,
+        },
+        // The Lease was deleted under this replica, or the crate lost track of its
+        // state: either way this replica cannot tell that it leads.
+        other => {
+            tracing::warn!(error = %other, lease = %name, "leader Lease in an unexpected state");
+            Error::LostLeadership(name.to_owned())
         }
     }
 }
