@@ -1,5 +1,7 @@
 //! Seal and open costs: one value, and a 5-key Secret (five values, one recipient).
 
+mod common;
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -26,6 +28,12 @@ fn benches(c: &mut Criterion) {
     });
     c.bench_function("open one 64-byte value", |b| {
         b.iter(|| open(black_box(&sealed[0]), &bindings[0], &keyring).unwrap())
+    });
+    // Beside `openssl speed`'s X25519 in bench/open-cost.sh (issue 11: ≤ 1.4 × X25519).
+    common::cpu_group(c, "CPU time").bench_function("open one 64-byte value", |b| {
+        common::iter_cpu(b, || {
+            open(black_box(&sealed[0]), &bindings[0], &keyring).unwrap()
+        })
     });
     c.bench_function("seal a 5-key Secret", |b| {
         b.iter(|| {

@@ -4,6 +4,8 @@
 //! Public so that conformance tests (and anyone writing a second implementation) can
 //! check every intermediate value against the RFC's test vectors.
 
+use std::sync::LazyLock;
+
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use ring::{hkdf, hmac};
@@ -34,11 +36,14 @@ impl hkdf::KeyType for OutputLen {
     }
 }
 
-fn labeled_extract(suite_id: &[u8], salt: &[u8], label: &[u8], ikm: &[u8]) -> Secret32 {
-    // An empty salt is an all-zero key of hash length (RFC 5869 §2.2); HMAC pads short
-    // keys with zeros, so passing the empty slice is the same thing.
-    let key = hmac::Key::new(hmac::HMAC_SHA256, salt);
-    let mut ctx = hmac::Context::with_key(&key);
+/// HMAC-SHA256 keyed with the empty salt, which every `LabeledExtract` here uses but the
+/// key schedule's `secret`. An empty salt is an all-zero key of hash length (RFC 5869
+/// §2.2), and HMAC pads short keys with zeros, so the empty slice is the same thing.
+/// Public data, so it is keyed once per process instead of once per call.
+static EMPTY_SALT: LazyLock<hmac::Key> = LazyLock::new(|| hmac::Key::new(hmac::HMAC_SHA256, b""));
+
+fn labeled_extract(suite_id: &[u8], salt: &hmac::Key, label: &[u8], ikm: &[u8]) -> Secret32 {
+    let mut ctx = hmac::Context::with_key(salt);
     for part in [b"HPKE-v1".as_slice(), suite_id, label, ikm] {
         ctx.update(part);
     }
@@ -47,9 +52,14 @@ fn labeled_extract(suite_id: &[u8], salt: &[u8], label: &[u8], ikm: &[u8]) -> Se
     prk
 }
 
+/// The HKDF-SHA256 PRK to expand from; build it once for several expansions.
+fn prk(prk: &[u8; KEY_LEN]) -> hkdf::Prk {
+    hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, prk)
+}
+
 fn labeled_expand(
     suite_id: &[u8],
-    prk: &[u8; KEY_LEN],
+    prk: &hkdf::Prk,
     label: &[u8],
     info: &[u8],
     out: &mut [u8],
@@ -57,14 +67,13 @@ fn labeled_expand(
     let len = u16::try_from(out.len())
         .map_err(|_| Error::ExportTooLong(out.len()))?
         .to_be_bytes();
-    let prk = hkdf::Prk::new_less_safe(hkdf::HKDF_SHA256, prk);
     let parts = [len.as_slice(), b"HPKE-v1", suite_id, label, info];
     prk.expand(&parts, OutputLen(out.len()))
         .and_then(|okm| okm.fill(out))
         .map_err(|_| Error::ExportTooLong(out.len()))
 }
 
-fn expand32(suite_id: &[u8], prk: &[u8; KEY_LEN], label: &[u8], info: &[u8]) -> Secret32 {
+fn expand32(suite_id: &[u8], prk: &hkdf::Prk, label: &[u8], info: &[u8]) -> Secret32 {
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
     labeled_expand(suite_id, prk, label, info, out.as_mut_slice())
         .expect("32 bytes is within HKDF-SHA256's output limit");
@@ -73,16 +82,16 @@ fn expand32(suite_id: &[u8], prk: &[u8; KEY_LEN], label: &[u8], info: &[u8]) -> 
 
 /// `DeriveKeyPair(ikm)` for X25519 (RFC 9180 §7.1.3): the private key derived from `ikm`.
 pub fn derive_private_key(ikm: &[u8]) -> Secret32 {
-    let dkp_prk = labeled_extract(KEM_SUITE_ID, b"", b"dkp_prk", ikm);
-    expand32(KEM_SUITE_ID, &dkp_prk, b"sk", b"")
+    let dkp_prk = labeled_extract(KEM_SUITE_ID, &EMPTY_SALT, b"dkp_prk", ikm);
+    expand32(KEM_SUITE_ID, &prk(&dkp_prk), b"sk", b"")
 }
 
 fn extract_and_expand(dh: &[u8; KEY_LEN], enc: &[u8; KEY_LEN], pk_r: &[u8; KEY_LEN]) -> Secret32 {
-    let eae_prk = labeled_extract(KEM_SUITE_ID, b"", b"eae_prk", dh);
+    let eae_prk = labeled_extract(KEM_SUITE_ID, &EMPTY_SALT, b"eae_prk", dh);
     let mut kem_context = [0u8; 2 * KEY_LEN];
     kem_context[..KEY_LEN].copy_from_slice(enc);
     kem_context[KEY_LEN..].copy_from_slice(pk_r);
-    expand32(KEM_SUITE_ID, &eae_prk, b"shared_secret", &kem_context)
+    expand32(KEM_SUITE_ID, &prk(&eae_prk), b"shared_secret", &kem_context)
 }
 
 fn diffie_hellman(secret: &StaticSecret, public: &[u8; KEY_LEN]) -> Result<Secret32> {
@@ -116,6 +125,30 @@ pub fn decap(enc: &[u8; KEY_LEN], sk_r: &StaticSecret, pk_r: &[u8; KEY_LEN]) -> 
     Ok(extract_and_expand(&dh, enc, pk_r))
 }
 
+/// The base-mode `key_schedule_context` (RFC 9180 §5.1): `mode ‖ psk_id_hash ‖
+/// info_hash`. It depends on `info` alone (and holds nothing secret), so a caller that
+/// uses one `info` for every message computes it once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleContext([u8; 1 + 2 * KEY_LEN]);
+
+impl ScheduleContext {
+    /// The context for `info`, with the empty PSK ID of base mode.
+    pub fn new(info: &[u8]) -> Self {
+        let psk_id_hash = labeled_extract(HPKE_SUITE_ID, &EMPTY_SALT, b"psk_id_hash", b"");
+        let info_hash = labeled_extract(HPKE_SUITE_ID, &EMPTY_SALT, b"info_hash", info);
+        let mut context = [0u8; 1 + 2 * KEY_LEN];
+        context[0] = MODE_BASE;
+        context[1..=KEY_LEN].copy_from_slice(psk_id_hash.as_slice());
+        context[1 + KEY_LEN..].copy_from_slice(info_hash.as_slice());
+        Self(context)
+    }
+
+    /// The bytes, as the key schedule's `LabeledExpand` calls take them.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// An HPKE encryption context after the base-mode key schedule.
 pub struct Context {
     key: Secret32,
@@ -127,26 +160,27 @@ pub struct Context {
 impl Context {
     /// `KeySchedule(mode_base, shared_secret, info, "", "")` (RFC 9180 §5.1).
     pub fn key_schedule(shared_secret: &[u8; KEY_LEN], info: &[u8]) -> Self {
-        let psk_id_hash = labeled_extract(HPKE_SUITE_ID, b"", b"psk_id_hash", b"");
-        let info_hash = labeled_extract(HPKE_SUITE_ID, b"", b"info_hash", info);
-        let mut context = [0u8; 1 + 2 * KEY_LEN];
-        context[0] = MODE_BASE;
-        context[1..=KEY_LEN].copy_from_slice(psk_id_hash.as_slice());
-        context[1 + KEY_LEN..].copy_from_slice(info_hash.as_slice());
-        let secret = labeled_extract(HPKE_SUITE_ID, shared_secret, b"secret", b"");
+        Self::with_schedule_context(shared_secret, &ScheduleContext::new(info))
+    }
+
+    /// [`Context::key_schedule`] with the `info`-dependent half computed beforehand.
+    pub fn with_schedule_context(shared_secret: &[u8; KEY_LEN], context: &ScheduleContext) -> Self {
+        let salt = hmac::Key::new(hmac::HMAC_SHA256, shared_secret);
+        let secret = prk(&labeled_extract(HPKE_SUITE_ID, &salt, b"secret", b""));
+        let context = context.as_bytes();
         let mut base_nonce = [0u8; NONCE_LEN];
         labeled_expand(
             HPKE_SUITE_ID,
             &secret,
             b"base_nonce",
-            &context,
+            context,
             &mut base_nonce,
         )
         .expect("12 bytes is within HKDF-SHA256's output limit");
         Self {
-            key: expand32(HPKE_SUITE_ID, &secret, b"key", &context),
+            key: expand32(HPKE_SUITE_ID, &secret, b"key", context),
             base_nonce,
-            exporter_secret: expand32(HPKE_SUITE_ID, &secret, b"exp", &context),
+            exporter_secret: expand32(HPKE_SUITE_ID, &secret, b"exp", context),
             seq: 0,
         }
     }
@@ -225,7 +259,7 @@ impl Context {
         let mut out = Zeroizing::new(vec![0u8; len]);
         labeled_expand(
             HPKE_SUITE_ID,
-            &self.exporter_secret,
+            &prk(&self.exporter_secret),
             b"sec",
             exporter_context,
             &mut out,

@@ -3,13 +3,14 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
-use crate::hpke::{self, Context, KEY_LEN, TAG_LEN};
+use crate::hpke::{self, Context, KEY_LEN, ScheduleContext, TAG_LEN};
 use crate::keys::{KeyId, Keyring, PublicKey, random_secret};
 use crate::{Error, Result};
 
@@ -21,6 +22,8 @@ pub const HEADER: [u8; 3] = [b'S', b'G', 0x01];
 pub const MAX_RECIPIENTS: usize = 16;
 const WRAPPED_DEK_LEN: usize = KEY_LEN + TAG_LEN;
 const STANZA_LEN: usize = 8 + KEY_LEN + WRAPPED_DEK_LEN;
+/// The `info` half of the HPKE key schedule, the same for every value.
+static SCHEDULE: LazyLock<ScheduleContext> = LazyLock::new(|| ScheduleContext::new(INFO));
 
 /// How much of its identity a sealed value is bound to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -287,7 +290,8 @@ pub fn seal(recipients: &[PublicKey], binding: &Binding, value: &[u8]) -> Result
         .map(|recipient| {
             let ephemeral = StaticSecret::from(*random_secret()?);
             let (enc, shared_secret) = hpke::encap(recipient.as_bytes(), &ephemeral)?;
-            let wrapped = Context::key_schedule(&shared_secret, INFO).seal(&aad, dek.as_slice());
+            let wrapped = Context::with_schedule_context(&shared_secret, &SCHEDULE)
+                .seal(&aad, dek.as_slice());
             let mut wrapped_dek = [0u8; WRAPPED_DEK_LEN];
             wrapped_dek.copy_from_slice(&wrapped);
             Ok(Stanza {
@@ -327,13 +331,14 @@ impl Envelope {
                 sealed_for: self.key_ids(),
             })?;
         let shared_secret = hpke::decap(&stanza.enc, key.secret(), key.public_key().as_bytes())?;
-        let mut context = Context::key_schedule(&shared_secret, INFO);
-        let dek = match context.open(&binding.aad(), &stanza.wrapped_dek) {
+        let mut context = Context::with_schedule_context(&shared_secret, &SCHEDULE);
+        let aad = binding.aad();
+        let dek = match context.open(&aad, &stanza.wrapped_dek) {
             Ok(dek) => dek,
             Err(_) => return Err(diagnose(&mut context, &stanza.wrapped_dek, binding)),
         };
         let dek: &[u8; KEY_LEN] = dek.as_slice().try_into().map_err(|_| Error::Tampered)?;
-        hpke::open_once(dek, &binding.aad(), &self.payload).map_err(|_| Error::Tampered)
+        hpke::open_once(dek, &aad, &self.payload).map_err(|_| Error::Tampered)
     }
 }
 

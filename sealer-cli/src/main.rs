@@ -15,6 +15,7 @@ mod failure;
 mod keys;
 mod migrate;
 mod output;
+mod parallel;
 mod reseal;
 mod rotate;
 mod seal;

@@ -219,6 +219,66 @@ fn a_directory_is_sealed_into_a_mirror_tree_or_not_at_all() {
 }
 
 #[test]
+fn a_large_directory_is_sealed_file_by_file_and_fails_on_its_first_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    keys(dir.path(), "prod");
+    fs::create_dir_all(dir.path().join("in")).unwrap();
+    for i in 0..200 {
+        let secret = SECRET.replace("name: db", &format!("name: db-{i:03}"));
+        fs::write(dir.path().join(format!("in/s-{i:03}.yaml")), secret).unwrap();
+    }
+    let out = sigil(
+        dir.path(),
+        &["seal", "--cert", "prod.pub", "-f", "in", "-w", "out"],
+        b"",
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "sealed 200 files into out\n"
+    );
+    for i in 0..200 {
+        let sealed = fs::read_to_string(dir.path().join(format!("out/s-{i:03}.yaml"))).unwrap();
+        assert!(
+            sealed.contains(&format!("name: db-{i:03}\n")),
+            "out/s-{i:03}.yaml"
+        );
+    }
+    for i in [0, 101, 199] {
+        let file = format!("out/s-{i:03}.yaml");
+        let opened = ok(
+            dir.path(),
+            &["unseal", "--recovery-key", "prod.key", "-f", &file],
+            b"",
+        );
+        assert!(opened.contains(&format!("name: db-{i:03}\n")), "{file}");
+    }
+
+    // Whichever thread gets there first, the error is always that of the first bad file.
+    for bad in [150, 40, 199] {
+        fs::write(
+            dir.path().join(format!("in/s-{bad:03}.yaml")),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: x, namespace: y}\n",
+        )
+        .unwrap();
+    }
+    for _ in 0..3 {
+        let out = sigil(
+            dir.path(),
+            &["seal", "--cert", "prod.pub", "-f", "in", "-w", "out2"],
+            b"",
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("error: in/s-040.yaml, document 1: the Secret has no data"),
+            "{stderr}"
+        );
+        assert!(!dir.path().join("out2").exists(), "no partial tree");
+    }
+}
+
+#[test]
 fn the_input_file_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     keys(dir.path(), "prod");
