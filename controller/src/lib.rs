@@ -2,21 +2,20 @@
 //!
 //! One replica leads (a `coordination.k8s.io` Lease); it makes and renews keys, watches
 //! them so changes take effect at once, publishes the public keys, and reconciles every
-//! SealedSecret with bounded concurrency and a client-side request rate.
+//! SealedSecret with bounded concurrency. No client-side request rate caps it: the
+//! client retries what the API server sheds (429 with Retry-After, 503, 504).
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt, TryStreamExt};
-use governor::{Quota, RateLimiter};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client};
 use sigil_types::SealedSecret;
 
@@ -49,10 +48,6 @@ pub struct Config {
     pub key_renewal_period: Duration,
     /// SealedSecrets reconciled at once.
     pub concurrency: u16,
-    /// API requests per second the reconcilers may make (burst: `api_burst`).
-    pub api_qps: NonZeroU32,
-    /// Requests allowed at once above the steady rate.
-    pub api_burst: NonZeroU32,
     /// Where `/healthz`, `/readyz`, `/metrics` and the internal verify and re-seal are served.
     pub http_addr: SocketAddr,
     /// Whether to take a Lease before working (off only for a single local replica).
@@ -98,23 +93,23 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         }
     });
 
-    let elector = config.leader_election.then(|| {
-        leader::Elector::new(
+    let shutdown = sigil_telemetry::shutdown_signal();
+    tokio::pin!(shutdown);
+    let elector = if config.leader_election {
+        let acquire = leader::Leadership::acquire(
             client.clone(),
             &config.namespace,
             &config.lease_name,
             &config.identity,
             config.lease_duration,
-        )
-    });
-    let shutdown = sigil_telemetry::shutdown_signal();
-    tokio::pin!(shutdown);
-    if let Some(elector) = &elector {
+        );
         tokio::select! {
-            acquired = elector.acquire() => acquired?,
+            acquired = acquire => Some(acquired?),
             () = &mut shutdown => return Ok(()),
         }
-    }
+    } else {
+        None
+    };
     let lost = async {
         match &elector {
             Some(elector) => elector.hold().await,
@@ -140,6 +135,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         controller: MANAGER.to_owned(),
         instance: Some(config.identity.clone()),
     };
+    let events = status::Events::start(Recorder::new(client.clone(), reporter), metrics.clone());
     let (sealed_api, secret_api) = match &config.watch_namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -158,27 +154,38 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
             .any_semantic(),
     )
     .default_backoff()
+    .modify(forget_bookkeeping)
     .reflect(secrets_writer)
     .touched_objects();
     let context = Arc::new(unseal::Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter.clone()),
+        events: events.clone(),
         metrics: metrics.clone(),
         keys: keys.clone(),
-        limiter: RateLimiter::direct(
-            Quota::per_second(config.api_qps).allow_burst(config.api_burst),
-        ),
         backoff: Default::default(),
         secrets,
+        settled: Default::default(),
     });
-    let controller =
-        Controller::<SealedSecret>::new(sealed_api, watcher::Config::default().any_semantic())
-            .owns_stream(secret_watch)
-            .reconcile_all_on(key_changes)
-            .with_config(controller::Config::default().concurrency(config.concurrency));
+    let (sealed_store, sealed_writer) = reflector::store::<SealedSecret>();
+    // A reconcile opens every value: one for the controller's own status write, echoed
+    // back by the watch, would double the cold start's work for nothing.
+    let sealed_watch = watcher(sealed_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(forget_bookkeeping)
+        .reflect(sealed_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let controller = Controller::for_stream(sealed_watch, sealed_store)
+        .owns_stream(secret_watch)
+        .reconcile_all_on(key_changes)
+        .with_config(controller::Config::default().concurrency(config.concurrency));
     let store = controller.store();
     tokio::spawn(mark_ready(store.clone(), ready.clone()));
-    tokio::spawn(count_by_key(store.clone(), metrics.clone()));
+    tokio::spawn(count_by_key(
+        store.clone(),
+        metrics.clone(),
+        context.clone(),
+    ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -197,14 +204,12 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         });
     let (sync_context, sync_run) = sync::start(
         client.clone(),
-        Recorder::new(client.clone(), reporter.clone()),
+        events.clone(),
         metrics.clone(),
         sync::SyncConfig {
             watch_namespace: config.watch_namespace.clone(),
             cluster_secret_stores: config.cluster_secret_stores,
             concurrency: config.concurrency,
-            api_qps: config.api_qps,
-            api_burst: config.api_burst,
         },
         stopped(),
     );
@@ -223,10 +228,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
     );
     let rotation_context = Arc::new(rotation::RotationContext {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter.clone()),
-        limiter: RateLimiter::direct(
-            Quota::per_second(config.api_qps).allow_burst(config.api_burst),
-        ),
+        events,
         metrics: metrics.clone(),
         sync: sync_context,
         restarter,
@@ -267,6 +269,17 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
     result
 }
 
+/// Drops what no reconcile reads and caches would otherwise keep for every object: the
+/// managed fields, and the copy of the whole object `kubectl apply` leaves in an
+/// annotation (for a SealedSecret, every sealed value a second time).
+pub(crate) fn forget_bookkeeping<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// Waits until `store` has been filled by its first list; false if its watch is gone.
 pub(crate) async fn cache_synced<K>(store: &Store<K>) -> bool
 where
@@ -292,12 +305,20 @@ async fn mark_ready(store: Store<SealedSecret>, ready: Arc<AtomicBool>) {
     tracing::info!("caches synced; ready");
 }
 
-async fn count_by_key(store: Store<SealedSecret>, metrics: Arc<metrics::Metrics>) {
+/// Counts SealedSecrets by the key that opens them, every ten seconds; and, on the same
+/// walk, lets the unseal context forget objects that are gone.
+async fn count_by_key(
+    store: Store<SealedSecret>,
+    metrics: Arc<metrics::Metrics>,
+    context: Arc<unseal::Context>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
         let mut counts = std::collections::BTreeMap::<String, i64>::new();
-        for obj in store.state() {
+        let state = store.state();
+        context.forget_all_but(&state.iter().map(|obj| unseal::object_key(obj)).collect());
+        for obj in state {
             for id in obj.status.iter().flat_map(|s| s.key_ids.iter()) {
                 *counts.entry(id.clone()).or_default() += 1;
             }
@@ -389,8 +410,11 @@ async fn keep_keys(
             "sealing keys loaded"
         );
         keys.replace(state);
-        published = Some(fingerprint);
+        // The first keys come before the controllers start, whose first list reconciles
+        // every object anyway: asking again would open every value twice.
+        if published.replace(fingerprint).is_some() {
+            let _ = key_changes.unbounded_send(());
+        }
         let _ = keys_ready.send(true);
-        let _ = key_changes.unbounded_send(());
     }
 }

@@ -1,7 +1,6 @@
 //! `sigil-controller` entry point: flags, logging, then `sigil_controller::run`.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,12 +22,6 @@ struct Args {
     /// SealedSecrets reconciled at once.
     #[arg(long, default_value_t = 32)]
     concurrency: u16,
-    /// Steady API requests per second for reconciles (kubectl's client-go default is 5).
-    #[arg(long, default_value = "500")]
-    api_qps: NonZeroU32,
-    /// Requests allowed in a burst above --api-qps.
-    #[arg(long, default_value = "1000")]
-    api_burst: NonZeroU32,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
@@ -85,8 +78,6 @@ fn main() -> ExitCode {
         cluster_name: args.cluster_name,
         key_renewal_period: args.key_renewal_period,
         concurrency: args.concurrency,
-        api_qps: args.api_qps,
-        api_burst: args.api_burst,
         http_addr: args.http_addr,
         leader_election: args.leader_election,
         lease_name: args.lease_name,

@@ -120,6 +120,7 @@ pub struct Metrics {
     pub(crate) rotations: Family<RotationLabel, Counter>,
     pub(crate) rollouts: Family<RolloutLabel, Counter>,
     pub(crate) reload_workloads: Gauge,
+    pub(crate) events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -194,7 +195,14 @@ impl Default for Metrics {
             "Deployments, StatefulSets and DaemonSets opted in to reload (sigil.dev/reload: \"true\")",
             reload_workloads.clone(),
         );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Events not published because more were waiting than the queue holds",
+            events_dropped.clone(),
+        );
         Self {
+            events_dropped,
             rollouts,
             reload_workloads,
             rotations,

@@ -55,13 +55,14 @@ pub(crate) enum Refusal {
     Rejected(String),
 }
 
-/// What became of a write.
+/// What became of a write. The resourceVersion is the Secret's once it held what was
+/// desired: while the watch shows that version, nothing needs checking again.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Written {
     /// The Secret already held everything.
-    Unchanged,
+    Unchanged(Option<String>),
     /// The Secret was created or changed.
-    Changed,
+    Changed(Option<String>),
     /// Nothing was written.
     Refused(Refusal),
 }
@@ -70,7 +71,6 @@ pub(crate) enum Written {
 /// be unnecessary.
 pub(crate) struct SecretWriter<'a> {
     pub client: &'a kube::Client,
-    pub limiter: &'a governor::DefaultDirectRateLimiter,
     /// The Secrets this kind writes, as last seen by its watch.
     pub cache: &'a Store<Secret>,
     pub manager: &'a str,
@@ -220,10 +220,6 @@ fn merged_by_others(existing: &Secret, desired: &Secret, manager: &str, prefix: 
 }
 
 impl SecretWriter<'_> {
-    async fn throttle(&self) {
-        self.limiter.until_ready().await;
-    }
-
     /// Makes the Secret `desired` (name and namespace set) hold what it should.
     pub(crate) async fn write(&self, desired: &Secret, claim: &Claim<'_>) -> Result<Written> {
         let namespace = desired.namespace().unwrap_or_default();
@@ -231,21 +227,20 @@ impl SecretWriter<'_> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         let whole = matches!(claim.mode, Mode::Own);
         let cached = self.cache.get(&ObjectRef::new(&name).within(&namespace));
-        if cached
-            .as_deref()
-            .is_some_and(|c| claim.is_mine(c) && matches(c, desired, whole))
+        if let Some(cached) = cached.as_deref()
+            && claim.is_mine(cached)
+            && matches(cached, desired, whole)
         {
-            return Ok(Written::Unchanged);
+            return Ok(Written::Unchanged(cached.resource_version()));
         }
         if cached.is_none() && whole {
             // Most Secrets do not exist yet: one create, instead of a read and an apply.
-            self.throttle().await;
             let params = PostParams {
                 field_manager: Some(self.manager.to_owned()),
                 ..PostParams::default()
             };
             match api.create(&params, desired).await {
-                Ok(_) => return Ok(Written::Changed),
+                Ok(created) => return Ok(Written::Changed(created.resource_version())),
                 Err(kube::Error::Api(status)) if status.code == 409 => {}
                 Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
                     return Ok(rejected(&namespace, &name, &status.message));
@@ -258,7 +253,6 @@ impl SecretWriter<'_> {
                 }
             }
         }
-        self.throttle().await;
         let existing = api
             .get_opt(&name)
             .await
@@ -309,11 +303,10 @@ impl SecretWriter<'_> {
             }
             _ => {}
         }
-        if existing
-            .as_ref()
-            .is_some_and(|e| matches(e, desired, whole))
+        if let Some(existing) = &existing
+            && matches(existing, desired, whole)
         {
-            return Ok(Written::Unchanged);
+            return Ok(Written::Unchanged(existing.resource_version()));
         }
         // Type and immutable data cannot change in place: replace the Secret.
         if let Some(existing) = &existing
@@ -321,7 +314,6 @@ impl SecretWriter<'_> {
             && (existing.type_ != desired.type_
                 || (existing.immutable == Some(true) && existing.data != desired.data))
         {
-            self.throttle().await;
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
                     uid: existing.uid(),
@@ -347,7 +339,6 @@ impl SecretWriter<'_> {
                 .map(|(k, _)| (k.clone(), serde_json::Value::Null))
                 .collect();
             if !extra.is_empty() {
-                self.throttle().await;
                 api.patch(
                     &name,
                     &PatchParams::default(),
@@ -357,7 +348,6 @@ impl SecretWriter<'_> {
                 .during(|| format!("remove foreign keys from Secret {namespace}/{name}"))?;
             }
         }
-        self.throttle().await;
         match api
             .patch(
                 &name,
@@ -366,7 +356,7 @@ impl SecretWriter<'_> {
             )
             .await
         {
-            Ok(_) => Ok(Written::Changed),
+            Ok(applied) => Ok(Written::Changed(applied.resource_version())),
             Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
                 Ok(rejected(&namespace, &name, &status.message))
             }
@@ -386,7 +376,6 @@ impl SecretWriter<'_> {
         claim: &Claim<'_>,
     ) -> Result<bool> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        self.throttle().await;
         let Some(existing) = api
             .get_opt(name)
             .await
@@ -406,7 +395,6 @@ impl SecretWriter<'_> {
                     }),
                     ..DeleteParams::default()
                 };
-                self.throttle().await;
                 match api.delete(name, &params).await {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
@@ -422,7 +410,6 @@ impl SecretWriter<'_> {
                     "kind": "Secret",
                     "metadata": {"name": name, "namespace": namespace},
                 });
-                self.throttle().await;
                 api.patch(
                     name,
                     &PatchParams::apply(manager).force(),

@@ -25,6 +25,11 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -32,6 +37,7 @@ use serde::de::DeserializeOwned;
 
 use crate::MANAGER;
 use crate::error::{KubeContext, Result};
+use crate::metrics::Metrics;
 
 /// How a reconcile left an object, in the terms GitOps tools read (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +126,6 @@ pub(crate) fn reason_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<
 /// Writes `status` of `obj` (through `api`, of its scope) unless it equals `current`.
 pub(crate) async fn patch_status<K, S>(
     api: Api<K>,
-    limiter: &governor::DefaultDirectRateLimiter,
     obj: &K,
     current: Option<&S>,
     status: &S,
@@ -132,35 +137,24 @@ where
     if current == Some(status) {
         return Ok(false);
     }
-    apply_status(api, limiter, obj, status, false).await?;
+    apply_status(api, obj, status, false).await?;
     Ok(true)
 }
 
 /// Writes `status` of `obj` only if `obj` is still at the resourceVersion it was read
 /// at, and returns the object as written: a step recorded this way never overwrites
 /// what another replica recorded meanwhile (that write fails with 409 Conflict).
-pub(crate) async fn record_status_at<K, S>(
-    api: Api<K>,
-    limiter: &governor::DefaultDirectRateLimiter,
-    obj: &K,
-    status: &S,
-) -> Result<K>
+pub(crate) async fn record_status_at<K, S>(api: Api<K>, obj: &K, status: &S) -> Result<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
 {
-    apply_status(api, limiter, obj, status, true).await
+    apply_status(api, obj, status, true).await
 }
 
 /// Server-side applies `status` of `obj`, on the condition that `obj` is still at its
 /// resourceVersion when `at_version` is set.
-async fn apply_status<K, S>(
-    api: Api<K>,
-    limiter: &governor::DefaultDirectRateLimiter,
-    obj: &K,
-    status: &S,
-    at_version: bool,
-) -> Result<K>
+async fn apply_status<K, S>(api: Api<K>, obj: &K, status: &S, at_version: bool) -> Result<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
@@ -174,7 +168,6 @@ where
     if at_version {
         patch["metadata"] = serde_json::json!({ "resourceVersion": obj.resource_version() });
     }
-    limiter.until_ready().await;
     api.patch_status(
         &name,
         &PatchParams::apply(MANAGER).force(),
@@ -190,10 +183,62 @@ where
     })
 }
 
-/// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
-pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
-    recorder: &Recorder,
-    limiter: &governor::DefaultDirectRateLimiter,
+/// Events waiting to be published, at most; more are dropped and counted.
+const EVENT_QUEUE: usize = 4096;
+/// More Events than this arriving within one window is a burst.
+const EVENT_BURST: u64 = 32;
+const EVENT_WINDOW: Duration = Duration::from_millis(500);
+
+/// Publishes Events from one background task, for every kind, so that no reconcile
+/// waits on one. During a burst (a cold start makes one Event per object) they wait
+/// until it is over: each Event is a write, and the Secrets and statuses come first.
+/// Events are best effort, as in client-go: when the queue is full, the newest are
+/// dropped and counted.
+#[derive(Clone)]
+pub struct Events {
+    queue: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
+    arrived: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Events {
+    /// Starts the publishing task.
+    pub fn start(recorder: Recorder, metrics: Arc<Metrics>) -> Self {
+        let (queue, mut waiting) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+        let arrived = Arc::new(AtomicU64::new(0));
+        let counter = arrived.clone();
+        tokio::spawn(async move {
+            let mut window = (tokio::time::Instant::now(), 0);
+            while let Some((event, reference)) = waiting.recv().await {
+                loop {
+                    let now = (tokio::time::Instant::now(), counter.load(Ordering::Relaxed));
+                    let calm = now.1 - window.1 < EVENT_BURST;
+                    if now.0 >= window.0 + EVENT_WINDOW {
+                        window = now;
+                        if calm {
+                            break;
+                        }
+                    } else if calm {
+                        break;
+                    }
+                    tokio::time::sleep_until(window.0 + EVENT_WINDOW).await;
+                }
+                if let Err(err) = recorder.publish(&event, &reference).await {
+                    tracing::warn!(error = %err, "cannot publish Event");
+                }
+            }
+        });
+        Self {
+            queue,
+            arrived,
+            metrics,
+        }
+    }
+}
+
+/// Queues an Event about `obj`; a failure to publish is logged, never fatal.
+pub(crate) fn publish<K: Resource<DynamicType = ()>>(
+    events: &Events,
     obj: &K,
     warning: bool,
     reason: &str,
@@ -211,9 +256,9 @@ pub(crate) async fn publish<K: Resource<DynamicType = ()>>(
         action: action.to_owned(),
         secondary: None,
     };
-    limiter.until_ready().await;
-    if let Err(err) = recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::warn!(error = %err, "cannot publish Event");
+    events.arrived.fetch_add(1, Ordering::Relaxed);
+    if events.queue.try_send((event, obj.object_ref(&()))).is_err() {
+        events.metrics.events_dropped.inc();
     }
 }
 

@@ -21,7 +21,6 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
@@ -41,8 +40,7 @@ const RETRY_CAP: Duration = Duration::from_secs(60);
 /// Shared by every Rotation reconcile.
 pub struct RotationContext {
     pub(crate) client: Client,
-    pub(crate) recorder: Recorder,
-    pub(crate) limiter: governor::DefaultDirectRateLimiter,
+    pub(crate) events: status::Events,
     pub(crate) metrics: Arc<Metrics>,
     /// Stores, sessions and ExternalSecrets, shared with the sync controllers.
     pub(crate) sync: Arc<SyncContext>,
@@ -363,7 +361,7 @@ async fn record(
         phase => phase.as_str(),
     };
     status.conditions = conditions_of(obj, &status, outcome.phase, reason, &outcome.message);
-    let written = status::record_status_at(api_of(ctx, obj), &ctx.limiter, obj, &status).await?;
+    let written = status::record_status_at(api_of(ctx, obj), obj, &status).await?;
     let event_reason = if outcome.phase == RotationPhase::Completed {
         StepName::Complete.event_reason()
     } else {
@@ -407,7 +405,7 @@ async fn record_failed(
         failure.reason,
         &failure.message,
     );
-    let written = status::record_status_at(api_of(ctx, obj), &ctx.limiter, obj, &status).await?;
+    let written = status::record_status_at(api_of(ctx, obj), obj, &status).await?;
     announce(
         ctx,
         &written,
@@ -440,7 +438,7 @@ async fn note_waiting(
     status.conditions = conditions_of(obj, &status, phase, reason, message);
     status.observed_generation = obj.metadata.generation;
     if status != before {
-        status::record_status_at(api_of(ctx, obj), &ctx.limiter, obj, &status).await?;
+        status::record_status_at(api_of(ctx, obj), obj, &status).await?;
     }
     Ok(())
 }
@@ -510,16 +508,7 @@ async fn announce(
         result = if warning { "failed" } else { reason },
         message,
     );
-    status::publish(
-        &ctx.recorder,
-        &ctx.limiter,
-        obj,
-        warning,
-        reason,
-        step.as_str(),
-        message,
-    )
-    .await;
+    status::publish(&ctx.events, obj, warning, reason, step.as_str(), message);
 }
 
 fn count(ctx: &RotationContext, result: &'static str) {

@@ -2,8 +2,8 @@
 //! server-side apply, and report honestly in status and Events. Bad input never changes
 //! a Secret, and nothing here ever formats a secret value.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
@@ -11,8 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use sigil_core::{Binding, Envelope, Error as SealError, KeyId};
 use sigil_types::{SealedSecret, SealedSecretStatus};
@@ -102,6 +101,8 @@ struct Outcome {
     message: String,
     key_ids: Vec<String>,
     wrote: bool,
+    /// The Secret's resourceVersion once it held the values.
+    secret_version: Option<String>,
 }
 
 impl Outcome {
@@ -111,8 +112,21 @@ impl Outcome {
             message,
             key_ids: Vec::new(),
             wrote: false,
+            secret_version: None,
         }
     }
+}
+
+/// What the last reconcile of a SealedSecret settled: while its generation, the keys
+/// and its Secret's resourceVersion stay the same, there is nothing to open or write.
+/// The watch echoes each write back (the Secret created, the status set); without this,
+/// every echo would open every value again.
+pub(crate) struct Settled {
+    uid: Option<String>,
+    generation: Option<i64>,
+    /// Weak, so that replaced keys are dropped (and wiped) all the same.
+    keys: Weak<KeyState>,
+    secret_version: String,
 }
 
 /// Every value opened; plaintext is wiped when this is dropped.
@@ -126,18 +140,18 @@ pub struct Context {
     /// The API client.
     pub client: Client,
     /// Publishes Events.
-    pub recorder: Recorder,
+    pub(crate) events: status::Events,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The sealing keys.
     pub keys: Arc<Keys>,
-    /// Client-side request rate limit for the API server.
-    pub limiter: governor::DefaultDirectRateLimiter,
     /// Consecutive failures per object, for exponential backoff.
     pub backoff: Backoff,
     /// The Secrets this controller wrote, as last seen by its watch: a reconcile whose
     /// Secret already matches needs no request at all.
     pub secrets: Store<Secret>,
+    /// Per SealedSecret, what its last reconcile settled.
+    pub(crate) settled: Mutex<HashMap<ObjectKey, Settled>>,
 }
 
 /// Why one value did not open: a reason from the fixed set, and the error with its fix
@@ -291,10 +305,51 @@ fn desired_secret(
 }
 
 impl Context {
+    fn is_settled(&self, key: &ObjectKey, obj: &SealedSecret, keys: &Arc<KeyState>) -> bool {
+        let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(settled) = settled.get(key) else {
+            return false;
+        };
+        let secret = self.secrets.get(&ObjectRef::new(&key.2).within(&key.1));
+        settled.uid == obj.metadata.uid
+            && settled.generation == obj.metadata.generation
+            && Weak::ptr_eq(&settled.keys, &Arc::downgrade(keys))
+            && secret.is_some_and(|s| {
+                s.metadata.resource_version.as_ref() == Some(&settled.secret_version)
+            })
+    }
+
+    fn settle(&self, key: ObjectKey, obj: &SealedSecret, keys: &Arc<KeyState>, outcome: &Outcome) {
+        let mut settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
+        match (&outcome.secret_version, outcome.reason) {
+            (Some(version), Reason::Unsealed) => {
+                settled.insert(
+                    key,
+                    Settled {
+                        uid: obj.metadata.uid.clone(),
+                        generation: obj.metadata.generation,
+                        keys: Arc::downgrade(keys),
+                        secret_version: version.clone(),
+                    },
+                );
+            }
+            _ => {
+                settled.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets what was settled for SealedSecrets that are gone.
+    pub(crate) fn forget_all_but(&self, present: &HashSet<ObjectKey>) {
+        self.settled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| present.contains(key));
+    }
+
     fn writer(&self) -> SecretWriter<'_> {
         SecretWriter {
             client: &self.client,
-            limiter: &self.limiter,
             cache: &self.secrets,
             manager: MANAGER,
         }
@@ -317,7 +372,7 @@ impl Context {
             uid: &owner.uid,
             mode: Mode::Own,
         };
-        let synced = |wrote: bool| Outcome {
+        let synced = |wrote: bool, secret_version: Option<String>| Outcome {
             reason: Reason::Unsealed,
             message: format!(
                 "Secret {namespace}/{name} {} the {} unsealed keys",
@@ -326,10 +381,11 @@ impl Context {
             ),
             key_ids: key_ids.clone(),
             wrote,
+            secret_version,
         };
         Ok(match self.writer().write(&desired, &claim).await? {
-            Written::Unchanged => synced(false),
-            Written::Changed => synced(true),
+            Written::Unchanged(version) => synced(false, version),
+            Written::Changed(version) => synced(true, version),
             Written::Refused(Refusal::Rejected(message)) => {
                 Outcome::failed(Reason::SecretRejected, message)
             }
@@ -369,7 +425,6 @@ impl Context {
         };
         status::patch_status(
             Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default()),
-            &self.limiter,
             obj,
             obj.status.as_ref(),
             &status,
@@ -379,15 +434,13 @@ impl Context {
             status::reason_of(previous, SYNCED).is_none_or(|r| r != outcome.reason.as_str());
         if outcome.wrote || (!synced && reason_changed) {
             status::publish(
-                &self.recorder,
-                &self.limiter,
+                &self.events,
                 obj,
                 !synced,
                 outcome.reason.as_str(),
                 "Unseal",
                 &outcome.message,
-            )
-            .await;
+            );
         }
         Ok(())
     }
@@ -400,6 +453,10 @@ pub async fn reconcile(obj: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Acti
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let keys = ctx.keys.current();
+    let key = object_key(&obj);
+    if ctx.is_settled(&key, &obj, &keys) {
+        return Ok(Action::await_change());
+    }
     let result = match open_all(&obj, &namespace, &name, &keys) {
         Ok(opened) => ctx.write_secret(&obj, &namespace, &name, opened).await,
         Err(outcome) => Ok(outcome),
@@ -421,7 +478,8 @@ pub async fn reconcile(obj: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Acti
     if outcome.reason != Reason::Unsealed {
         tracing::warn!(reason = outcome.reason.as_str(), message = %outcome.message, "not unsealed");
     }
-    ctx.backoff.succeeded(&object_key(&obj));
+    ctx.settle(key.clone(), &obj, &keys, &outcome);
+    ctx.backoff.succeeded(&key);
     Ok(match outcome.reason {
         // The Secret in the way carries no label we watch, so its opt-in is polled for.
         Reason::SecretNotOwned => Action::requeue(Duration::from_secs(10)),
@@ -440,7 +498,7 @@ pub fn error_policy(obj: Arc<SealedSecret>, err: &Error, ctx: Arc<Context>) -> A
     Action::requeue(delay)
 }
 
-fn object_key(obj: &SealedSecret) -> ObjectKey {
+pub(crate) fn object_key(obj: &SealedSecret) -> ObjectKey {
     (
         "SealedSecret",
         obj.namespace().unwrap_or_default(),

@@ -463,8 +463,8 @@ async fn sync(
     };
     let data_hash = ctx.hash_data(desired.data.as_ref(), keys.as_deref());
     let wrote = match ctx.writer().write(&desired, &claim).await? {
-        Written::Unchanged => false,
-        Written::Changed => true,
+        Written::Unchanged(_) => false,
+        Written::Changed(_) => true,
         Written::Refused(refusal) => {
             let (reason, message) = match refusal {
                 Refusal::NotOwned(m) | Refusal::Missing(m) => (SyncReason::SecretNotOwned, m),
@@ -702,23 +702,14 @@ async fn record_synced(
         }),
         conditions: conditions_of(obj, Health::Ready, SyncReason::SecretSynced, &message),
     };
-    status::patch_status(ctx.api_of(obj), &ctx.limiter, obj, previous, &status).await?;
+    status::patch_status(ctx.api_of(obj), obj, previous, &status).await?;
     if synced.wrote {
         let reason = if synced.deleted {
             "SecretDeleted"
         } else {
             SyncReason::SecretSynced.as_str()
         };
-        status::publish(
-            &ctx.recorder,
-            &ctx.limiter,
-            obj,
-            false,
-            reason,
-            "Sync",
-            &message,
-        )
-        .await;
+        status::publish(&ctx.events, obj, false, reason, "Sync", &message);
     }
     Ok(())
 }
@@ -734,18 +725,16 @@ async fn record_failed(obj: &ExternalSecret, ctx: &SyncContext, failure: &Failur
         // What was last synced stays on record.
         ..previous.cloned().unwrap_or_default()
     };
-    status::patch_status(ctx.api_of(obj), &ctx.limiter, obj, previous, &status).await?;
+    status::patch_status(ctx.api_of(obj), obj, previous, &status).await?;
     if status::reason_of(conditions, status::READY) != Some(failure.reason.as_str()) {
         status::publish(
-            &ctx.recorder,
-            &ctx.limiter,
+            &ctx.events,
             obj,
             true,
             failure.reason.as_str(),
             "Sync",
             &failure.message,
-        )
-        .await;
+        );
     }
     Ok(())
 }

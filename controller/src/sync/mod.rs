@@ -10,7 +10,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -50,9 +49,8 @@ pub(crate) struct Scheduled {
 /// Shared by the store and ExternalSecret reconcilers.
 pub struct SyncContext {
     pub(crate) client: Client,
-    pub(crate) recorder: Recorder,
+    pub(crate) events: crate::status::Events,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) limiter: governor::DefaultDirectRateLimiter,
     pub(crate) stores: stores::Stores,
     pub(crate) cache: Arc<cache::ReadCache>,
     pub(crate) backoff: Backoff,
@@ -78,7 +76,6 @@ impl SyncContext {
     pub(crate) fn writer(&self) -> SecretWriter<'_> {
         SecretWriter {
             client: &self.client,
-            limiter: &self.limiter,
             cache: &self.secrets,
             manager: crate::MANAGER,
         }
@@ -196,10 +193,6 @@ pub struct SyncConfig {
     pub cluster_secret_stores: bool,
     /// ExternalSecrets reconciled at once.
     pub concurrency: u16,
-    /// API requests per second (burst: `api_burst`).
-    pub api_qps: std::num::NonZeroU32,
-    /// Requests allowed at once above the steady rate.
-    pub api_burst: std::num::NonZeroU32,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -216,7 +209,7 @@ where
 /// the Rotation engine) and the future that runs them until `stop` resolves.
 pub fn start(
     client: Client,
-    recorder: Recorder,
+    events: crate::status::Events,
     metrics: Arc<Metrics>,
     config: SyncConfig,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -235,6 +228,7 @@ pub fn start(
             .any_semantic(),
     )
     .default_backoff()
+    .modify(crate::forget_bookkeeping)
     .reflect(secrets_writer)
     .touched_objects();
     let store_controller = Controller::<SecretStore>::new(
@@ -254,11 +248,8 @@ pub fn start(
     let externals = es_controller.store();
     let context = Arc::new(SyncContext {
         client: client.clone(),
-        recorder,
+        events,
         metrics: metrics.clone(),
-        limiter: governor::RateLimiter::direct(
-            governor::Quota::per_second(config.api_qps).allow_burst(config.api_burst),
-        ),
         stores: stores::Stores::new(client.clone(), Arc::new(MetricsObserver(metrics.clone()))),
         cache: cache::ReadCache::new(metrics.clone()),
         backoff: Backoff::default(),

@@ -815,7 +815,6 @@ where
     };
     status::patch_status(
         K::api(&ctx.client, &store.store),
-        &ctx.limiter,
         obj.as_ref(),
         previous,
         &status,
@@ -823,15 +822,13 @@ where
     .await?;
     if problem.is_some() && status::reason_of(conditions, status::READY) != Some(reason) {
         status::publish(
-            &ctx.recorder,
-            &ctx.limiter,
+            &ctx.events,
             obj.as_ref(),
             true,
             reason,
             "Validate",
             &message,
-        )
-        .await;
+        );
     }
     let key = (
         store.store.kind.as_str(),

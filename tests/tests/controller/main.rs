@@ -3,6 +3,7 @@
 
 mod api;
 mod cluster;
+mod flood;
 mod ha;
 mod health;
 mod internal;
