@@ -184,7 +184,7 @@ where
 }
 
 /// Events waiting to be published, at most; more are dropped and counted.
-const EVENT_QUEUE: usize = 4096;
+const EVENT_QUEUE: usize = 1024;
 /// More Events than this arriving within one window is a burst.
 const EVENT_BURST: u64 = 32;
 const EVENT_WINDOW: Duration = Duration::from_millis(500);
@@ -208,17 +208,18 @@ impl Events {
         let arrived = Arc::new(AtomicU64::new(0));
         let counter = arrived.clone();
         tokio::spawn(async move {
+            // The window now open: when it began, and how many had arrived by then.
             let mut window = (tokio::time::Instant::now(), 0);
+            let mut last_window_busy = false;
             while let Some((event, reference)) = waiting.recv().await {
                 loop {
-                    let now = (tokio::time::Instant::now(), counter.load(Ordering::Relaxed));
-                    let calm = now.1 - window.1 < EVENT_BURST;
-                    if now.0 >= window.0 + EVENT_WINDOW {
-                        window = now;
-                        if calm {
-                            break;
-                        }
-                    } else if calm {
+                    let now = tokio::time::Instant::now();
+                    let arrived = counter.load(Ordering::Relaxed);
+                    if now >= window.0 + EVENT_WINDOW {
+                        last_window_busy = arrived - window.1 >= EVENT_BURST;
+                        window = (now, arrived);
+                    }
+                    if !last_window_busy && arrived - window.1 < EVENT_BURST {
                         break;
                     }
                     tokio::time::sleep_until(window.0 + EVENT_WINDOW).await;
