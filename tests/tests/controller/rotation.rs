@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -353,7 +353,11 @@ async fn vault_rotation_refreshes_every_mirror_restarts_consumers_and_keeps_hist
             .as_ref()
             .is_some_and(|f| f.0 >= s.started_at.0)
     }));
-    let reasons: Vec<String> = events(&ctx)
+    let completed = |e: &Event| {
+        e.involved_object.name.as_deref() == Some("incident-42")
+            && e.reason.as_deref() == Some("RotationCompleted")
+    };
+    let reasons: Vec<String> = events_once(&ctx, |events| events.iter().any(completed))
         .await
         .into_iter()
         .filter(|e| e.involved_object.name.as_deref() == Some("incident-42"))
@@ -649,12 +653,12 @@ async fn a_foreign_write_fails_the_rotation_and_two_rotations_never_interleave()
         "{message}"
     );
     assert_eq!(kv_meta(&ctx, "db").await.0, foreign);
-    assert!(
-        events(&ctx)
-            .await
+    events_once(&ctx, |events| {
+        events
             .iter()
             .any(|e| e.reason.as_deref() == Some("RotationFailed"))
-    );
+    })
+    .await;
 
     // Two at once: one waits for the other, so the second starts from the first's version.
     rotation(

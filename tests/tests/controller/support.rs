@@ -9,7 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use sigil_tests::{TestContext, repo_root};
 pub use sigil_tests::{free_addr, http_get};
@@ -442,4 +443,18 @@ pub fn import_key(ctx: &TestContext, dir: &Path, file: &str) -> String {
         ],
         "",
     )
+}
+
+/// The Events of the test's namespace once `check` holds for them: the controller
+/// publishes its Events after it writes status (during a burst, once the burst is over).
+pub async fn events_once(ctx: &TestContext, check: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+    eventually(Duration::from_secs(20), || async {
+        let events = Api::<Event>::namespaced(ctx.kube.clone(), &ctx.namespace)
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items;
+        check(&events).then_some(events)
+    })
+    .await
 }
