@@ -18,6 +18,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
@@ -531,6 +532,28 @@ impl TestContext {
                 what: format!("creating ServiceAccount {name}"),
                 source,
             })
+    }
+
+    /// Creates the ServiceAccount `name` in the test's namespace and returns an hour's
+    /// token for it (the API server's audience), to act as that account.
+    pub async fn service_account_token(&self, name: &str) -> Result<String> {
+        self.create_service_account(name, &[]).await?;
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..TokenRequestSpec::default()
+            },
+            ..TokenRequest::default()
+        };
+        let minted = Api::<ServiceAccount>::namespaced(self.kube.clone(), &self.namespace)
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .map_err(|source| Error::Kube {
+                what: format!("requesting a token for ServiceAccount {name}"),
+                source,
+            })?;
+        // The API server always answers a TokenRequest with its status.
+        Ok(minted.status.map(|s| s.token).unwrap_or_default())
     }
 
     /// A name for a test's own API group, e.g. for a CRD: `<id>.sigil.test`.

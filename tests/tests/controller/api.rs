@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
@@ -30,13 +28,7 @@ fn token(ctx: &TestContext, which: &str) -> String {
 /// namespace only; its token.
 async fn runbook_token(ctx: &TestContext) -> String {
     let ns = &ctx.namespace;
-    let accounts = Api::<ServiceAccount>::namespaced(ctx.kube.clone(), ns);
-    let account: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": "runbook"}})).unwrap();
-    accounts
-        .create(&PostParams::default(), &account)
-        .await
-        .unwrap();
+    let token = ctx.service_account_token("runbook").await.unwrap();
     let role: Role = serde_json::from_value(json!({
         "metadata": {"name": "rotator"},
         "rules": [{"apiGroups": ["sigil.dev"], "resources": ["rotations"], "verbs": ["create", "get", "list"]}]
@@ -56,15 +48,7 @@ async fn runbook_token(ctx: &TestContext) -> String {
         .create(&PostParams::default(), &binding)
         .await
         .unwrap();
-    let request: TokenRequest =
-        serde_json::from_value(json!({"spec": {"expirationSeconds": 3600}})).unwrap();
-    accounts
-        .create_token_request("runbook", &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
+    token
 }
 
 /// A Vault-backed ExternalSecret `db` mirroring `password`, synced.

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -22,24 +21,7 @@ const SEALED: usize = 40;
 
 /// A kubeconfig that logs in as ServiceAccount `name` of the test's namespace.
 async fn service_account_kubeconfig(ctx: &TestContext, dir: &Path, name: &str) -> String {
-    ctx.create_service_account(name, &[]).await.unwrap();
-    let token = Api::<ServiceAccount>::namespaced(ctx.kube.clone(), &ctx.namespace)
-        .create_token_request(
-            name,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: TokenRequestSpec {
-                    expiration_seconds: Some(3600),
-                    ..TokenRequestSpec::default()
-                },
-                ..TokenRequest::default()
-            },
-        )
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token;
+    let token = ctx.service_account_token(name).await.unwrap();
     let path = dir.join(format!("{name}.kubeconfig"));
     let yaml = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: sigil\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  context: {{cluster: sigil, user: {name}}}\ncurrent-context: {name}\n",
