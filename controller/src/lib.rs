@@ -143,20 +143,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let (secrets, secrets_writer) = reflector::store::<Secret>();
-    // One watch both fills the cache the Secret writer reads and triggers reconciles,
-    // each event after the cache has it: a Secret deleted by hand is never judged
-    // "unchanged" from a cache that still holds it.
-    let secret_watch = watcher(
-        secret_api,
-        watcher::Config::default()
-            .labels(unseal::OWNER_LABEL)
-            .any_semantic(),
-    )
-    .default_backoff()
-    .modify(forget_bookkeeping)
-    .reflect(secrets_writer)
-    .touched_objects();
+    let (secrets, secret_watch) = secrets::watch_owned(secret_api, unseal::OWNER_LABEL);
     let context = Arc::new(unseal::Context {
         client: client.clone(),
         events: events.clone(),
@@ -166,16 +153,12 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         secrets,
         settled: Default::default(),
     });
-    let (sealed_store, sealed_writer) = reflector::store::<SealedSecret>();
+    let (sealed_store, sealed_changes) = watch_lean::<SealedSecret>(sealed_api);
     // A reconcile opens every value: one for the controller's own status write, echoed
     // back by the watch, would double the cold start's work for nothing.
-    let sealed_watch = watcher(sealed_api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(forget_bookkeeping)
-        .reflect(sealed_writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
-    let controller = Controller::for_stream(sealed_watch, sealed_store)
+    let sealed_changes =
+        sealed_changes.predicate_filter(predicates::generation, Default::default());
+    let controller = Controller::for_stream(sealed_changes, sealed_store)
         .owns_stream(secret_watch)
         .reconcile_all_on(key_changes)
         .with_config(controller::Config::default().concurrency(config.concurrency));
@@ -267,6 +250,47 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         elector.release().await;
     }
     result
+}
+
+/// Watches every `K` `api` reaches, caching each without its bookkeeping: the cache a
+/// controller reads, and the objects that changed, each one after the cache has it.
+pub(crate) fn watch_lean<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = std::result::Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let changes = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(forget_bookkeeping)
+        .reflect(writer)
+        .applied_objects();
+    (store, changes)
+}
+
+/// A controller of every `K` `api` reaches, on a cache kept by `watch_lean`.
+pub(crate) fn lean_controller<K>(api: Api<K>) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, changes) = watch_lean(api);
+    Controller::for_stream(changes, store)
 }
 
 /// Drops what no reconcile reads and caches would otherwise keep for every object: the

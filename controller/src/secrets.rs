@@ -3,12 +3,18 @@
 //! all, and how a Secret is replaced when its type or immutable data must change.
 //! Nothing here formats a Secret's data.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 
+use futures::Stream;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::api::{
+    DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions,
+};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
 use crate::error::{Error, KubeContext, Result};
@@ -67,33 +73,185 @@ pub(crate) enum Written {
     Refused(Refusal),
 }
 
-/// Writes Secrets through the API server, skipping requests the watch cache shows to
-/// be unnecessary.
+/// The Secrets one kind writes, as its watch last saw them, and what was last written
+/// to each. The watch carries metadata only, so no value is cached: whether a Secret
+/// still holds what was written is told by its resourceVersion, against the version
+/// that held it and a keyed hash of the content.
+pub(crate) struct OwnedSecrets {
+    seen: Store<PartialObjectMeta<Secret>>,
+    written: Mutex<HashMap<(String, String), Fingerprinted>>,
+    hasher: std::hash::RandomState,
+}
+
+/// The resourceVersion at which a Secret held the content with this fingerprint.
+struct Fingerprinted {
+    version: String,
+    fingerprint: u64,
+}
+
+impl OwnedSecrets {
+    fn new(seen: Store<PartialObjectMeta<Secret>>) -> Self {
+        Self {
+            seen,
+            written: Mutex::default(),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    /// The Secret as the watch last saw it.
+    pub(crate) fn seen(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<PartialObjectMeta<Secret>>> {
+        self.seen.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// A keyed hash of everything `desired` sets: data, type, immutability, labels,
+    /// annotations and controller. Keyed per process, so it reveals nothing of the values.
+    pub(crate) fn fingerprint(&self, desired: &Secret) -> u64 {
+        let data: Vec<(&str, &[u8])> = desired
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.0.as_slice()))
+            .collect();
+        let meta = &desired.metadata;
+        let owners: Vec<(&str, Option<bool>)> = meta
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|r| (r.uid.as_str(), r.controller))
+            .collect();
+        self.hasher.hash_one((
+            data,
+            desired.type_.as_deref(),
+            desired.immutable,
+            &meta.labels,
+            &meta.annotations,
+            owners,
+        ))
+    }
+
+    /// The Secret's resourceVersion if the watch shows it unchanged since it held the
+    /// content with `fingerprint`.
+    pub(crate) fn holds(&self, namespace: &str, name: &str, fingerprint: u64) -> Option<String> {
+        let version = self
+            .seen(namespace, name)?
+            .metadata
+            .resource_version
+            .clone()?;
+        self.held(namespace, name, &version, fingerprint)
+            .then_some(version)
+    }
+
+    /// Whether the Secret held the content with `fingerprint` at `version`.
+    fn held(&self, namespace: &str, name: &str, version: &str, fingerprint: u64) -> bool {
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .is_some_and(|held| held.version == version && held.fingerprint == fingerprint)
+    }
+
+    fn remember(&self, namespace: &str, name: &str, version: Option<&str>, fingerprint: u64) {
+        let Some(version) = version else {
+            return self.forget(namespace, name);
+        };
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (namespace.to_owned(), name.to_owned()),
+                Fingerprinted {
+                    version: version.to_owned(),
+                    fingerprint,
+                },
+            );
+    }
+
+    fn forget(&self, namespace: &str, name: &str) {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// Forgets what was written to Secrets the watch no longer shows.
+    pub(crate) fn forget_gone(&self) {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(namespace, name), _| {
+                self.seen
+                    .get(&ObjectRef::new(name).within(namespace))
+                    .is_some()
+            });
+    }
+}
+
+/// Watches the Secrets carrying `label`, metadata only: the cache the Secret writer
+/// reads, and a stream of the Secrets that changed, each one after the cache has it (a
+/// Secret deleted by hand is never judged unchanged from a cache that still holds it).
+pub(crate) fn watch_owned(
+    api: Api<PartialObjectMeta<Secret>>,
+    label: &str,
+) -> (
+    OwnedSecrets,
+    impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
+) {
+    let (seen, writer) = reflector::store();
+    let changes = watcher(api, watcher::Config::default().labels(label).any_semantic())
+        .default_backoff()
+        .modify(keep_identity)
+        .reflect(writer)
+        .touched_objects();
+    (OwnedSecrets::new(seen), changes)
+}
+
+/// Keeps of a watched Secret what is read of it: name, resourceVersion (which, with
+/// what was written, tells the rest) and owners (which trigger their reconcile). The
+/// rest, cached for every Secret, would be most of the controller's memory.
+fn keep_identity(secret: &mut PartialObjectMeta<Secret>) {
+    let meta = std::mem::take(&mut secret.metadata);
+    secret.types = None;
+    secret.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        resource_version: meta.resource_version,
+        owner_references: meta.owner_references,
+        ..ObjectMeta::default()
+    };
+}
+
+/// Writes Secrets through the API server, skipping requests the watch shows to be
+/// unnecessary.
 pub(crate) struct SecretWriter<'a> {
     pub client: &'a kube::Client,
-    /// The Secrets this kind writes, as last seen by its watch.
-    pub cache: &'a Store<Secret>,
+    pub secrets: &'a OwnedSecrets,
     pub manager: &'a str,
 }
 
 impl Claim<'_> {
-    fn is_mine(&self, secret: &Secret) -> bool {
+    fn is_mine(&self, secret: &ObjectMeta) -> bool {
         secret
-            .owner_references()
+            .owner_references
             .iter()
+            .flatten()
             .any(|r| r.uid == self.uid && r.controller == Some(true))
             || secret
-                .annotations()
-                .get(OWNED_BY_ANNOTATION)
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(OWNED_BY_ANNOTATION))
                 .map(String::as_str)
                 == Some(self.uid)
     }
 
     /// Another object of this kind controls the Secret.
-    fn rival(&self, secret: &Secret) -> Option<String> {
+    fn rival(&self, secret: &ObjectMeta) -> Option<String> {
         let by_owner = secret
-            .owner_references()
+            .owner_references
             .iter()
+            .flatten()
             .find(|r| {
                 r.controller == Some(true)
                     && is_sigils(r)
@@ -103,8 +261,9 @@ impl Claim<'_> {
             .map(|r| format!("{} {}", r.kind, r.name));
         by_owner.or_else(|| {
             secret
-                .annotations()
-                .get(OWNED_BY_ANNOTATION)
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(OWNED_BY_ANNOTATION))
                 .filter(|uid| uid.as_str() != self.uid)
                 .map(|uid| format!("the object with UID {uid}"))
         })
@@ -122,10 +281,11 @@ fn is_sigils(owner: &OwnerReference) -> bool {
 
 /// A controller of the Secret outside Sigil, which would keep writing it: the API server
 /// also refuses a second controller reference.
-fn foreign_controller(secret: &Secret) -> Option<&OwnerReference> {
+fn foreign_controller(secret: &ObjectMeta) -> Option<&OwnerReference> {
     secret
-        .owner_references()
+        .owner_references
         .iter()
+        .flatten()
         .find(|r| r.controller == Some(true) && !is_sigils(r))
 }
 
@@ -224,16 +384,38 @@ impl SecretWriter<'_> {
     pub(crate) async fn write(&self, desired: &Secret, claim: &Claim<'_>) -> Result<Written> {
         let namespace = desired.namespace().unwrap_or_default();
         let name = desired.name_any();
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
-        let whole = matches!(claim.mode, Mode::Own);
-        let cached = self.cache.get(&ObjectRef::new(&name).within(&namespace));
-        if let Some(cached) = cached.as_deref()
-            && claim.is_mine(cached)
-            && matches(cached, desired, whole)
+        let fingerprint = self.secrets.fingerprint(desired);
+        let seen = self.secrets.seen(&namespace, &name);
+        // Written with the same fingerprint, unchanged since: it is still ours and holds
+        // everything desired.
+        if let Some(seen) = &seen
+            && let Some(version) = &seen.metadata.resource_version
+            && self.secrets.held(&namespace, &name, version, fingerprint)
         {
-            return Ok(Written::Unchanged(cached.resource_version()));
+            return Ok(Written::Unchanged(Some(version.clone())));
         }
-        if cached.is_none() && whole {
+        let written = self
+            .write_through(desired, claim, &namespace, &name, seen.is_some())
+            .await?;
+        if let Written::Unchanged(version) | Written::Changed(version) = &written {
+            self.secrets
+                .remember(&namespace, &name, version.as_deref(), fingerprint);
+        }
+        Ok(written)
+    }
+
+    /// `write`, for a Secret the watch cannot vouch for: `seen` if it shows one at all.
+    async fn write_through(
+        &self,
+        desired: &Secret,
+        claim: &Claim<'_>,
+        namespace: &str,
+        name: &str,
+        seen: bool,
+    ) -> Result<Written> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let whole = matches!(claim.mode, Mode::Own);
+        if !seen && whole {
             // Most Secrets do not exist yet: one create, instead of a read and an apply.
             let params = PostParams {
                 field_manager: Some(self.manager.to_owned()),
@@ -243,7 +425,7 @@ impl SecretWriter<'_> {
                 Ok(created) => return Ok(Written::Changed(created.resource_version())),
                 Err(kube::Error::Api(status)) if status.code == 409 => {}
                 Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
-                    return Ok(rejected(&namespace, &name, &status.message));
+                    return Ok(rejected(namespace, name, &status.message));
                 }
                 Err(source) => {
                     return Err(Error::Kube {
@@ -254,7 +436,7 @@ impl SecretWriter<'_> {
             }
         }
         let existing = api
-            .get_opt(&name)
+            .get_opt(name)
             .await
             .during(|| format!("read Secret {namespace}/{name}"))?;
         let manager = match &claim.mode {
@@ -267,14 +449,14 @@ impl SecretWriter<'_> {
                     "Secret {namespace}/{name} does not exist, and creationPolicy Merge only adds keys to an existing Secret; create it, or use creationPolicy Owner"
                 ))));
             }
-            (Some(existing), Mode::Own) if !claim.is_mine(existing) => {
-                if let Some(rival) = claim.rival(existing) {
+            (Some(existing), Mode::Own) if !claim.is_mine(&existing.metadata) => {
+                if let Some(rival) = claim.rival(&existing.metadata) {
                     return Ok(Written::Refused(Refusal::Conflict(format!(
                         "Secret {namespace}/{name} already belongs to {rival}; nothing was written. Give one of them another target.name"
                     ))));
                 }
-                if let Some(owner) = foreign_controller(existing) {
-                    return Ok(Written::Refused(foreign_refusal(&namespace, &name, owner)));
+                if let Some(owner) = foreign_controller(&existing.metadata) {
+                    return Ok(Written::Refused(foreign_refusal(namespace, name, owner)));
                 }
                 let opted_in = existing
                     .annotations()
@@ -287,10 +469,10 @@ impl SecretWriter<'_> {
                     ))));
                 }
             }
-            (Some(existing), Mode::Merge { .. }) if claim.rival(existing).is_some() => {
+            (Some(existing), Mode::Merge { .. }) if claim.rival(&existing.metadata).is_some() => {
                 return Ok(Written::Refused(Refusal::Conflict(format!(
                     "Secret {namespace}/{name} belongs to {}, which keeps it exactly as it wants it; nothing was merged. Merge into a Secret nothing owns",
-                    claim.rival(existing).unwrap_or_default()
+                    claim.rival(&existing.metadata).unwrap_or_default()
                 ))));
             }
             (Some(existing), Mode::Merge { manager })
@@ -321,7 +503,7 @@ impl SecretWriter<'_> {
                 }),
                 ..DeleteParams::default()
             };
-            api.delete(&name, &params)
+            api.delete(name, &params)
                 .await
                 .during(|| format!("replace Secret {namespace}/{name}"))?;
         }
@@ -340,7 +522,7 @@ impl SecretWriter<'_> {
                 .collect();
             if !extra.is_empty() {
                 api.patch(
-                    &name,
+                    name,
                     &PatchParams::default(),
                     &Patch::Merge(serde_json::json!({ "data": extra })),
                 )
@@ -350,7 +532,7 @@ impl SecretWriter<'_> {
         }
         match api
             .patch(
-                &name,
+                name,
                 &PatchParams::apply(manager).force(),
                 &Patch::Apply(desired),
             )
@@ -358,7 +540,7 @@ impl SecretWriter<'_> {
         {
             Ok(applied) => Ok(Written::Changed(applied.resource_version())),
             Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
-                Ok(rejected(&namespace, &name, &status.message))
+                Ok(rejected(namespace, name, &status.message))
             }
             Err(source) => Err(Error::Kube {
                 action: format!("apply Secret {namespace}/{name}"),
@@ -375,6 +557,7 @@ impl SecretWriter<'_> {
         name: &str,
         claim: &Claim<'_>,
     ) -> Result<bool> {
+        self.secrets.forget(namespace, name);
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
         let Some(existing) = api
             .get_opt(name)
@@ -385,7 +568,7 @@ impl SecretWriter<'_> {
         };
         match &claim.mode {
             Mode::Own => {
-                if !claim.is_mine(&existing) {
+                if !claim.is_mine(&existing.metadata) {
                     return Ok(false);
                 }
                 let params = DeleteParams {
@@ -474,14 +657,14 @@ mod tests {
     #[test]
     fn ownership_by_owner_reference_or_annotation() {
         let mut s = secret(&[]);
-        assert!(!claim("u1").is_mine(&s));
-        assert_eq!(claim("u1").rival(&s), None);
+        assert!(!claim("u1").is_mine(&s.metadata));
+        assert_eq!(claim("u1").rival(&s.metadata), None);
         s.metadata.annotations = Some(BTreeMap::from([(
             OWNED_BY_ANNOTATION.to_owned(),
             "u1".to_owned(),
         )]));
-        assert!(claim("u1").is_mine(&s));
-        assert!(claim("u2").rival(&s).is_some());
+        assert!(claim("u1").is_mine(&s.metadata));
+        assert!(claim("u2").rival(&s.metadata).is_some());
         let mut t = secret(&[]);
         t.metadata.owner_references = Some(vec![OwnerReference {
             api_version: "sigil.dev/v1".into(),
@@ -491,12 +674,12 @@ mod tests {
             controller: Some(true),
             ..OwnerReference::default()
         }]);
-        assert!(claim("u1").is_mine(&t));
+        assert!(claim("u1").is_mine(&t.metadata));
         assert_eq!(
-            claim("u2").rival(&t).as_deref(),
+            claim("u2").rival(&t.metadata).as_deref(),
             Some("ExternalSecret first")
         );
-        assert!(foreign_controller(&t).is_none());
+        assert!(foreign_controller(&t.metadata).is_none());
     }
 
     #[test]
@@ -515,8 +698,8 @@ mod tests {
             uid: "s1",
             mode: Mode::Own,
         };
-        assert_eq!(sealed.rival(&s), None);
-        let owner = foreign_controller(&s).expect("Bitnami's controller reference");
+        assert_eq!(sealed.rival(&s.metadata), None);
+        let owner = foreign_controller(&s.metadata).expect("Bitnami's controller reference");
         let Refusal::NotOwned(message) = foreign_refusal("prod", "db", owner) else {
             panic!("a foreign controller is a NotOwned refusal");
         };
@@ -528,7 +711,53 @@ mod tests {
         );
         // A sigil.dev lookalike group is not Sigil's.
         s.metadata.owner_references.as_mut().unwrap()[0].api_version = "sigil.dev.evil/v1".into();
-        assert!(foreign_controller(&s).is_some());
+        assert!(foreign_controller(&s.metadata).is_some());
+    }
+
+    fn at_version(secret: &Secret, version: &str) -> PartialObjectMeta<Secret> {
+        let mut metadata = secret.metadata.clone();
+        metadata.resource_version = Some(version.into());
+        PartialObjectMeta {
+            types: None,
+            metadata,
+            _phantom: std::marker::PhantomData,
+        }
+    }
+
+    #[test]
+    fn a_secret_holds_what_was_written_until_its_version_or_the_content_changes() {
+        let (store, mut watch) = reflector::store();
+        let owned = OwnedSecrets::new(store);
+        let desired = secret(&[("password", "hunter2")]);
+        let fingerprint = owned.fingerprint(&desired);
+        watch.apply_watcher_event(&watcher::Event::Apply(at_version(&desired, "5")));
+        assert_eq!(
+            owned.holds("prod", "db", fingerprint),
+            None,
+            "nothing written yet"
+        );
+
+        owned.remember("prod", "db", Some("5"), fingerprint);
+        assert_eq!(owned.holds("prod", "db", fingerprint).as_deref(), Some("5"));
+        let other = owned.fingerprint(&secret(&[("password", "hunter3")]));
+        assert_ne!(other, fingerprint);
+        assert_eq!(owned.holds("prod", "db", other), None, "other content");
+        let mut typed = desired.clone();
+        typed.type_ = Some("kubernetes.io/basic-auth".into());
+        assert_ne!(owned.fingerprint(&typed), fingerprint, "the type counts");
+        let mut labelled = desired.clone();
+        labelled.metadata.labels = Some(BTreeMap::from([("app".into(), "db".into())]));
+        assert_ne!(owned.fingerprint(&labelled), fingerprint, "labels count");
+
+        // Edited by anyone: a new version, which nothing vouches for.
+        watch.apply_watcher_event(&watcher::Event::Apply(at_version(&desired, "6")));
+        assert_eq!(owned.holds("prod", "db", fingerprint), None);
+
+        // Deleted: forgotten on the next sweep.
+        owned.remember("prod", "db", Some("6"), fingerprint);
+        watch.apply_watcher_event(&watcher::Event::Delete(at_version(&desired, "6")));
+        owned.forget_gone();
+        assert!(owned.written.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use sigil_core::{Binding, Envelope, Error as SealError, KeyId};
 use sigil_types::{SealedSecret, SealedSecretStatus};
@@ -22,7 +21,7 @@ use crate::backoff::{Backoff, ObjectKey};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ResultLabel};
 use crate::sealed::keys::{KeyState, Keys};
-use crate::secrets::{Claim, Mode, Refusal, SecretWriter, Written};
+use crate::secrets::{Claim, Mode, OwnedSecrets, Refusal, SecretWriter, Written};
 use crate::status::{self, Health};
 
 pub use crate::secrets::MANAGED_ANNOTATION;
@@ -147,9 +146,9 @@ pub struct Context {
     pub keys: Arc<Keys>,
     /// Consecutive failures per object, for exponential backoff.
     pub backoff: Backoff,
-    /// The Secrets this controller wrote, as last seen by its watch: a reconcile whose
-    /// Secret already matches needs no request at all.
-    pub secrets: Store<Secret>,
+    /// The Secrets this controller wrote: a reconcile whose Secret already matches needs
+    /// no request at all.
+    pub(crate) secrets: OwnedSecrets,
     /// Per SealedSecret, what its last reconcile settled.
     pub(crate) settled: Mutex<HashMap<ObjectKey, Settled>>,
 }
@@ -310,7 +309,7 @@ impl Context {
         let Some(settled) = settled.get(key) else {
             return false;
         };
-        let secret = self.secrets.get(&ObjectRef::new(&key.2).within(&key.1));
+        let secret = self.secrets.seen(&key.1, &key.2);
         settled.uid == obj.metadata.uid
             && settled.generation == obj.metadata.generation
             && Weak::ptr_eq(&settled.keys, &Arc::downgrade(keys))
@@ -339,18 +338,20 @@ impl Context {
         }
     }
 
-    /// Forgets what was settled for SealedSecrets that are gone.
+    /// Forgets what was settled for SealedSecrets that are gone, and what was written to
+    /// Secrets that are gone.
     pub(crate) fn forget_all_but(&self, present: &HashSet<ObjectKey>) {
         self.settled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|key, _| present.contains(key));
+        self.secrets.forget_gone();
     }
 
     fn writer(&self) -> SecretWriter<'_> {
         SecretWriter {
             client: &self.client,
-            cache: &self.secrets,
+            secrets: &self.secrets,
             manager: MANAGER,
         }
     }

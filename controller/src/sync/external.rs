@@ -4,7 +4,6 @@
 //! Secret; only "not found" for every key, with `deletionPolicy: Delete`, removes it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,8 +163,7 @@ struct Synced {
     wrote: bool,
     deleted: bool,
     versions: BTreeMap<String, String>,
-    data_hash: u64,
-    keys: Option<Vec<String>>,
+    fingerprint: u64,
     /// When each remote value used was read.
     held: Held,
 }
@@ -217,8 +215,7 @@ pub async fn reconcile(obj: Arc<ExternalSecret>, ctx: Arc<SyncContext>) -> Resul
                     force,
                     held: synced.held.clone(),
                     next_due: next,
-                    data_hash: synced.data_hash,
-                    keys: synced.keys.clone(),
+                    fingerprint: synced.fingerprint,
                     deleted: synced.deleted,
                 },
             );
@@ -299,37 +296,14 @@ impl SyncContext {
             Some(at) => at.checked_duration_since(Instant::now())?,
             None => Duration::MAX,
         };
-        let secret = self
-            .secrets
-            .get(&ObjectRef::new(&job.target).within(&job.namespace));
-        let intact = match secret {
-            Some(secret) => {
-                !scheduled.deleted
-                    && self.hash_data(secret.data.as_ref(), scheduled.keys.as_deref())
-                        == scheduled.data_hash
-            }
-            None => scheduled.deleted,
+        let intact = if scheduled.deleted {
+            self.secrets.seen(&job.namespace, &job.target).is_none()
+        } else {
+            self.secrets
+                .holds(&job.namespace, &job.target, scheduled.fingerprint)
+                .is_some()
         };
         intact.then(|| wait.min(Duration::from_secs(86_400 * 30)))
-    }
-
-    /// A keyed hash of Secret data (of `keys` only, when given): tells whether a Secret
-    /// still holds what was written without keeping the values.
-    pub(crate) fn hash_data(
-        &self,
-        data: Option<&BTreeMap<String, ByteString>>,
-        keys: Option<&[String]>,
-    ) -> u64 {
-        let empty = BTreeMap::new();
-        let data = data.unwrap_or(&empty);
-        let chosen: Vec<(&String, &[u8])> = match keys {
-            Some(keys) => keys
-                .iter()
-                .map(|k| (k, data.get(k).map_or(&[][..], |v| v.0.as_slice())))
-                .collect(),
-            None => data.iter().map(|(k, v)| (k, v.0.as_slice())).collect(),
-        };
-        self.hasher.hash_one(&chosen)
     }
 }
 
@@ -410,8 +384,7 @@ async fn sync(
                 wrote: removed,
                 deleted: true,
                 versions: BTreeMap::new(),
-                data_hash: 0,
-                keys: None,
+                fingerprint: 0,
                 held: now_held,
             }));
         }
@@ -457,11 +430,7 @@ async fn sync(
         .collect();
     let desired = desired_secret(job, &data);
     let claim = claim_of(job.obj);
-    let keys = match claim.mode {
-        Mode::Own => None,
-        Mode::Merge { .. } => Some(data.keys().cloned().collect::<Vec<_>>()),
-    };
-    let data_hash = ctx.hash_data(desired.data.as_ref(), keys.as_deref());
+    let fingerprint = ctx.secrets.fingerprint(&desired);
     let wrote = match ctx.writer().write(&desired, &claim).await? {
         Written::Unchanged(_) => false,
         Written::Changed(_) => true,
@@ -478,8 +447,7 @@ async fn sync(
         wrote,
         deleted: false,
         versions,
-        data_hash,
-        keys,
+        fingerprint,
         held: now_held,
     }))
 }
@@ -755,7 +723,7 @@ pub fn error_policy(obj: Arc<ExternalSecret>, err: &Error, ctx: Arc<SyncContext>
 /// The ExternalSecrets whose target is `secret` (for the Secret watch).
 pub(crate) fn targets_of(
     store: &kube::runtime::reflector::Store<ExternalSecret>,
-    secret: &Secret,
+    secret: &kube::api::PartialObjectMeta<Secret>,
 ) -> Vec<ObjectRef<ExternalSecret>> {
     let namespace = secret.namespace().unwrap_or_default();
     let name = secret.name_any();

@@ -3,15 +3,13 @@
 //! its own jittered interval, and the Secret kept as it was whenever a read fails.
 
 use std::collections::HashMap;
-use std::hash::RandomState;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use sigil_providers::{ErrorKind, Observer, Operation, Provider};
 use sigil_types::{ClusterSecretStore, ExternalSecret, SecretStore, StoreKind};
@@ -19,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::backoff::{Backoff, ObjectKey};
 use crate::metrics::{Metrics, ProviderLabel, ProviderRequestLabel, ReadyLabel};
-use crate::secrets::SecretWriter;
+use crate::secrets::{OwnedSecrets, SecretWriter};
 
 pub mod cache;
 pub mod external;
@@ -39,9 +37,8 @@ pub(crate) struct Scheduled {
     held: Held,
     /// `None`: synced once, never due again.
     next_due: Option<Instant>,
-    /// Keyed hash of the data written (only of `keys` when merging).
-    data_hash: u64,
-    keys: Option<Vec<String>>,
+    /// The fingerprint of what was written (see `OwnedSecrets::fingerprint`).
+    fingerprint: u64,
     /// The Secret was deleted (every remote key gone, `deletionPolicy: Delete`).
     deleted: bool,
 }
@@ -55,13 +52,12 @@ pub struct SyncContext {
     pub(crate) cache: Arc<cache::ReadCache>,
     pub(crate) backoff: Backoff,
     pub(crate) store_backoff: Backoff,
-    /// Secrets written by ExternalSecrets, as last seen by the watch.
-    pub(crate) secrets: Store<Secret>,
+    /// The Secrets ExternalSecrets write.
+    pub(crate) secrets: OwnedSecrets,
     pub(crate) secret_stores: Store<SecretStore>,
     /// `None` when ClusterSecretStores are not served.
     pub(crate) cluster_stores: Option<Store<ClusterSecretStore>>,
     schedule: Mutex<HashMap<ObjectKey, Arc<Scheduled>>>,
-    hasher: RandomState,
     /// Every ExternalSecret watched, as last seen.
     pub(crate) externals: Store<ExternalSecret>,
     /// ExternalSecrets asked to refresh now, and the instant after which their values
@@ -76,7 +72,7 @@ impl SyncContext {
     pub(crate) fn writer(&self) -> SecretWriter<'_> {
         SecretWriter {
             client: &self.client,
-            cache: &self.secrets,
+            secrets: &self.secrets,
             manager: crate::MANAGER,
         }
     }
@@ -218,33 +214,14 @@ pub fn start(
     impl std::future::Future<Output = ()> + Send,
 ) {
     let ns = config.watch_namespace.as_deref();
-    let (secrets, secrets_writer) = reflector::store::<Secret>();
-    // One watch fills the cache `not_due` reads and triggers the ExternalSecret, each
-    // event after the cache has it: a Secret deleted by hand is restored at once.
-    let secret_watch = watcher(
-        api::<Secret>(&client, ns),
-        watcher::Config::default()
-            .labels(EXTERNAL_SECRET_LABEL)
-            .any_semantic(),
-    )
-    .default_backoff()
-    .modify(crate::forget_bookkeeping)
-    .reflect(secrets_writer)
-    .touched_objects();
-    let store_controller = Controller::<SecretStore>::new(
-        api::<SecretStore>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    );
-    let cluster_controller = config.cluster_secret_stores.then(|| {
-        Controller::<ClusterSecretStore>::new(
-            Api::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-        )
-    });
-    let es_controller = Controller::<ExternalSecret>::new(
-        api::<ExternalSecret>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    );
+    // `not_due` reads the same cache: a Secret deleted by hand is restored at once.
+    let (secrets, secret_watch) =
+        crate::secrets::watch_owned(api(&client, ns), EXTERNAL_SECRET_LABEL);
+    let store_controller = crate::lean_controller(api::<SecretStore>(&client, ns));
+    let cluster_controller = config
+        .cluster_secret_stores
+        .then(|| crate::lean_controller(Api::<ClusterSecretStore>::all(client.clone())));
+    let es_controller = crate::lean_controller(api::<ExternalSecret>(&client, ns));
     let externals = es_controller.store();
     let context = Arc::new(SyncContext {
         client: client.clone(),
@@ -258,7 +235,6 @@ pub fn start(
         secret_stores: store_controller.store(),
         cluster_stores: cluster_controller.as_ref().map(Controller::store),
         schedule: Mutex::default(),
-        hasher: RandomState::new(),
         externals: externals.clone(),
         forced: Mutex::default(),
         in_progress: Mutex::default(),
@@ -397,5 +373,6 @@ async fn housekeeping(ctx: Arc<SyncContext>) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|key, lock| exists(key) || Arc::strong_count(lock) > 1);
+        ctx.secrets.forget_gone();
     }
 }
