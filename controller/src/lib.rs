@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::{FutureExt as _, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client};
@@ -135,7 +135,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         controller: MANAGER.to_owned(),
         instance: Some(config.identity.clone()),
     };
-    let events = status::Events::start(Recorder::new(client.clone(), reporter), metrics.clone());
+    let events = status::Events::start(client.clone(), reporter, metrics.clone());
     let (sealed_api, secret_api) = match &config.watch_namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),

@@ -7,13 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
     DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions,
 };
-use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
@@ -74,37 +73,106 @@ pub(crate) enum Written {
 }
 
 /// The Secrets one kind writes, as its watch last saw them, and what was last written
-/// to each. The watch carries metadata only, so no value is cached: whether a Secret
+/// to each. Only names and resourceVersions are kept, never a value: whether a Secret
 /// still holds what was written is told by its resourceVersion, against the version
-/// that held it and a keyed hash of the content.
+/// that held it and a keyed hash of everything written.
+#[derive(Default)]
 pub(crate) struct OwnedSecrets {
-    seen: Store<PartialObjectMeta<Secret>>,
-    written: Mutex<HashMap<(String, String), Fingerprinted>>,
+    known: Mutex<Known>,
     hasher: std::hash::RandomState,
 }
 
-/// The resourceVersion at which a Secret held the content with this fingerprint.
-struct Fingerprinted {
-    version: String,
-    fingerprint: u64,
+type SecretKey = (String, String);
+
+#[derive(Default)]
+struct Known {
+    /// Per Secret the watch shows (or one was written to): its version, and what held.
+    secrets: HashMap<SecretKey, Versions>,
+    /// While the watch lists again: the versions listed so far.
+    relisted: Option<HashMap<SecretKey, String>>,
+}
+
+#[derive(Default)]
+struct Versions {
+    /// As the watch last showed it; `None`: not shown (yet).
+    seen: Option<String>,
+    /// The version at which it held the content with this fingerprint.
+    held: Option<(String, u64)>,
+}
+
+/// Watches the Secrets carrying `label`, metadata only: what the Secret writer reads,
+/// and a stream of the Secrets that changed, each one after it was recorded (a Secret
+/// deleted by hand is never judged unchanged from a version that is gone).
+pub(crate) fn watch_owned(
+    api: Api<PartialObjectMeta<Secret>>,
+    label: &str,
+) -> (
+    Arc<OwnedSecrets>,
+    impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
+) {
+    let owned = Arc::new(OwnedSecrets::default());
+    let observer = owned.clone();
+    let changes = watcher(api, watcher::Config::default().labels(label).any_semantic())
+        .default_backoff()
+        .inspect_ok(move |event| observer.observe(event))
+        .touched_objects();
+    (owned, changes)
+}
+
+fn key_of(meta: &PartialObjectMeta<Secret>) -> SecretKey {
+    (meta.namespace().unwrap_or_default(), meta.name_any())
 }
 
 impl OwnedSecrets {
-    fn new(seen: Store<PartialObjectMeta<Secret>>) -> Self {
-        Self {
-            seen,
-            written: Mutex::default(),
-            hasher: std::hash::RandomState::new(),
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn observe(&self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
+        let mut known = self.known();
+        let known = &mut *known;
+        match event {
+            watcher::Event::Apply(meta) => {
+                known.secrets.entry(key_of(meta)).or_default().seen =
+                    meta.metadata.resource_version.clone();
+            }
+            watcher::Event::Delete(meta) => {
+                known.secrets.remove(&key_of(meta));
+            }
+            watcher::Event::Init => known.relisted = Some(HashMap::new()),
+            watcher::Event::InitApply(meta) => {
+                if let (Some(relisted), Some(version)) =
+                    (&mut known.relisted, &meta.metadata.resource_version)
+                {
+                    relisted.insert(key_of(meta), version.clone());
+                }
+            }
+            watcher::Event::InitDone => {
+                let mut relisted = known.relisted.take().unwrap_or_default();
+                // What the list no longer shows is gone, with what it held.
+                known
+                    .secrets
+                    .retain(|key, versions| match relisted.remove(key) {
+                        Some(version) => {
+                            versions.seen = Some(version);
+                            true
+                        }
+                        None => false,
+                    });
+                for (key, version) in relisted {
+                    known.secrets.entry(key).or_default().seen = Some(version);
+                }
+            }
         }
     }
 
-    /// The Secret as the watch last saw it.
-    pub(crate) fn seen(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Option<Arc<PartialObjectMeta<Secret>>> {
-        self.seen.get(&ObjectRef::new(name).within(namespace))
+    /// The Secret's resourceVersion, as the watch last showed it.
+    pub(crate) fn seen(&self, namespace: &str, name: &str) -> Option<String> {
+        self.known()
+            .secrets
+            .get(&(namespace.to_owned(), name.to_owned()))?
+            .seen
+            .clone()
     }
 
     /// A keyed hash of everything `desired` sets: data, type, immutability, labels,
@@ -136,91 +204,39 @@ impl OwnedSecrets {
     /// The Secret's resourceVersion if the watch shows it unchanged since it held the
     /// content with `fingerprint`.
     pub(crate) fn holds(&self, namespace: &str, name: &str, fingerprint: u64) -> Option<String> {
-        let version = self
-            .seen(namespace, name)?
-            .metadata
-            .resource_version
-            .clone()?;
-        self.held(namespace, name, &version, fingerprint)
-            .then_some(version)
-    }
-
-    /// Whether the Secret held the content with `fingerprint` at `version`.
-    fn held(&self, namespace: &str, name: &str, version: &str, fingerprint: u64) -> bool {
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        written
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .is_some_and(|held| held.version == version && held.fingerprint == fingerprint)
+        let known = self.known();
+        let versions = known
+            .secrets
+            .get(&(namespace.to_owned(), name.to_owned()))?;
+        match (&versions.seen, &versions.held) {
+            (Some(seen), Some((held, held_fingerprint)))
+                if seen == held && *held_fingerprint == fingerprint =>
+            {
+                Some(seen.clone())
+            }
+            _ => None,
+        }
     }
 
     fn remember(&self, namespace: &str, name: &str, version: Option<&str>, fingerprint: u64) {
-        let Some(version) = version else {
-            return self.forget(namespace, name);
-        };
-        self.written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                (namespace.to_owned(), name.to_owned()),
-                Fingerprinted {
-                    version: version.to_owned(),
-                    fingerprint,
-                },
-            );
+        let key = (namespace.to_owned(), name.to_owned());
+        let mut known = self.known();
+        match version {
+            Some(version) => {
+                known.secrets.entry(key).or_default().held =
+                    Some((version.to_owned(), fingerprint));
+            }
+            None => {
+                if let Some(versions) = known.secrets.get_mut(&key) {
+                    versions.held = None;
+                }
+            }
+        }
     }
 
     fn forget(&self, namespace: &str, name: &str) {
-        self.written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(namespace.to_owned(), name.to_owned()));
+        self.remember(namespace, name, None, 0);
     }
-
-    /// Forgets what was written to Secrets the watch no longer shows.
-    pub(crate) fn forget_gone(&self) {
-        self.written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(namespace, name), _| {
-                self.seen
-                    .get(&ObjectRef::new(name).within(namespace))
-                    .is_some()
-            });
-    }
-}
-
-/// Watches the Secrets carrying `label`, metadata only: the cache the Secret writer
-/// reads, and a stream of the Secrets that changed, each one after the cache has it (a
-/// Secret deleted by hand is never judged unchanged from a cache that still holds it).
-pub(crate) fn watch_owned(
-    api: Api<PartialObjectMeta<Secret>>,
-    label: &str,
-) -> (
-    OwnedSecrets,
-    impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
-) {
-    let (seen, writer) = reflector::store();
-    let changes = watcher(api, watcher::Config::default().labels(label).any_semantic())
-        .default_backoff()
-        .modify(keep_identity)
-        .reflect(writer)
-        .touched_objects();
-    (OwnedSecrets::new(seen), changes)
-}
-
-/// Keeps of a watched Secret what is read of it: name, resourceVersion (which, with
-/// what was written, tells the rest) and owners (which trigger their reconcile). The
-/// rest, cached for every Secret, would be most of the controller's memory.
-fn keep_identity(secret: &mut PartialObjectMeta<Secret>) {
-    let meta = std::mem::take(&mut secret.metadata);
-    secret.types = None;
-    secret.metadata = ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        resource_version: meta.resource_version,
-        owner_references: meta.owner_references,
-        ..ObjectMeta::default()
-    };
 }
 
 /// Writes Secrets through the API server, skipping requests the watch shows to be
@@ -385,15 +401,12 @@ impl SecretWriter<'_> {
         let namespace = desired.namespace().unwrap_or_default();
         let name = desired.name_any();
         let fingerprint = self.secrets.fingerprint(desired);
-        let seen = self.secrets.seen(&namespace, &name);
         // Written with the same fingerprint, unchanged since: it is still ours and holds
         // everything desired.
-        if let Some(seen) = &seen
-            && let Some(version) = &seen.metadata.resource_version
-            && self.secrets.held(&namespace, &name, version, fingerprint)
-        {
-            return Ok(Written::Unchanged(Some(version.clone())));
+        if let Some(version) = self.secrets.holds(&namespace, &name, fingerprint) {
+            return Ok(Written::Unchanged(Some(version)));
         }
+        let seen = self.secrets.seen(&namespace, &name);
         let written = self
             .write_through(desired, claim, &namespace, &name, seen.is_some())
             .await?;
@@ -726,11 +739,11 @@ mod tests {
 
     #[test]
     fn a_secret_holds_what_was_written_until_its_version_or_the_content_changes() {
-        let (store, mut watch) = reflector::store();
-        let owned = OwnedSecrets::new(store);
+        let owned = OwnedSecrets::default();
         let desired = secret(&[("password", "hunter2")]);
         let fingerprint = owned.fingerprint(&desired);
-        watch.apply_watcher_event(&watcher::Event::Apply(at_version(&desired, "5")));
+        owned.observe(&watcher::Event::Apply(at_version(&desired, "5")));
+        assert_eq!(owned.seen("prod", "db").as_deref(), Some("5"));
         assert_eq!(
             owned.holds("prod", "db", fingerprint),
             None,
@@ -750,14 +763,39 @@ mod tests {
         assert_ne!(owned.fingerprint(&labelled), fingerprint, "labels count");
 
         // Edited by anyone: a new version, which nothing vouches for.
-        watch.apply_watcher_event(&watcher::Event::Apply(at_version(&desired, "6")));
+        owned.observe(&watcher::Event::Apply(at_version(&desired, "6")));
         assert_eq!(owned.holds("prod", "db", fingerprint), None);
 
-        // Deleted: forgotten on the next sweep.
+        // Deleted: nothing is left of it.
         owned.remember("prod", "db", Some("6"), fingerprint);
-        watch.apply_watcher_event(&watcher::Event::Delete(at_version(&desired, "6")));
-        owned.forget_gone();
-        assert!(owned.written.lock().unwrap().is_empty());
+        owned.observe(&watcher::Event::Delete(at_version(&desired, "6")));
+        assert_eq!(owned.seen("prod", "db"), None);
+        assert_eq!(owned.holds("prod", "db", fingerprint), None);
+    }
+
+    #[test]
+    fn a_relist_forgets_what_is_gone_and_keeps_what_is_unchanged() {
+        let owned = OwnedSecrets::default();
+        let kept = secret(&[("password", "hunter2")]);
+        let mut gone = kept.clone();
+        gone.metadata.name = Some("old".into());
+        let fingerprint = owned.fingerprint(&kept);
+        for (secret, version) in [(&kept, "5"), (&gone, "7")] {
+            owned.observe(&watcher::Event::Apply(at_version(secret, version)));
+            owned.remember("prod", &secret.name_any(), Some(version), fingerprint);
+        }
+        // The watch reconnects after "old" was deleted while it was away.
+        owned.observe(&watcher::Event::Init);
+        owned.observe(&watcher::Event::InitApply(at_version(&kept, "5")));
+        assert_eq!(
+            owned.seen("prod", "old").as_deref(),
+            Some("7"),
+            "until done"
+        );
+        owned.observe(&watcher::Event::InitDone);
+        assert_eq!(owned.seen("prod", "old"), None);
+        assert_eq!(owned.holds("prod", "old", fingerprint), None);
+        assert_eq!(owned.holds("prod", "db", fingerprint).as_deref(), Some("5"));
     }
 
     #[test]

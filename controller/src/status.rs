@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -203,7 +203,7 @@ pub struct Events {
 
 impl Events {
     /// Starts the publishing task.
-    pub fn start(recorder: Recorder, metrics: Arc<Metrics>) -> Self {
+    pub fn start(client: kube::Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
         let (queue, mut waiting) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         let arrived = Arc::new(AtomicU64::new(0));
         let counter = arrived.clone();
@@ -224,6 +224,10 @@ impl Events {
                     }
                     tokio::time::sleep_until(window.0 + EVENT_WINDOW).await;
                 }
+                // A Recorder per Event: a shared one keeps every Event it sent for six
+                // minutes (to count repeats into a series), which after a cold start is
+                // one per object; Events here already mark changes only.
+                let recorder = Recorder::new(client.clone(), reporter.clone());
                 if let Err(err) = recorder.publish(&event, &reference).await {
                     tracing::warn!(error = %err, "cannot publish Event");
                 }

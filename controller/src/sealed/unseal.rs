@@ -148,7 +148,7 @@ pub struct Context {
     pub backoff: Backoff,
     /// The Secrets this controller wrote: a reconcile whose Secret already matches needs
     /// no request at all.
-    pub(crate) secrets: OwnedSecrets,
+    pub(crate) secrets: Arc<OwnedSecrets>,
     /// Per SealedSecret, what its last reconcile settled.
     pub(crate) settled: Mutex<HashMap<ObjectKey, Settled>>,
 }
@@ -313,9 +313,7 @@ impl Context {
         settled.uid == obj.metadata.uid
             && settled.generation == obj.metadata.generation
             && Weak::ptr_eq(&settled.keys, &Arc::downgrade(keys))
-            && secret.is_some_and(|s| {
-                s.metadata.resource_version.as_ref() == Some(&settled.secret_version)
-            })
+            && secret.is_some_and(|version| version == settled.secret_version)
     }
 
     fn settle(&self, key: ObjectKey, obj: &SealedSecret, keys: &Arc<KeyState>, outcome: &Outcome) {
@@ -338,14 +336,12 @@ impl Context {
         }
     }
 
-    /// Forgets what was settled for SealedSecrets that are gone, and what was written to
-    /// Secrets that are gone.
+    /// Forgets what was settled for SealedSecrets that are gone.
     pub(crate) fn forget_all_but(&self, present: &HashSet<ObjectKey>) {
         self.settled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|key, _| present.contains(key));
-        self.secrets.forget_gone();
     }
 
     fn writer(&self) -> SecretWriter<'_> {

@@ -53,7 +53,7 @@ pub struct SyncContext {
     pub(crate) backoff: Backoff,
     pub(crate) store_backoff: Backoff,
     /// The Secrets ExternalSecrets write.
-    pub(crate) secrets: OwnedSecrets,
+    pub(crate) secrets: Arc<OwnedSecrets>,
     pub(crate) secret_stores: Store<SecretStore>,
     /// `None` when ClusterSecretStores are not served.
     pub(crate) cluster_stores: Option<Store<ClusterSecretStore>>,
@@ -373,6 +373,5 @@ async fn housekeeping(ctx: Arc<SyncContext>) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|key, lock| exists(key) || Arc::strong_count(lock) > 1);
-        ctx.secrets.forget_gone();
     }
 }
