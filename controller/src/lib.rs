@@ -278,21 +278,6 @@ where
     (store, changes)
 }
 
-/// A controller of every `K` `api` reaches, on a cache kept by `watch_lean`.
-pub(crate) fn lean_controller<K>(api: Api<K>) -> Controller<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, changes) = watch_lean(api);
-    Controller::for_stream(changes, store)
-}
-
 /// Drops what no reconcile reads and caches would otherwise keep for every object: the
 /// managed fields, and the copy of the whole object `kubectl apply` leaves in an
 /// annotation (for a SealedSecret, every sealed value a second time).

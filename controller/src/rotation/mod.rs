@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::controller::{self, Action};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use sigil_types::{Rotation, RotationPhase, RotationStatus, RotationStep, SealedSecret};
@@ -73,7 +73,8 @@ pub async fn run(
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    crate::lean_controller(api)
+    let (rotations, changes) = crate::watch_lean(api);
+    Controller::for_stream(changes, rotations)
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)

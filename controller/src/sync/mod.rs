@@ -217,12 +217,15 @@ pub fn start(
     // `not_due` reads the same cache: a Secret deleted by hand is restored at once.
     let (secrets, secret_watch) =
         crate::secrets::watch_owned(api(&client, ns), EXTERNAL_SECRET_LABEL);
-    let store_controller = crate::lean_controller(api::<SecretStore>(&client, ns));
-    let cluster_controller = config
-        .cluster_secret_stores
-        .then(|| crate::lean_controller(Api::<ClusterSecretStore>::all(client.clone())));
-    let es_controller = crate::lean_controller(api::<ExternalSecret>(&client, ns));
-    let externals = es_controller.store();
+    let (secret_stores, changes) = crate::watch_lean(api::<SecretStore>(&client, ns));
+    let store_controller = Controller::for_stream(changes, secret_stores);
+    let cluster_controller = config.cluster_secret_stores.then(|| {
+        let (cluster_stores, changes) =
+            crate::watch_lean(Api::<ClusterSecretStore>::all(client.clone()));
+        Controller::for_stream(changes, cluster_stores)
+    });
+    let (externals, changes) = crate::watch_lean(api::<ExternalSecret>(&client, ns));
+    let es_controller = Controller::for_stream(changes, externals.clone());
     let context = Arc::new(SyncContext {
         client: client.clone(),
         events,
