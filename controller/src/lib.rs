@@ -136,14 +136,9 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         instance: Some(config.identity.clone()),
     };
     let events = status::Events::start(client.clone(), reporter, metrics.clone());
-    let (sealed_api, secret_api) = match &config.watch_namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    let (secrets, secret_watch) = secrets::watch_owned(secret_api, unseal::OWNER_LABEL);
+    let watch_namespace = config.watch_namespace.as_deref();
+    let (secrets, secret_watch) =
+        secrets::watch_owned(scoped_api(&client, watch_namespace), unseal::OWNER_LABEL);
     let context = Arc::new(unseal::Context {
         client: client.clone(),
         events: events.clone(),
@@ -153,7 +148,8 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         secrets,
         settled: Default::default(),
     });
-    let (sealed_store, sealed_changes) = watch_lean::<SealedSecret>(sealed_api);
+    let (sealed_store, sealed_changes) =
+        watch_lean::<SealedSecret>(scoped_api(&client, watch_namespace));
     // A reconcile opens every value: one for the controller's own status write, echoed
     // back by the watch, would double the cold start's work for nothing.
     let sealed_changes =
@@ -250,6 +246,17 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         elector.release().await;
     }
     result
+}
+
+/// The API of `K` in `namespace`, or in every namespace when `None`.
+pub(crate) fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// Watches every `K` `api` reaches, caching each without its bookkeeping: the cache a

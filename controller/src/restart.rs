@@ -329,17 +329,6 @@ fn restarted_for_of<K: Kind>(obj: &K) -> Option<&str> {
         .map(String::as_str)
 }
 
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Rolls workloads, at most `max_concurrent` at once: one per controller process, shared
 /// by Rotations and reload.
 pub struct Restarter {
@@ -757,7 +746,7 @@ fn workload_events<K: Kind>(
         WorkloadEvent::Seen(workload_of(&obj), secrets)
     };
     watcher(
-        scoped::<K>(client, namespace),
+        crate::scoped_api::<K>(client, namespace),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
@@ -926,7 +915,7 @@ pub async fn reload(
     ]);
     // `Api<PartialObjectMeta<_>>` lists and watches metadata only.
     let secrets = watcher(
-        scoped::<PartialObjectMeta<Secret>>(&client, ns),
+        crate::scoped_api::<PartialObjectMeta<Secret>>(&client, ns),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff();

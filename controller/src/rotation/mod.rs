@@ -69,11 +69,10 @@ pub async fn run(
     config: RotationConfig,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api: Api<Rotation> = match &config.watch_namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    let (rotations, changes) = crate::watch_lean(api);
+    let (rotations, changes) = crate::watch_lean(crate::scoped_api::<Rotation>(
+        &ctx.client,
+        config.watch_namespace.as_deref(),
+    ));
     Controller::for_stream(changes, rotations)
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(stop)

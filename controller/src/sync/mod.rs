@@ -191,16 +191,6 @@ pub struct SyncConfig {
     pub concurrency: u16,
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Sets up the store and ExternalSecret controllers: returns their shared context (for
 /// the Rotation engine) and the future that runs them until `stop` resolves.
 pub fn start(
@@ -216,15 +206,15 @@ pub fn start(
     let ns = config.watch_namespace.as_deref();
     // `not_due` reads the same cache: a Secret deleted by hand is restored at once.
     let (secrets, secret_watch) =
-        crate::secrets::watch_owned(api(&client, ns), EXTERNAL_SECRET_LABEL);
-    let (secret_stores, changes) = crate::watch_lean(api::<SecretStore>(&client, ns));
+        crate::secrets::watch_owned(crate::scoped_api(&client, ns), EXTERNAL_SECRET_LABEL);
+    let (secret_stores, changes) = crate::watch_lean(crate::scoped_api::<SecretStore>(&client, ns));
     let store_controller = Controller::for_stream(changes, secret_stores);
     let cluster_controller = config.cluster_secret_stores.then(|| {
         let (cluster_stores, changes) =
             crate::watch_lean(Api::<ClusterSecretStore>::all(client.clone()));
         Controller::for_stream(changes, cluster_stores)
     });
-    let (externals, changes) = crate::watch_lean(api::<ExternalSecret>(&client, ns));
+    let (externals, changes) = crate::watch_lean(crate::scoped_api::<ExternalSecret>(&client, ns));
     let es_controller = Controller::for_stream(changes, externals.clone());
     let context = Arc::new(SyncContext {
         client: client.clone(),
@@ -250,7 +240,7 @@ pub fn start(
             external::targets_of(&by_secret, &secret)
         })
         .watches(
-            api::<SecretStore>(&client, ns),
+            crate::scoped_api::<SecretStore>(&client, ns),
             watcher::Config::default().any_semantic(),
             move |store: SecretStore| {
                 external::users_of(
