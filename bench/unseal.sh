@@ -122,8 +122,11 @@ requests >"$work/requests.before"
 # Progress is read from the controller's own counter (cheap); the result is then checked
 # against the API server once.
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# One number, 0 while the controller does not answer yet (a second line would end the
+# loop below at once, leaving the clock to the slow check after it).
 unsealed() {
-  curl -s "http://127.0.0.1:$port/metrics" | awk '/^sigil_unseal_total\{result="Unsealed"\}/ {n = $2} END {print n + 0}'
+  { curl -s "http://127.0.0.1:$port/metrics" || true; } |
+    awk '/^sigil_unseal_total\{result="Unsealed"\}/ {n = $2} END {print n + 0}'
 }
 
 # CPU seconds (user + system) of a process, from /proc.
@@ -139,7 +142,7 @@ start=$(date +%s.%N)
 pid=$!
 # The controller's counter is a cheap lower bound (an object may be counted more than
 # once); from there the API server is asked, once a second, until every object is done.
-while [ "$(unsealed || echo 0)" -lt "$n" ]; do
+while [ "$(unsealed)" -lt "$n" ]; do
   kill -0 "$pid" 2>/dev/null || { tail "$work/controller.log" >&2; exit 1; }
   sleep 0.05
 done
