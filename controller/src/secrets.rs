@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex};
 use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{
-    DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions,
-};
+use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
@@ -248,26 +246,23 @@ pub(crate) struct SecretWriter<'a> {
 }
 
 impl Claim<'_> {
-    fn is_mine(&self, secret: &ObjectMeta) -> bool {
+    fn is_mine(&self, secret: &Secret) -> bool {
         secret
-            .owner_references
+            .owner_references()
             .iter()
-            .flatten()
             .any(|r| r.uid == self.uid && r.controller == Some(true))
             || secret
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(OWNED_BY_ANNOTATION))
+                .annotations()
+                .get(OWNED_BY_ANNOTATION)
                 .map(String::as_str)
                 == Some(self.uid)
     }
 
     /// Another object of this kind controls the Secret.
-    fn rival(&self, secret: &ObjectMeta) -> Option<String> {
+    fn rival(&self, secret: &Secret) -> Option<String> {
         let by_owner = secret
-            .owner_references
+            .owner_references()
             .iter()
-            .flatten()
             .find(|r| {
                 r.controller == Some(true)
                     && is_sigils(r)
@@ -277,9 +272,8 @@ impl Claim<'_> {
             .map(|r| format!("{} {}", r.kind, r.name));
         by_owner.or_else(|| {
             secret
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(OWNED_BY_ANNOTATION))
+                .annotations()
+                .get(OWNED_BY_ANNOTATION)
                 .filter(|uid| uid.as_str() != self.uid)
                 .map(|uid| format!("the object with UID {uid}"))
         })
@@ -297,11 +291,10 @@ fn is_sigils(owner: &OwnerReference) -> bool {
 
 /// A controller of the Secret outside Sigil, which would keep writing it: the API server
 /// also refuses a second controller reference.
-fn foreign_controller(secret: &ObjectMeta) -> Option<&OwnerReference> {
+fn foreign_controller(secret: &Secret) -> Option<&OwnerReference> {
     secret
-        .owner_references
+        .owner_references()
         .iter()
-        .flatten()
         .find(|r| r.controller == Some(true) && !is_sigils(r))
 }
 
@@ -462,13 +455,13 @@ impl SecretWriter<'_> {
                     "Secret {namespace}/{name} does not exist, and creationPolicy Merge only adds keys to an existing Secret; create it, or use creationPolicy Owner"
                 ))));
             }
-            (Some(existing), Mode::Own) if !claim.is_mine(&existing.metadata) => {
-                if let Some(rival) = claim.rival(&existing.metadata) {
+            (Some(existing), Mode::Own) if !claim.is_mine(existing) => {
+                if let Some(rival) = claim.rival(existing) {
                     return Ok(Written::Refused(Refusal::Conflict(format!(
                         "Secret {namespace}/{name} already belongs to {rival}; nothing was written. Give one of them another target.name"
                     ))));
                 }
-                if let Some(owner) = foreign_controller(&existing.metadata) {
+                if let Some(owner) = foreign_controller(existing) {
                     return Ok(Written::Refused(foreign_refusal(namespace, name, owner)));
                 }
                 let opted_in = existing
@@ -482,10 +475,10 @@ impl SecretWriter<'_> {
                     ))));
                 }
             }
-            (Some(existing), Mode::Merge { .. }) if claim.rival(&existing.metadata).is_some() => {
+            (Some(existing), Mode::Merge { .. }) if claim.rival(existing).is_some() => {
                 return Ok(Written::Refused(Refusal::Conflict(format!(
                     "Secret {namespace}/{name} belongs to {}, which keeps it exactly as it wants it; nothing was merged. Merge into a Secret nothing owns",
-                    claim.rival(&existing.metadata).unwrap_or_default()
+                    claim.rival(existing).unwrap_or_default()
                 ))));
             }
             (Some(existing), Mode::Merge { manager })
@@ -581,7 +574,7 @@ impl SecretWriter<'_> {
         };
         match &claim.mode {
             Mode::Own => {
-                if !claim.is_mine(&existing.metadata) {
+                if !claim.is_mine(&existing) {
                     return Ok(false);
                 }
                 let params = DeleteParams {
@@ -670,14 +663,14 @@ mod tests {
     #[test]
     fn ownership_by_owner_reference_or_annotation() {
         let mut s = secret(&[]);
-        assert!(!claim("u1").is_mine(&s.metadata));
-        assert_eq!(claim("u1").rival(&s.metadata), None);
+        assert!(!claim("u1").is_mine(&s));
+        assert_eq!(claim("u1").rival(&s), None);
         s.metadata.annotations = Some(BTreeMap::from([(
             OWNED_BY_ANNOTATION.to_owned(),
             "u1".to_owned(),
         )]));
-        assert!(claim("u1").is_mine(&s.metadata));
-        assert!(claim("u2").rival(&s.metadata).is_some());
+        assert!(claim("u1").is_mine(&s));
+        assert!(claim("u2").rival(&s).is_some());
         let mut t = secret(&[]);
         t.metadata.owner_references = Some(vec![OwnerReference {
             api_version: "sigil.dev/v1".into(),
@@ -687,12 +680,12 @@ mod tests {
             controller: Some(true),
             ..OwnerReference::default()
         }]);
-        assert!(claim("u1").is_mine(&t.metadata));
+        assert!(claim("u1").is_mine(&t));
         assert_eq!(
-            claim("u2").rival(&t.metadata).as_deref(),
+            claim("u2").rival(&t).as_deref(),
             Some("ExternalSecret first")
         );
-        assert!(foreign_controller(&t.metadata).is_none());
+        assert!(foreign_controller(&t).is_none());
     }
 
     #[test]
@@ -711,8 +704,8 @@ mod tests {
             uid: "s1",
             mode: Mode::Own,
         };
-        assert_eq!(sealed.rival(&s.metadata), None);
-        let owner = foreign_controller(&s.metadata).expect("Bitnami's controller reference");
+        assert_eq!(sealed.rival(&s), None);
+        let owner = foreign_controller(&s).expect("Bitnami's controller reference");
         let Refusal::NotOwned(message) = foreign_refusal("prod", "db", owner) else {
             panic!("a foreign controller is a NotOwned refusal");
         };
@@ -724,7 +717,7 @@ mod tests {
         );
         // A sigil.dev lookalike group is not Sigil's.
         s.metadata.owner_references.as_mut().unwrap()[0].api_version = "sigil.dev.evil/v1".into();
-        assert!(foreign_controller(&s.metadata).is_some());
+        assert!(foreign_controller(&s).is_some());
     }
 
     fn at_version(secret: &Secret, version: &str) -> PartialObjectMeta<Secret> {
