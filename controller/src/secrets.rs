@@ -175,7 +175,7 @@ impl OwnedSecrets {
 
     /// A keyed hash of everything `desired` sets: data, type, immutability, labels,
     /// annotations and controller. Keyed per process, so it reveals nothing of the values.
-    pub(crate) fn fingerprint(&self, desired: &Secret) -> u64 {
+    fn fingerprint(&self, desired: &Secret) -> u64 {
         let data: Vec<(&str, &[u8])> = desired
             .data
             .iter()
@@ -201,7 +201,7 @@ impl OwnedSecrets {
 
     /// The Secret's resourceVersion if the watch shows it unchanged since it held the
     /// content with `fingerprint`.
-    pub(crate) fn holds(&self, namespace: &str, name: &str, fingerprint: u64) -> Option<String> {
+    fn holds(&self, namespace: &str, name: &str, fingerprint: u64) -> Option<String> {
         let known = self.known();
         let versions = known
             .secrets

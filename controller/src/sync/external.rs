@@ -163,7 +163,8 @@ struct Synced {
     wrote: bool,
     deleted: bool,
     versions: BTreeMap<String, String>,
-    fingerprint: u64,
+    /// The Secret's resourceVersion once it held what was written.
+    secret_version: Option<String>,
     /// When each remote value used was read.
     held: Held,
 }
@@ -215,7 +216,7 @@ pub async fn reconcile(obj: Arc<ExternalSecret>, ctx: Arc<SyncContext>) -> Resul
                     force,
                     held: synced.held.clone(),
                     next_due: next,
-                    fingerprint: synced.fingerprint,
+                    secret_version: synced.secret_version.clone(),
                     deleted: synced.deleted,
                 },
             );
@@ -296,12 +297,11 @@ impl SyncContext {
             Some(at) => at.checked_duration_since(Instant::now())?,
             None => Duration::MAX,
         };
+        let seen = self.secrets.seen(&job.namespace, &job.target);
         let intact = if scheduled.deleted {
-            self.secrets.seen(&job.namespace, &job.target).is_none()
+            seen.is_none()
         } else {
-            self.secrets
-                .holds(&job.namespace, &job.target, scheduled.fingerprint)
-                .is_some()
+            seen.is_some() && seen == scheduled.secret_version
         };
         intact.then(|| wait.min(Duration::from_secs(86_400 * 30)))
     }
@@ -384,7 +384,7 @@ async fn sync(
                 wrote: removed,
                 deleted: true,
                 versions: BTreeMap::new(),
-                fingerprint: 0,
+                secret_version: None,
                 held: now_held,
             }));
         }
@@ -430,10 +430,9 @@ async fn sync(
         .collect();
     let desired = desired_secret(job, &data);
     let claim = claim_of(job.obj);
-    let fingerprint = ctx.secrets.fingerprint(&desired);
-    let wrote = match ctx.writer().write(&desired, &claim).await? {
-        Written::Unchanged(_) => false,
-        Written::Changed(_) => true,
+    let (wrote, secret_version) = match ctx.writer().write(&desired, &claim).await? {
+        Written::Unchanged(version) => (false, version),
+        Written::Changed(version) => (true, version),
         Written::Refused(refusal) => {
             let (reason, message) = match refusal {
                 Refusal::NotOwned(m) | Refusal::Missing(m) => (SyncReason::SecretNotOwned, m),
@@ -447,7 +446,7 @@ async fn sync(
         wrote,
         deleted: false,
         versions,
-        fingerprint,
+        secret_version,
         held: now_held,
     }))
 }

@@ -37,8 +37,9 @@ pub(crate) struct Scheduled {
     held: Held,
     /// `None`: synced once, never due again.
     next_due: Option<Instant>,
-    /// The fingerprint of what was written (see `OwnedSecrets::fingerprint`).
-    fingerprint: u64,
+    /// The Secret's resourceVersion once it held what was written: while the watch
+    /// shows it, the Secret is intact.
+    secret_version: Option<String>,
     /// The Secret was deleted (every remote key gone, `deletionPolicy: Delete`).
     deleted: bool,
 }
