@@ -62,6 +62,11 @@ struct Args {
     /// has stayed unchanged this long after a change.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     reload_debounce: Duration,
+    /// Whether watches start with a streaming list (Kubernetes' `WatchList`) rather than
+    /// paginated lists; unset: streaming where the API server is 1.32 or newer. Set
+    /// false on a cluster that turned the `WatchList` feature gate off.
+    #[arg(long)]
+    streaming_lists: Option<bool>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -93,6 +98,13 @@ fn main() -> ExitCode {
         max_concurrent_restarts: args.max_concurrent_restarts,
         rollout_deadline: args.rollout_deadline,
         reload_debounce: args.reload_debounce,
+        initial_list: args.streaming_lists.map(|streaming| {
+            if streaming {
+                sigil_controller::InitialList::Streaming
+            } else {
+                sigil_controller::InitialList::Paginated
+            }
+        }),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -58,70 +58,103 @@ pub(crate) enum Refusal {
     Rejected(String),
 }
 
-/// What became of a write. The resourceVersion is the Secret's once it held what was
-/// desired: while the watch shows that version, nothing needs checking again.
+/// What became of a write. The version is the Secret's once it held what was desired:
+/// while the watch shows that version, nothing needs checking again.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Written {
     /// The Secret already held everything.
-    Unchanged(Option<String>),
+    Unchanged(Option<SecretVersion>),
     /// The Secret was created or changed.
-    Changed(Option<String>),
+    Changed(Option<SecretVersion>),
     /// Nothing was written.
     Refused(Refusal),
 }
 
+/// A Secret's resourceVersion as the controller keeps it: a keyed hash, compared only
+/// for equality, in 8 bytes where the version and its name would take about 100 (one is
+/// kept per Secret, and a cluster may hold tens of thousands).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SecretVersion(u64);
+
 /// The Secrets one kind writes, as its watch last saw them, and what was last written
-/// to each. Only names and resourceVersions are kept, never a value: whether a Secret
-/// still holds what was written is told by its resourceVersion, against the version
-/// that held it and a keyed hash of everything written.
+/// to each. Only (hashed) names and resourceVersions are kept, never a value: whether a
+/// Secret still holds what was written is told by its resourceVersion, against the
+/// version that held it and a keyed hash of everything written. The hashes are keyed
+/// per process, so no Secret's name can be chosen to collide with another's.
 #[derive(Default)]
 pub(crate) struct OwnedSecrets {
     known: Mutex<Known>,
     hasher: std::hash::RandomState,
 }
 
-type SecretKey = (String, String);
+/// A keyed hash of a Secret's namespace and name.
+type SecretKey = u64;
 
 #[derive(Default)]
 struct Known {
     /// Per Secret the watch shows (or one was written to): its version, and what held.
     secrets: HashMap<SecretKey, Versions>,
     /// While the watch lists again: the versions listed so far.
-    relisted: Option<HashMap<SecretKey, String>>,
+    relisted: Option<HashMap<SecretKey, SecretVersion>>,
 }
 
 #[derive(Default)]
 struct Versions {
     /// As the watch last showed it; `None`: not shown (yet).
-    seen: Option<String>,
+    seen: Option<SecretVersion>,
     /// The version at which it held the content with this fingerprint.
-    held: Option<(String, u64)>,
+    held: Option<(SecretVersion, u64)>,
 }
 
 /// Watches the Secrets carrying `label`, metadata only: what the Secret writer reads,
 /// and a stream of the Secrets that changed, each one after it was recorded (a Secret
-/// deleted by hand is never judged unchanged from a version that is gone).
+/// deleted by hand is never judged unchanged from a version that is gone). The echo of
+/// the controller's own write is left out of the stream: the reconcile that wrote
+/// already knows, and at a cold start 10,000 of them would queue as many reconciles
+/// that have nothing to do.
 pub(crate) fn watch_owned(
     api: Api<PartialObjectMeta<Secret>>,
     label: &str,
+    initial: crate::InitialList,
 ) -> (
     Arc<OwnedSecrets>,
     impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
 ) {
     let owned = Arc::new(OwnedSecrets::default());
     let observer = owned.clone();
-    let changes = watcher(api, watcher::Config::default().labels(label).any_semantic())
+    let writer = owned.clone();
+    let changes = watcher(api, initial.watcher_config().labels(label))
         .default_backoff()
         .inspect_ok(move |event| observer.observe(event))
-        .touched_objects();
+        .touched_objects()
+        .try_filter(move |meta| std::future::ready(!writer.wrote(meta)));
     (owned, changes)
 }
 
-fn key_of(meta: &PartialObjectMeta<Secret>) -> SecretKey {
-    (meta.namespace().unwrap_or_default(), meta.name_any())
-}
-
 impl OwnedSecrets {
+    fn key(&self, namespace: &str, name: &str) -> SecretKey {
+        self.hasher.hash_one((namespace, name))
+    }
+
+    fn key_of(&self, meta: &PartialObjectMeta<Secret>) -> SecretKey {
+        self.key(
+            meta.metadata.namespace.as_deref().unwrap_or_default(),
+            meta.metadata.name.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// `resource_version` as kept.
+    pub(crate) fn version(&self, resource_version: &str) -> SecretVersion {
+        SecretVersion(self.hasher.hash_one(resource_version))
+    }
+
+    fn version_of(&self, meta: &PartialObjectMeta<Secret>) -> Option<SecretVersion> {
+        meta.metadata
+            .resource_version
+            .as_deref()
+            .map(|v| self.version(v))
+    }
+
     fn known(&self) -> std::sync::MutexGuard<'_, Known> {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -131,18 +164,17 @@ impl OwnedSecrets {
         let known = &mut *known;
         match event {
             watcher::Event::Apply(meta) => {
-                known.secrets.entry(key_of(meta)).or_default().seen =
-                    meta.metadata.resource_version.clone();
+                known.secrets.entry(self.key_of(meta)).or_default().seen = self.version_of(meta);
             }
             watcher::Event::Delete(meta) => {
-                known.secrets.remove(&key_of(meta));
+                known.secrets.remove(&self.key_of(meta));
             }
             watcher::Event::Init => known.relisted = Some(HashMap::new()),
             watcher::Event::InitApply(meta) => {
                 if let (Some(relisted), Some(version)) =
-                    (&mut known.relisted, &meta.metadata.resource_version)
+                    (&mut known.relisted, self.version_of(meta))
                 {
-                    relisted.insert(key_of(meta), version.clone());
+                    relisted.insert(self.key_of(meta), version);
                 }
             }
             watcher::Event::InitDone => {
@@ -164,13 +196,23 @@ impl OwnedSecrets {
         }
     }
 
-    /// The Secret's resourceVersion, as the watch last showed it.
-    pub(crate) fn seen(&self, namespace: &str, name: &str) -> Option<String> {
+    /// Whether `meta` is the version the controller's own last write left, as it holds.
+    fn wrote(&self, meta: &PartialObjectMeta<Secret>) -> bool {
+        let Some(version) = self.version_of(meta) else {
+            return false;
+        };
         self.known()
             .secrets
-            .get(&(namespace.to_owned(), name.to_owned()))?
-            .seen
-            .clone()
+            .get(&self.key_of(meta))
+            .is_some_and(|versions| {
+                versions.seen == Some(version)
+                    && versions.held.is_some_and(|(held, _)| held == version)
+            })
+    }
+
+    /// The Secret's resourceVersion, as the watch last showed it.
+    pub(crate) fn seen(&self, namespace: &str, name: &str) -> Option<SecretVersion> {
+        self.known().secrets.get(&self.key(namespace, name))?.seen
     }
 
     /// A keyed hash of everything `desired` sets: data, type, immutability, labels,
@@ -201,28 +243,31 @@ impl OwnedSecrets {
 
     /// The Secret's resourceVersion if the watch shows it unchanged since it held the
     /// content with `fingerprint`.
-    fn holds(&self, namespace: &str, name: &str, fingerprint: u64) -> Option<String> {
+    fn holds(&self, namespace: &str, name: &str, fingerprint: u64) -> Option<SecretVersion> {
         let known = self.known();
-        let versions = known
-            .secrets
-            .get(&(namespace.to_owned(), name.to_owned()))?;
-        match (&versions.seen, &versions.held) {
+        let versions = known.secrets.get(&self.key(namespace, name))?;
+        match (versions.seen, versions.held) {
             (Some(seen), Some((held, held_fingerprint)))
-                if seen == held && *held_fingerprint == fingerprint =>
+                if seen == held && held_fingerprint == fingerprint =>
             {
-                Some(seen.clone())
+                Some(seen)
             }
             _ => None,
         }
     }
 
-    fn remember(&self, namespace: &str, name: &str, version: Option<&str>, fingerprint: u64) {
-        let key = (namespace.to_owned(), name.to_owned());
+    fn remember(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: Option<SecretVersion>,
+        fingerprint: u64,
+    ) {
+        let key = self.key(namespace, name);
         let mut known = self.known();
         match version {
             Some(version) => {
-                known.secrets.entry(key).or_default().held =
-                    Some((version.to_owned(), fingerprint));
+                known.secrets.entry(key).or_default().held = Some((version, fingerprint));
             }
             None => {
                 if let Some(versions) = known.secrets.get_mut(&key) {
@@ -405,9 +450,17 @@ impl SecretWriter<'_> {
             .await?;
         if let Written::Unchanged(version) | Written::Changed(version) = &written {
             self.secrets
-                .remember(&namespace, &name, version.as_deref(), fingerprint);
+                .remember(&namespace, &name, *version, fingerprint);
         }
         Ok(written)
+    }
+
+    fn version_of(&self, secret: &Secret) -> Option<SecretVersion> {
+        secret
+            .metadata
+            .resource_version
+            .as_deref()
+            .map(|v| self.secrets.version(v))
     }
 
     /// `write`, for a Secret the watch cannot vouch for: `seen` if it shows one at all.
@@ -428,7 +481,7 @@ impl SecretWriter<'_> {
                 ..PostParams::default()
             };
             match api.create(&params, desired).await {
-                Ok(created) => return Ok(Written::Changed(created.resource_version())),
+                Ok(created) => return Ok(Written::Changed(self.version_of(&created))),
                 Err(kube::Error::Api(status)) if status.code == 409 => {}
                 Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
                     return Ok(rejected(namespace, name, &status.message));
@@ -494,7 +547,7 @@ impl SecretWriter<'_> {
         if let Some(existing) = &existing
             && matches(existing, desired, whole)
         {
-            return Ok(Written::Unchanged(existing.resource_version()));
+            return Ok(Written::Unchanged(self.version_of(existing)));
         }
         // Type and immutable data cannot change in place: replace the Secret.
         if let Some(existing) = &existing
@@ -544,7 +597,7 @@ impl SecretWriter<'_> {
             )
             .await
         {
-            Ok(applied) => Ok(Written::Changed(applied.resource_version())),
+            Ok(applied) => Ok(Written::Changed(self.version_of(&applied))),
             Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
                 Ok(rejected(namespace, name, &status.message))
             }
@@ -736,15 +789,18 @@ mod tests {
         let desired = secret(&[("password", "hunter2")]);
         let fingerprint = owned.fingerprint(&desired);
         owned.observe(&watcher::Event::Apply(at_version(&desired, "5")));
-        assert_eq!(owned.seen("prod", "db").as_deref(), Some("5"));
+        assert_eq!(owned.seen("prod", "db"), Some(owned.version("5")));
         assert_eq!(
             owned.holds("prod", "db", fingerprint),
             None,
             "nothing written yet"
         );
 
-        owned.remember("prod", "db", Some("5"), fingerprint);
-        assert_eq!(owned.holds("prod", "db", fingerprint).as_deref(), Some("5"));
+        owned.remember("prod", "db", Some(owned.version("5")), fingerprint);
+        assert_eq!(
+            owned.holds("prod", "db", fingerprint),
+            Some(owned.version("5"))
+        );
         let other = owned.fingerprint(&secret(&[("password", "hunter3")]));
         assert_ne!(other, fingerprint);
         assert_eq!(owned.holds("prod", "db", other), None, "other content");
@@ -760,7 +816,7 @@ mod tests {
         assert_eq!(owned.holds("prod", "db", fingerprint), None);
 
         // Deleted: nothing is left of it.
-        owned.remember("prod", "db", Some("6"), fingerprint);
+        owned.remember("prod", "db", Some(owned.version("6")), fingerprint);
         owned.observe(&watcher::Event::Delete(at_version(&desired, "6")));
         assert_eq!(owned.seen("prod", "db"), None);
         assert_eq!(owned.holds("prod", "db", fingerprint), None);
@@ -775,20 +831,28 @@ mod tests {
         let fingerprint = owned.fingerprint(&kept);
         for (secret, version) in [(&kept, "5"), (&gone, "7")] {
             owned.observe(&watcher::Event::Apply(at_version(secret, version)));
-            owned.remember("prod", &secret.name_any(), Some(version), fingerprint);
+            owned.remember(
+                "prod",
+                &secret.name_any(),
+                Some(owned.version(version)),
+                fingerprint,
+            );
         }
         // The watch reconnects after "old" was deleted while it was away.
         owned.observe(&watcher::Event::Init);
         owned.observe(&watcher::Event::InitApply(at_version(&kept, "5")));
         assert_eq!(
-            owned.seen("prod", "old").as_deref(),
-            Some("7"),
+            owned.seen("prod", "old"),
+            Some(owned.version("7")),
             "until done"
         );
         owned.observe(&watcher::Event::InitDone);
         assert_eq!(owned.seen("prod", "old"), None);
         assert_eq!(owned.holds("prod", "old", fingerprint), None);
-        assert_eq!(owned.holds("prod", "db", fingerprint).as_deref(), Some("5"));
+        assert_eq!(
+            owned.holds("prod", "db", fingerprint),
+            Some(owned.version("5"))
+        );
     }
 
     #[test]

@@ -123,18 +123,32 @@ pub(crate) fn reason_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<
         .map(|c| c.reason.as_str())
 }
 
-/// Writes `status` of `obj` (through `api`, of its scope) unless it equals `current`.
-pub(crate) async fn patch_status<K, S>(
+/// What is known of an object's current status, against which a new one is compared:
+/// the status itself, or what a cache keeps of it.
+pub(crate) trait CurrentStatus<S> {
+    /// Whether the current status is `status`.
+    fn is(&self, status: &S) -> bool;
+}
+
+impl<S: PartialEq> CurrentStatus<S> for S {
+    fn is(&self, status: &S) -> bool {
+        self == status
+    }
+}
+
+/// Writes `status` of `obj` (through `api`, of its scope) unless it is `current`.
+pub(crate) async fn patch_status<K, C, S>(
     api: Api<K>,
     obj: &K,
-    current: Option<&S>,
+    current: Option<&C>,
     status: &S,
 ) -> Result<bool>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    S: Serialize + PartialEq,
+    C: CurrentStatus<S>,
+    S: Serialize,
 {
-    if current == Some(status) {
+    if current.is_some_and(|current| current.is(status)) {
         return Ok(false);
     }
     apply_status(api, obj, status, false).await?;

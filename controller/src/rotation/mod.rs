@@ -23,12 +23,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
-use sigil_types::{Rotation, RotationPhase, RotationStatus, RotationStep, SealedSecret};
+use sigil_types::{Rotation, RotationPhase, RotationStatus, RotationStep};
 
 use crate::backoff::{Backoff, ObjectKey};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::restart::Restarter;
+use crate::sealed::cached::CachedSealedSecret;
 use crate::sealed::keys::Keys;
 use crate::status::{self, Health};
 use crate::sync::SyncContext;
@@ -46,7 +47,7 @@ pub struct RotationContext {
     pub(crate) restarter: Arc<Restarter>,
     pub(crate) keys: Arc<Keys>,
     /// SealedSecrets as last seen, for the sealing-key report.
-    pub(crate) sealed: Store<SealedSecret>,
+    pub(crate) sealed: Store<CachedSealedSecret>,
     /// The controller's namespace: sealing keys and rotation locks live there.
     pub(crate) namespace: String,
     pub(crate) cluster_name: Option<String>,
@@ -61,6 +62,8 @@ pub struct RotationConfig {
     pub watch_namespace: Option<String>,
     /// Rotations worked on at once.
     pub concurrency: u16,
+    /// How the watch of Rotations starts.
+    pub initial_list: crate::InitialList,
 }
 
 /// Runs the Rotation controller until `stop` resolves.
@@ -69,10 +72,10 @@ pub async fn run(
     config: RotationConfig,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (rotations, changes) = crate::watch_lean(crate::scoped_api::<Rotation>(
-        &ctx.client,
-        config.watch_namespace.as_deref(),
-    ));
+    let (rotations, changes) = crate::watch_lean(
+        crate::scoped_api::<Rotation>(&ctx.client, config.watch_namespace.as_deref()),
+        config.initial_list,
+    );
     Controller::for_stream(changes, rotations)
         .with_config(controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(stop)

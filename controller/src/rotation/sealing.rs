@@ -135,8 +135,8 @@ fn usage(ctx: &RotationContext, active: Option<&str>) -> Vec<SealingKeyUse> {
     let mut counts: BTreeMap<String, u32> =
         state.keyring.ids().map(|id| (id.to_string(), 0)).collect();
     for sealed in ctx.sealed.state() {
-        for id in sealed.status.iter().flat_map(|s| s.key_ids.iter()) {
-            *counts.entry(id.clone()).or_default() += 1;
+        for id in sealed.status().iter().flat_map(|s| s.key_ids.iter()) {
+            *counts.entry(id.to_string()).or_default() += 1;
         }
     }
     let mut usage: Vec<SealingKeyUse> = counts

@@ -3,6 +3,7 @@
 //! a Secret, and nothing here ever formats a secret value.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -13,15 +14,16 @@ use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
 use kube::{Api, Client, Resource, ResourceExt};
 use sigil_core::{Binding, Envelope, Error as SealError, KeyId};
-use sigil_types::{SealedSecret, SealedSecretStatus};
+use sigil_types::SealedSecretStatus;
 use zeroize::Zeroizing;
 
 use crate::MANAGER;
 use crate::backoff::{Backoff, ObjectKey};
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, ResultLabel};
+use crate::sealed::cached::{CachedSealedSecret, SealedValues};
 use crate::sealed::keys::{KeyState, Keys};
-use crate::secrets::{Claim, Mode, OwnedSecrets, Refusal, SecretWriter, Written};
+use crate::secrets::{Claim, Mode, OwnedSecrets, Refusal, SecretVersion, SecretWriter, Written};
 use crate::status::{self, Health};
 
 pub use crate::secrets::MANAGED_ANNOTATION;
@@ -101,7 +103,7 @@ struct Outcome {
     key_ids: Vec<String>,
     wrote: bool,
     /// The Secret's resourceVersion once it held the values.
-    secret_version: Option<String>,
+    secret_version: Option<SecretVersion>,
 }
 
 impl Outcome {
@@ -120,12 +122,20 @@ impl Outcome {
 /// and its Secret's resourceVersion stay the same, there is nothing to open or write.
 /// The watch echoes each write back (the Secret created, the status set); without this,
 /// every echo would open every value again.
-pub(crate) struct Settled {
-    uid: Option<String>,
+struct Settled {
     generation: Option<i64>,
     /// Weak, so that replaced keys are dropped (and wiped) all the same.
     keys: Weak<KeyState>,
-    secret_version: String,
+    secret_version: SecretVersion,
+}
+
+/// What was settled, per SealedSecret: kept by a keyed hash of its UID (a re-created
+/// object has another), in 40 bytes, since there is one per SealedSecret for as long as
+/// the controller runs.
+#[derive(Default)]
+pub(crate) struct SettledObjects {
+    by_uid: Mutex<HashMap<u64, Settled>>,
+    hasher: RandomState,
 }
 
 /// Every value opened; plaintext is wiped when this is dropped.
@@ -150,7 +160,7 @@ pub struct Context {
     /// no request at all.
     pub(crate) secrets: Arc<OwnedSecrets>,
     /// Per SealedSecret, what its last reconcile settled.
-    pub(crate) settled: Mutex<HashMap<ObjectKey, Settled>>,
+    pub(crate) settled: SettledObjects,
 }
 
 /// Why one value did not open: a reason from the fixed set, and the error with its fix
@@ -197,13 +207,13 @@ pub(crate) struct OpenedValue {
 /// the one judgement behind the unseal reconcile, verify and re-seal, so that they can
 /// never disagree about a value.
 pub(crate) fn open_each<'a>(
-    obj: &'a SealedSecret,
+    obj: &'a impl SealedValues,
     namespace: &'a str,
     name: &'a str,
     keys: &'a KeyState,
 ) -> impl Iterator<Item = (&'a str, Result<OpenedValue, Failure>)> + 'a {
-    let scope = obj.spec.scope.into();
-    obj.spec.encrypted_data.iter().map(move |(key, text)| {
+    let scope = obj.scope().into();
+    obj.values().map(move |(key, text)| {
         let opened = Binding::new(scope, namespace, name, key).and_then(|binding| {
             let envelope = Envelope::decode(text)?;
             let value = envelope.open(&binding, &keys.keyring)?;
@@ -217,12 +227,12 @@ pub(crate) fn open_each<'a>(
                 key_id,
             })
         });
-        (key.as_str(), opened.map_err(|err| Failure::of(&err, keys)))
+        (key, opened.map_err(|err| Failure::of(&err, keys)))
     })
 }
 
 fn open_all(
-    obj: &SealedSecret,
+    obj: &CachedSealedSecret,
     namespace: &str,
     name: &str,
     keys: &KeyState,
@@ -254,7 +264,7 @@ fn open_all(
             *reason,
             format!(
                 "{count} of {} values did not open; the Secret was left as it was. {message}",
-                obj.spec.encrypted_data.len()
+                obj.value_count()
             ),
         ));
     }
@@ -271,13 +281,13 @@ fn open_all(
 }
 
 fn desired_secret(
-    obj: &SealedSecret,
+    obj: &CachedSealedSecret,
     namespace: &str,
     name: &str,
     opened: &Opened,
     owner: OwnerReference,
 ) -> Secret {
-    let template = obj.spec.template.clone().unwrap_or_default();
+    let template = obj.template().cloned().unwrap_or_default();
     let meta = template.metadata.unwrap_or_default();
     let mut labels = meta.labels;
     labels.insert(OWNER_LABEL.to_owned(), "true".to_owned());
@@ -303,30 +313,46 @@ fn desired_secret(
     }
 }
 
-impl Context {
-    fn is_settled(&self, key: &ObjectKey, obj: &SealedSecret, keys: &Arc<KeyState>) -> bool {
-        let settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(settled) = settled.get(key) else {
-            return false;
-        };
-        let secret = self.secrets.seen(&key.1, &key.2);
-        settled.uid == obj.metadata.uid
-            && settled.generation == obj.metadata.generation
-            && Weak::ptr_eq(&settled.keys, &Arc::downgrade(keys))
-            && secret.is_some_and(|version| version == settled.secret_version)
+impl SettledObjects {
+    fn by_uid(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Settled>> {
+        self.by_uid.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn settle(&self, key: ObjectKey, obj: &SealedSecret, keys: &Arc<KeyState>, outcome: &Outcome) {
-        let mut settled = self.settled.lock().unwrap_or_else(|e| e.into_inner());
-        match (&outcome.secret_version, outcome.reason) {
-            (Some(version), Reason::Unsealed) => {
+    fn key(&self, obj: &CachedSealedSecret) -> u64 {
+        self.hasher.hash_one(obj.metadata.uid.as_deref())
+    }
+
+    /// Forgets what was settled for SealedSecrets not in `present`.
+    pub(crate) fn forget_all_but<'a>(&self, present: impl Iterator<Item = &'a CachedSealedSecret>) {
+        let present: HashSet<u64> = present.map(|obj| self.key(obj)).collect();
+        self.by_uid().retain(|key, _| present.contains(key));
+    }
+}
+
+impl Context {
+    fn is_settled(&self, obj: &CachedSealedSecret, keys: &Arc<KeyState>) -> bool {
+        let settled = self.settled.by_uid();
+        let Some(settled) = settled.get(&self.settled.key(obj)) else {
+            return false;
+        };
+        let namespace = obj.metadata.namespace.as_deref().unwrap_or_default();
+        let name = obj.metadata.name.as_deref().unwrap_or_default();
+        settled.generation == obj.metadata.generation
+            && Weak::ptr_eq(&settled.keys, &Arc::downgrade(keys))
+            && self.secrets.seen(namespace, name) == Some(settled.secret_version)
+    }
+
+    fn settle(&self, obj: &CachedSealedSecret, keys: &Arc<KeyState>, outcome: &Outcome) {
+        let key = self.settled.key(obj);
+        let mut settled = self.settled.by_uid();
+        match (outcome.secret_version, outcome.reason) {
+            (Some(secret_version), Reason::Unsealed) => {
                 settled.insert(
                     key,
                     Settled {
-                        uid: obj.metadata.uid.clone(),
                         generation: obj.metadata.generation,
                         keys: Arc::downgrade(keys),
-                        secret_version: version.clone(),
+                        secret_version,
                     },
                 );
             }
@@ -334,14 +360,6 @@ impl Context {
                 settled.remove(&key);
             }
         }
-    }
-
-    /// Forgets what was settled for SealedSecrets that are gone.
-    pub(crate) fn forget_all_but(&self, present: &HashSet<ObjectKey>) {
-        self.settled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|key, _| present.contains(key));
     }
 
     fn writer(&self) -> SecretWriter<'_> {
@@ -354,7 +372,7 @@ impl Context {
 
     async fn write_secret(
         &self,
-        obj: &SealedSecret,
+        obj: &CachedSealedSecret,
         namespace: &str,
         name: &str,
         opened: Opened,
@@ -369,7 +387,7 @@ impl Context {
             uid: &owner.uid,
             mode: Mode::Own,
         };
-        let synced = |wrote: bool, secret_version: Option<String>| Outcome {
+        let synced = |wrote: bool, secret_version: Option<SecretVersion>| Outcome {
             reason: Reason::Unsealed,
             message: format!(
                 "Secret {namespace}/{name} {} the {} unsealed keys",
@@ -394,13 +412,9 @@ impl Context {
         })
     }
 
-    async fn record(&self, obj: &SealedSecret, outcome: &Outcome) -> Result<()> {
+    async fn record(&self, obj: &CachedSealedSecret, outcome: &Outcome) -> Result<()> {
         let synced = outcome.reason == Reason::Unsealed;
-        let previous = obj
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default();
+        let previous = obj.status().map(|s| s.conditions()).unwrap_or_default();
         // Every failure here is input a person must fix (re-seal, import a key, free the
         // Secret's name): `Stalled`, which GitOps tools report as failed.
         let health = if synced {
@@ -412,7 +426,7 @@ impl Context {
             observed_generation: obj.metadata.generation,
             key_ids: outcome.key_ids.clone(),
             conditions: status::conditions(
-                previous,
+                &previous,
                 obj.metadata.generation,
                 health,
                 outcome.reason.as_str(),
@@ -423,12 +437,12 @@ impl Context {
         status::patch_status(
             Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default()),
             obj,
-            obj.status.as_ref(),
+            obj.status(),
             &status,
         )
         .await?;
         let reason_changed =
-            status::reason_of(previous, SYNCED).is_none_or(|r| r != outcome.reason.as_str());
+            status::reason_of(&previous, SYNCED).is_none_or(|r| r != outcome.reason.as_str());
         if outcome.wrote || (!synced && reason_changed) {
             status::publish(
                 &self.events,
@@ -446,13 +460,12 @@ impl Context {
 /// Reconciles one SealedSecret.
 // No span per reconcile: at 10,000 objects a cold start spent 3% of its time in them;
 // the one line logged here names the object itself.
-pub async fn reconcile(obj: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(obj: Arc<CachedSealedSecret>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let keys = ctx.keys.current();
-    let key = object_key(&obj);
-    if ctx.is_settled(&key, &obj, &keys) {
+    if ctx.is_settled(&obj, &keys) {
         return Ok(Action::await_change());
     }
     let result = match open_all(&obj, &namespace, &name, &keys) {
@@ -476,8 +489,8 @@ pub async fn reconcile(obj: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Acti
     if outcome.reason != Reason::Unsealed {
         tracing::warn!(%namespace, %name, reason = outcome.reason.as_str(), message = %outcome.message, "not unsealed");
     }
-    ctx.settle(key.clone(), &obj, &keys, &outcome);
-    ctx.backoff.succeeded(&key);
+    ctx.settle(&obj, &keys, &outcome);
+    ctx.backoff.succeeded(&object_key(&obj));
     Ok(match outcome.reason {
         // The Secret in the way carries no label we watch, so its opt-in is polled for.
         Reason::SecretNotOwned => Action::requeue(Duration::from_secs(10)),
@@ -488,7 +501,7 @@ pub async fn reconcile(obj: Arc<SealedSecret>, ctx: Arc<Context>) -> Result<Acti
 }
 
 /// Transient failures (API errors) back off exponentially per object, from 1 s to 5 min.
-pub fn error_policy(obj: Arc<SealedSecret>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(obj: Arc<CachedSealedSecret>, err: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx
         .backoff
         .failed(object_key(&obj), Duration::from_secs(300));
@@ -496,7 +509,7 @@ pub fn error_policy(obj: Arc<SealedSecret>, err: &Error, ctx: Arc<Context>) -> A
     Action::requeue(delay)
 }
 
-pub(crate) fn object_key(obj: &SealedSecret) -> ObjectKey {
+pub(crate) fn object_key(obj: &CachedSealedSecret) -> ObjectKey {
     (
         "SealedSecret",
         obj.namespace().unwrap_or_default(),

@@ -28,7 +28,7 @@ use super::{Held, Scheduled, SyncContext};
 use crate::backoff::ObjectKey;
 use crate::error::{Error, Result};
 use crate::metrics::SyncLabel;
-use crate::secrets::{Claim, Mode, OWNED_BY_ANNOTATION, Refusal, Written};
+use crate::secrets::{Claim, Mode, OWNED_BY_ANNOTATION, Refusal, SecretVersion, Written};
 use crate::status::{self, Health};
 
 /// Annotation whose every new value refreshes at once, bypassing the read cache.
@@ -164,7 +164,7 @@ struct Synced {
     deleted: bool,
     versions: BTreeMap<String, String>,
     /// The Secret's resourceVersion once it held what was written.
-    secret_version: Option<String>,
+    secret_version: Option<SecretVersion>,
     /// When each remote value used was read.
     held: Held,
 }
@@ -216,7 +216,7 @@ pub async fn reconcile(obj: Arc<ExternalSecret>, ctx: Arc<SyncContext>) -> Resul
                     force,
                     held: synced.held.clone(),
                     next_due: next,
-                    secret_version: synced.secret_version.clone(),
+                    secret_version: synced.secret_version,
                     deleted: synced.deleted,
                 },
             );

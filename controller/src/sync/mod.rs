@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::backoff::{Backoff, ObjectKey};
 use crate::metrics::{Metrics, ProviderLabel, ProviderRequestLabel, ReadyLabel};
-use crate::secrets::{OwnedSecrets, SecretWriter};
+use crate::secrets::{OwnedSecrets, SecretVersion, SecretWriter};
 
 pub mod cache;
 pub mod external;
@@ -39,7 +39,7 @@ pub(crate) struct Scheduled {
     next_due: Option<Instant>,
     /// The Secret's resourceVersion once it held what was written: while the watch
     /// shows it, the Secret is intact.
-    secret_version: Option<String>,
+    secret_version: Option<SecretVersion>,
     /// The Secret was deleted (every remote key gone, `deletionPolicy: Delete`).
     deleted: bool,
 }
@@ -190,6 +190,8 @@ pub struct SyncConfig {
     pub cluster_secret_stores: bool,
     /// ExternalSecrets reconciled at once.
     pub concurrency: u16,
+    /// How the watches of stores, ExternalSecrets and their Secrets start.
+    pub initial_list: crate::InitialList,
 }
 
 /// Sets up the store and ExternalSecret controllers: returns their shared context (for
@@ -206,16 +208,22 @@ pub fn start(
 ) {
     let ns = config.watch_namespace.as_deref();
     // `not_due` reads the same cache: a Secret deleted by hand is restored at once.
-    let (secrets, secret_watch) =
-        crate::secrets::watch_owned(crate::scoped_api(&client, ns), EXTERNAL_SECRET_LABEL);
-    let (secret_stores, changes) = crate::watch_lean(crate::scoped_api::<SecretStore>(&client, ns));
+    let initial = config.initial_list;
+    let (secrets, secret_watch) = crate::secrets::watch_owned(
+        crate::scoped_api(&client, ns),
+        EXTERNAL_SECRET_LABEL,
+        initial,
+    );
+    let (secret_stores, changes) =
+        crate::watch_lean(crate::scoped_api::<SecretStore>(&client, ns), initial);
     let store_controller = Controller::for_stream(changes, secret_stores);
     let cluster_controller = config.cluster_secret_stores.then(|| {
         let (cluster_stores, changes) =
-            crate::watch_lean(Api::<ClusterSecretStore>::all(client.clone()));
+            crate::watch_lean(Api::<ClusterSecretStore>::all(client.clone()), initial);
         Controller::for_stream(changes, cluster_stores)
     });
-    let (externals, changes) = crate::watch_lean(crate::scoped_api::<ExternalSecret>(&client, ns));
+    let (externals, changes) =
+        crate::watch_lean(crate::scoped_api::<ExternalSecret>(&client, ns), initial);
     let es_controller = Controller::for_stream(changes, externals.clone());
     let context = Arc::new(SyncContext {
         client: client.clone(),
