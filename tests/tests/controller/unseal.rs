@@ -429,3 +429,30 @@ async fn bad_input_never_harms_data_nor_leaks_it() {
         );
     }
 }
+
+/// SealedSecrets that exist when the controller starts are found whichever way its
+/// watches start: a streaming list (API servers from 1.32 on) or paginated lists (older
+/// ones, or `--streaming-lists=false` where the `WatchList` gate is off).
+#[tokio::test]
+async fn existing_sealed_secrets_are_found_by_streaming_and_by_paginated_lists() {
+    let ctx = TestContext::new("initial-list").await.unwrap();
+    install_crds(&ctx.kube).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A first start makes the cluster key to seal to.
+    Controller::start(&ctx, "a", &[]).wait_ready().await;
+    for (name, flags, way) in [
+        ("streamed", &[][..], "Streaming"),
+        ("paged", &["--streaming-lists=false"][..], "Paginated"),
+    ] {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {}\nstringData:\n  password: hunter2\n",
+            ctx.namespace
+        );
+        apply(&ctx, &seal_with_cluster_key(&ctx, dir.path(), &manifest)).await;
+        let controller = Controller::start(&ctx, "a", flags);
+        wait_reason(&ctx, name, "Unsealed").await;
+        let s = secret(&ctx, name).await.expect("the Secret exists");
+        assert_eq!(value(&s, "password").as_deref(), Some(&b"hunter2"[..]));
+        assert!(controller.logs().contains(way), "{}", controller.logs());
+    }
+}
