@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{
+    DeleteParams, ObjectMeta, PartialObjectMeta, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
@@ -148,11 +150,9 @@ impl OwnedSecrets {
         SecretVersion(self.hasher.hash_one(resource_version))
     }
 
-    fn version_of(&self, meta: &PartialObjectMeta<Secret>) -> Option<SecretVersion> {
-        meta.metadata
-            .resource_version
-            .as_deref()
-            .map(|v| self.version(v))
+    /// The version in a Secret's (or its metadata's) `metadata`, as kept.
+    fn version_of(&self, meta: &ObjectMeta) -> Option<SecretVersion> {
+        meta.resource_version.as_deref().map(|v| self.version(v))
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, Known> {
@@ -164,7 +164,8 @@ impl OwnedSecrets {
         let known = &mut *known;
         match event {
             watcher::Event::Apply(meta) => {
-                known.secrets.entry(self.key_of(meta)).or_default().seen = self.version_of(meta);
+                known.secrets.entry(self.key_of(meta)).or_default().seen =
+                    self.version_of(&meta.metadata);
             }
             watcher::Event::Delete(meta) => {
                 known.secrets.remove(&self.key_of(meta));
@@ -172,7 +173,7 @@ impl OwnedSecrets {
             watcher::Event::Init => known.relisted = Some(HashMap::new()),
             watcher::Event::InitApply(meta) => {
                 if let (Some(relisted), Some(version)) =
-                    (&mut known.relisted, self.version_of(meta))
+                    (&mut known.relisted, self.version_of(&meta.metadata))
                 {
                     relisted.insert(self.key_of(meta), version);
                 }
@@ -198,7 +199,7 @@ impl OwnedSecrets {
 
     /// Whether `meta` is the version the controller's own last write left, as it holds.
     fn wrote(&self, meta: &PartialObjectMeta<Secret>) -> bool {
-        let Some(version) = self.version_of(meta) else {
+        let Some(version) = self.version_of(&meta.metadata) else {
             return false;
         };
         self.known()
@@ -455,14 +456,6 @@ impl SecretWriter<'_> {
         Ok(written)
     }
 
-    fn version_of(&self, secret: &Secret) -> Option<SecretVersion> {
-        secret
-            .metadata
-            .resource_version
-            .as_deref()
-            .map(|v| self.secrets.version(v))
-    }
-
     /// `write`, for a Secret the watch cannot vouch for: `seen` if it shows one at all.
     async fn write_through(
         &self,
@@ -481,7 +474,9 @@ impl SecretWriter<'_> {
                 ..PostParams::default()
             };
             match api.create(&params, desired).await {
-                Ok(created) => return Ok(Written::Changed(self.version_of(&created))),
+                Ok(created) => {
+                    return Ok(Written::Changed(self.secrets.version_of(&created.metadata)));
+                }
                 Err(kube::Error::Api(status)) if status.code == 409 => {}
                 Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
                     return Ok(rejected(namespace, name, &status.message));
@@ -547,7 +542,9 @@ impl SecretWriter<'_> {
         if let Some(existing) = &existing
             && matches(existing, desired, whole)
         {
-            return Ok(Written::Unchanged(self.version_of(existing)));
+            return Ok(Written::Unchanged(
+                self.secrets.version_of(&existing.metadata),
+            ));
         }
         // Type and immutable data cannot change in place: replace the Secret.
         if let Some(existing) = &existing
@@ -597,7 +594,7 @@ impl SecretWriter<'_> {
             )
             .await
         {
-            Ok(applied) => Ok(Written::Changed(self.version_of(&applied))),
+            Ok(applied) => Ok(Written::Changed(self.secrets.version_of(&applied.metadata))),
             Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
                 Ok(rejected(namespace, name, &status.message))
             }
