@@ -127,14 +127,16 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 # of the 2 cores the controller and the API server are measured on.
 wait_unsealed() {
   python3 - "$port" "$n" "$pid" <<'PY'
-import http.client, os, sys, time
+import http.client, sys, time
 port, n, pid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 prefix = 'sigil_unseal_total{result="Unsealed"} '
 conn = None
 while True:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    try:  # gone, or exited and not yet reaped: dead either way
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                sys.exit(1)
+    except FileNotFoundError:
         sys.exit(1)
     try:
         conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
