@@ -5,7 +5,9 @@
 //!
 //! Usage: apiserver-limit NAMESPACE N [CONCURRENCY...]
 //! NAMESPACE must exist and be empty; KUBECONFIG names the cluster. Prints one line per
-//! concurrency: `concurrency wall_seconds`.
+//! concurrency: `concurrency wall_seconds apiserver_cpu_seconds client_cpu_seconds`, the
+//! CPU being what each spent during that pass: on a machine the API server saturates, a
+//! cost per object compares runs that wall time alone cannot.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let client = Client::try_default().await?;
     let sealed: Api<SealedSecret> = Api::namespaced(client.clone(), &namespace);
-    let secrets: Api<Secret> = Api::namespaced(client, &namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
 
     // The SealedSecrets exist before the clock starts, as in the controller's bench.
     let owners = run_all(count, 64, {
@@ -68,6 +70,8 @@ async fn main() -> anyhow::Result<()> {
     let owners = Arc::new(owners);
 
     for (pass, &concurrency) in concurrencies.iter().enumerate() {
+        let apiserver_cpu = apiserver_cpu_seconds(&client).await?;
+        let client_cpu = own_cpu_seconds();
         let started = Instant::now();
         run_all(count, concurrency, {
             let (sealed, secrets, owners) = (sealed.clone(), secrets.clone(), owners.clone());
@@ -95,9 +99,34 @@ async fn main() -> anyhow::Result<()> {
             }
         })
         .await?;
-        println!("{concurrency} {:.3}", started.elapsed().as_secs_f64());
+        let wall = started.elapsed().as_secs_f64();
+        println!(
+            "{concurrency} {wall:.3} {:.2} {:.2}",
+            apiserver_cpu_seconds(&client).await? - apiserver_cpu,
+            own_cpu_seconds() - client_cpu
+        );
     }
     Ok(())
+}
+
+/// The API server's `process_cpu_seconds_total`, from its own metrics.
+async fn apiserver_cpu_seconds(client: &Client) -> anyhow::Result<f64> {
+    let metrics = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("process_cpu_seconds_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!("the API server's /metrics has no process_cpu_seconds_total")
+        })
+}
+
+/// User and system CPU time of this process so far.
+fn own_cpu_seconds() -> f64 {
+    let spent = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    spent.tv_sec as f64 + spent.tv_nsec as f64 / 1e9
 }
 
 /// Runs `task(0..count)` with at most `concurrency` in flight; their results in order.
