@@ -144,11 +144,9 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         None => InitialList::for_server(&client).await,
     };
     tracing::info!(?initial_list, "how watches start");
-    let (secrets, secret_watch) = secrets::watch_owned(
-        scoped_api(&client, watch_namespace),
-        unseal::OWNER_LABEL,
-        initial_list,
-    );
+    let mut secret_watch =
+        secrets::SecretWatch::new(scoped_api(&client, watch_namespace), initial_list);
+    let (secrets, owned_changes) = secret_watch.owned(unseal::OWNER_LABEL);
     let context = Arc::new(unseal::Context {
         client: client.clone(),
         events: events.clone(),
@@ -165,7 +163,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
     let sealed_changes =
         sealed_changes.predicate_filter(predicates::generation, Default::default());
     let controller = Controller::for_stream(sealed_changes, sealed_store)
-        .owns_stream(secret_watch)
+        .owns_stream(owned_changes)
         .reconcile_all_on(key_changes)
         .with_config(controller::Config::default().concurrency(config.concurrency));
     let store = controller.store();
@@ -193,6 +191,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         });
     let (sync_context, sync_run) = sync::start(
         client.clone(),
+        secret_watch.owned(sync::external::EXTERNAL_SECRET_LABEL),
         events.clone(),
         metrics.clone(),
         sync::SyncConfig {
@@ -214,8 +213,18 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         restarter.clone(),
         config.reload_debounce,
         config.watch_namespace.clone(),
+        secret_watch.every_event(),
         stopped(),
     );
+    let secret_watch_run = {
+        let stop = stopped();
+        async move {
+            tokio::select! {
+                () = secret_watch.run() => {}
+                () = stop => {}
+            }
+        }
+    };
     let rotation_context = Arc::new(rotation::RotationContext {
         client: client.clone(),
         events,
@@ -238,7 +247,13 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         },
         stopped(),
     );
-    let run = futures::future::join4(unseal_run, sync_run, rotation_run, reload_run);
+    let run = futures::future::join5(
+        unseal_run,
+        sync_run,
+        rotation_run,
+        reload_run,
+        secret_watch_run,
+    );
     tokio::pin!(run);
     let result = tokio::select! {
         _ = &mut run => Ok(()),

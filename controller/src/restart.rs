@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt as _};
+use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PodSpec, PodTemplateSpec, Secret};
@@ -905,6 +905,7 @@ pub async fn reload(
     restarter: Arc<Restarter>,
     debounce: Duration,
     watch_namespace: Option<String>,
+    secrets: impl Stream<Item = watcher::Event<PartialObjectMeta<Secret>>>,
     stop: impl Future<Output = ()>,
 ) {
     let ns = watch_namespace.as_deref();
@@ -913,12 +914,6 @@ pub async fn reload(
         workload_events::<StatefulSet>(&client, ns),
         workload_events::<DaemonSet>(&client, ns),
     ]);
-    // `Api<PartialObjectMeta<_>>` lists and watches metadata only.
-    let secrets = watcher(
-        crate::scoped_api::<PartialObjectMeta<Secret>>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff();
     let (due_tx, due_rx) = tokio::sync::mpsc::unbounded_channel();
     let worker = tokio::spawn(roll_due(restarter.clone(), due_rx));
     let mut state = Reload {
@@ -938,10 +933,9 @@ pub async fn reload(
         tokio::select! {
             () = &mut stop => break,
             Some(event) = workloads.next() => state.on_workload(event).await,
-            event = secrets.try_next() => match event {
-                Ok(Some(event)) => state.on_secret(event).await,
-                Ok(None) => break,
-                Err(err) => tracing::warn!(error = %err, "Secret watch for reload failed; retrying"),
+            event = secrets.next() => match event {
+                Some(event) => state.on_secret(event).await,
+                None => break,
             },
             () = tokio::time::sleep_until(wake) => {
                 let rotated = |w: &Workload, since| restarter.rotated_since(w, since);

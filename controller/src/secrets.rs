@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
-use futures::{Stream, TryStreamExt};
+use futures::channel::mpsc;
+use futures::{SinkExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
@@ -108,29 +109,93 @@ struct Versions {
     held: Option<(SecretVersion, u64)>,
 }
 
-/// Watches the Secrets carrying `label`, metadata only: what the Secret writer reads,
-/// and a stream of the Secrets that changed, each one after it was recorded (a Secret
-/// deleted by hand is never judged unchanged from a version that is gone). The echo of
-/// the controller's own write is left out of the stream: the reconcile that wrote
-/// already knows, and at a cold start 10,000 of them would queue as many reconciles
-/// that have nothing to do.
-pub(crate) fn watch_owned(
+/// One metadata-only watch of the Secrets in scope, for everything that follows them:
+/// the Secret writer of each kind, and the reloads of workloads. One watch, not one per
+/// follower: the API server encodes and sends each Secret it writes once per watch, and
+/// at a cold start of 4,000 SealedSecrets a second watch of the same Secrets cost it
+/// ~0.3 ms of CPU per object, a quarter of the controller's margin over a lean client.
+pub struct SecretWatch {
     api: Api<PartialObjectMeta<Secret>>,
-    label: &str,
     initial: crate::InitialList,
-) -> (
-    Arc<OwnedSecrets>,
-    impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
-) {
-    let owned = Arc::new(OwnedSecrets::default());
-    let observer = owned.clone();
-    let writer = owned.clone();
-    let changes = watcher(api, initial.watcher_config().labels(label))
-        .default_backoff()
-        .inspect_ok(move |event| observer.observe(event))
-        .touched_objects()
-        .try_filter(move |meta| std::future::ready(!writer.wrote(meta)));
-    (owned, changes)
+    owned: Vec<OwnedFollower>,
+    every_event: Vec<mpsc::Sender<watcher::Event<PartialObjectMeta<Secret>>>>,
+}
+
+struct OwnedFollower {
+    label: &'static str,
+    secrets: Arc<OwnedSecrets>,
+    changes: mpsc::Sender<PartialObjectMeta<Secret>>,
+}
+
+/// Events a follower may lag behind the watch; beyond, the watch waits for it.
+const FOLLOWER_BACKLOG: usize = 256;
+
+impl SecretWatch {
+    pub(crate) fn new(api: Api<PartialObjectMeta<Secret>>, initial: crate::InitialList) -> Self {
+        Self {
+            api,
+            initial,
+            owned: Vec::new(),
+            every_event: Vec::new(),
+        }
+    }
+
+    /// Follows the Secrets carrying `label`, as a watch selecting that label would: what
+    /// the Secret writer reads, and a stream of the Secrets that changed, each one after
+    /// it was recorded (a Secret deleted by hand is never judged unchanged from a
+    /// version that is gone). The echo of the controller's own write is left out of the
+    /// stream: the reconcile that wrote already knows, and at a cold start 10,000 of
+    /// them would queue as many reconciles that have nothing to do.
+    pub(crate) fn owned(
+        &mut self,
+        label: &'static str,
+    ) -> (
+        Arc<OwnedSecrets>,
+        impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
+    ) {
+        let secrets = Arc::new(OwnedSecrets::default());
+        let (changes, changed) = mpsc::channel(FOLLOWER_BACKLOG);
+        self.owned.push(OwnedFollower {
+            label,
+            secrets: secrets.clone(),
+            changes,
+        });
+        (secrets, changed.map(Ok))
+    }
+
+    /// Every event of the watch, for a follower of all the Secrets in scope.
+    pub(crate) fn every_event(
+        &mut self,
+    ) -> impl Stream<Item = watcher::Event<PartialObjectMeta<Secret>>> + Send + 'static {
+        let (events, followed) = mpsc::channel(FOLLOWER_BACKLOG);
+        self.every_event.push(events);
+        followed
+    }
+
+    /// Runs the watch and hands each event to every follower, retrying a failed watch
+    /// with backoff; runs until dropped.
+    pub(crate) async fn run(mut self) {
+        let events = watcher(self.api.clone(), self.initial.watcher_config()).default_backoff();
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(err) => {
+                    tracing::warn!(error = %err, "the Secret watch failed; retrying");
+                    continue;
+                }
+            };
+            for follower in &mut self.owned {
+                if let Some(changed) = follower.secrets.follow(follower.label, &event) {
+                    // A follower gone (its controller stopped) has nothing left to learn.
+                    let _ = follower.changes.send(changed).await;
+                }
+            }
+            for follower in &mut self.every_event {
+                let _ = follower.send(event.clone()).await;
+            }
+        }
+    }
 }
 
 impl OwnedSecrets {
@@ -157,6 +222,45 @@ impl OwnedSecrets {
 
     fn known(&self) -> std::sync::MutexGuard<'_, Known> {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one event of the watch of every Secret as a watch of the Secrets carrying
+    /// `label` would show it, and returns the Secret that changed, unless it is the echo
+    /// of the controller's own write.
+    fn follow(
+        &self,
+        label: &str,
+        event: &watcher::Event<PartialObjectMeta<Secret>>,
+    ) -> Option<PartialObjectMeta<Secret>> {
+        let labelled = |meta: &PartialObjectMeta<Secret>| meta.labels().contains_key(label);
+        match event {
+            watcher::Event::Init | watcher::Event::InitDone => {
+                self.observe(event);
+                None
+            }
+            watcher::Event::Apply(meta) | watcher::Event::InitApply(meta) if labelled(meta) => {
+                self.observe(event);
+                (!self.wrote(meta)).then(|| meta.clone())
+            }
+            // A Secret that loses the label leaves a selecting watch as if deleted.
+            watcher::Event::Apply(meta) if self.was_seen(meta) => {
+                self.observe(&watcher::Event::Delete(meta.clone()));
+                Some(meta.clone())
+            }
+            watcher::Event::Delete(meta) if labelled(meta) || self.was_seen(meta) => {
+                self.observe(event);
+                Some(meta.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the watch has shown this Secret (with the label) since it last listed.
+    fn was_seen(&self, meta: &PartialObjectMeta<Secret>) -> bool {
+        self.known()
+            .secrets
+            .get(&self.key_of(meta))
+            .is_some_and(|versions| versions.seen.is_some())
     }
 
     fn observe(&self, event: &watcher::Event<PartialObjectMeta<Secret>>) {
@@ -849,6 +953,46 @@ mod tests {
         assert_eq!(
             owned.holds("prod", "db", fingerprint),
             Some(owned.version("5"))
+        );
+    }
+
+    #[test]
+    fn a_follower_sees_only_its_label_and_a_lost_label_as_a_deletion() {
+        let owned = OwnedSecrets::default();
+        let mut mine = secret(&[("password", "hunter2")]);
+        mine.metadata.labels = Some(BTreeMap::from([("mine".into(), "true".into())]));
+        let changed = |event| owned.follow("mine", &event).map(|m| m.name_any());
+
+        assert_eq!(
+            changed(watcher::Event::Apply(at_version(&secret(&[]), "4"))),
+            None,
+            "a Secret without the label is not followed"
+        );
+        assert_eq!(owned.seen("prod", "db"), None);
+        assert_eq!(
+            changed(watcher::Event::Apply(at_version(&mine, "5"))),
+            Some("db".into())
+        );
+        assert_eq!(owned.seen("prod", "db"), Some(owned.version("5")));
+
+        // The echo of the controller's own write starts no reconcile.
+        let fingerprint = owned.fingerprint(&mine);
+        owned.remember("prod", "db", Some(owned.version("6")), fingerprint);
+        assert_eq!(changed(watcher::Event::Apply(at_version(&mine, "6"))), None);
+
+        // Someone removes the label: to the follower it is gone.
+        let mut unlabelled = mine.clone();
+        unlabelled.metadata.labels = None;
+        assert_eq!(
+            changed(watcher::Event::Apply(at_version(&unlabelled, "7"))),
+            Some("db".into())
+        );
+        assert_eq!(owned.seen("prod", "db"), None);
+        assert_eq!(owned.holds("prod", "db", fingerprint), None);
+        assert_eq!(
+            changed(watcher::Event::Apply(at_version(&unlabelled, "8"))),
+            None,
+            "and stays out of view"
         );
     }
 

@@ -196,8 +196,18 @@ pub struct SyncConfig {
 
 /// Sets up the store and ExternalSecret controllers: returns their shared context (for
 /// the Rotation engine) and the future that runs them until `stop` resolves.
-pub fn start(
+pub(crate) fn start(
     client: Client,
+    (secrets, owned_changes): (
+        Arc<crate::secrets::OwnedSecrets>,
+        impl futures::Stream<
+            Item = Result<
+                kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Secret>,
+                watcher::Error,
+            >,
+        > + Send
+        + 'static,
+    ),
     events: crate::status::Events,
     metrics: Arc<Metrics>,
     config: SyncConfig,
@@ -209,11 +219,6 @@ pub fn start(
     let ns = config.watch_namespace.as_deref();
     // `not_due` reads the same cache: a Secret deleted by hand is restored at once.
     let initial = config.initial_list;
-    let (secrets, secret_watch) = crate::secrets::watch_owned(
-        crate::scoped_api(&client, ns),
-        EXTERNAL_SECRET_LABEL,
-        initial,
-    );
     let (secret_stores, changes) =
         crate::watch_lean(crate::scoped_api::<SecretStore>(&client, ns), initial);
     let store_controller = Controller::for_stream(changes, secret_stores);
@@ -245,7 +250,7 @@ pub fn start(
     let by_secret = externals.clone();
     let by_store = externals.clone();
     let mut es_controller = es_controller
-        .watches_stream(secret_watch, move |secret| {
+        .watches_stream(owned_changes, move |secret| {
             external::targets_of(&by_secret, &secret)
         })
         .watches(
