@@ -99,6 +99,29 @@ PY
   kubectl create -f "$work/externals.yaml" >/dev/null
 fi
 
+pids=${SIGIL_ENV_DIR:-$root/.env}/pids
+# Waits (up to a minute) until the API server and etcd are idle: garbage collection of
+# what an earlier run deleted would otherwise be measured as part of the next.
+quiesce() {
+  python3 - "$(cat "$pids/kube-apiserver")" "$(cat "$pids/etcd")" <<'PY'
+import os, sys, time
+hz = os.sysconf("SC_CLK_TCK")
+def cpu():
+    total = 0
+    for pid in sys.argv[1:]:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / hz
+    return total
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    before = cpu()
+    time.sleep(1)
+    if cpu() - before < 0.1:
+        break
+PY
+}
+quiesce
 echo "bench: measuring the API server's limit for the same writes ..." >&2
 kubectl create namespace "$ns-limit" >/dev/null
 # One line per concurrency: concurrency, wall, and the CPU seconds the API server and the
@@ -107,6 +130,7 @@ read -r _ limit_wall limit_apiserver_cpu limit_client_cpu < <(
   "$target/apiserver-limit" "$ns-limit" "$n" 32 128 | sort -k2 -g | head -n 1)
 kubectl delete --raw "/apis/sigil.dev/v1/namespaces/$ns-limit/sealedsecrets" >/dev/null
 kubectl delete --raw "/api/v1/namespaces/$ns-limit/secrets" >/dev/null
+quiesce
 
 # Requests the API server served, by resource and verb, from its own metrics.
 requests() {
@@ -156,7 +180,6 @@ PY
 cpu_seconds() {
   awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
-pids=${SIGIL_ENV_DIR:-$root/.env}/pids
 apiserver_cpu=$(cpu_seconds "$(cat "$pids/kube-apiserver")")
 etcd_cpu=$(cpu_seconds "$(cat "$pids/etcd")")
 start=$(date +%s.%N)
