@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -194,19 +196,14 @@ pub struct SyncConfig {
     pub initial_list: crate::InitialList,
 }
 
-/// Sets up the store and ExternalSecret controllers: returns their shared context (for
-/// the Rotation engine) and the future that runs them until `stop` resolves.
+/// Sets up the store and ExternalSecret controllers, following the Secrets labelled
+/// for ExternalSecrets through the shared Secret watch: returns their shared context
+/// (for the Rotation engine) and the future that runs them until `stop` resolves.
 pub(crate) fn start(
     client: Client,
     (secrets, owned_changes): (
-        Arc<crate::secrets::OwnedSecrets>,
-        impl futures::Stream<
-            Item = Result<
-                kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Secret>,
-                watcher::Error,
-            >,
-        > + Send
-        + 'static,
+        Arc<OwnedSecrets>,
+        impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
     ),
     events: crate::status::Events,
     metrics: Arc<Metrics>,
@@ -217,7 +214,6 @@ pub(crate) fn start(
     impl std::future::Future<Output = ()> + Send,
 ) {
     let ns = config.watch_namespace.as_deref();
-    // `not_due` reads the same cache: a Secret deleted by hand is restored at once.
     let initial = config.initial_list;
     let (secret_stores, changes) =
         crate::watch_lean(crate::scoped_api::<SecretStore>(&client, ns), initial);
@@ -238,6 +234,8 @@ pub(crate) fn start(
         cache: cache::ReadCache::new(metrics.clone()),
         backoff: Backoff::default(),
         store_backoff: Backoff::default(),
+        // `not_due` reads what the Secret watch shows: a Secret deleted by hand is
+        // restored at once.
         secrets,
         secret_stores: store_controller.store(),
         cluster_stores: cluster_controller.as_ref().map(Controller::store),
