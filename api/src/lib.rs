@@ -40,6 +40,10 @@ pub struct Settings {
     pub namespace: String,
     /// Base URL of the controller's internal HTTP server.
     pub controller_url: String,
+    /// A token of this API's ServiceAccount for the audience `sigil-controller`, read
+    /// on every call (the kubelet renews a projected token in place): the controller's
+    /// internal endpoints answer no one else.
+    pub controller_token_file: Option<std::path::PathBuf>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// Longest a request may take.

@@ -35,6 +35,14 @@ struct Args {
         default_value = "http://sigil-controller.sigil-system.svc:8080"
     )]
     controller_url: String,
+    /// A token of this API's ServiceAccount for the audience `sigil-controller`, sent to
+    /// the controller's internal endpoints (the chart projects one; reread on each call).
+    #[arg(
+        long,
+        env = "SIGIL_CONTROLLER_TOKEN_FILE",
+        default_value = "/var/run/secrets/sigil.dev/controller/token"
+    )]
+    controller_token_file: PathBuf,
     /// Sigil's own namespace (sealing-key Rotations, the public key ConfigMap).
     #[arg(long, env = "POD_NAMESPACE", default_value = "sigil-system")]
     namespace: String,
@@ -95,6 +103,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sigil_api::Settings {
             namespace: args.namespace,
             controller_url: args.controller_url.trim_end_matches('/').to_owned(),
+            controller_token_file: Some(args.controller_token_file),
             max_body_bytes: args.max_body_bytes,
             request_timeout: args.request_timeout,
             rate_limit: args.rate_limit,

@@ -133,14 +133,20 @@ async fn through_controller(
         tracing::warn!(error = %err, %url, "cannot reach the controller");
         ApiError::Unavailable("the sigil controller is not reachable; retry shortly".to_owned())
     };
-    let response = state
+    let mut request = state
         .controller
         .post(&url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(unreachable)?;
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(path) = &state.settings.controller_token_file {
+        let token = tokio::fs::read_to_string(path).await.map_err(|err| {
+            tracing::error!(error = %err, path = %path.display(), "cannot read the token for the controller (--controller-token-file)");
+            ApiError::Unavailable(
+                "sigil-api cannot prove itself to the controller (its token file is unreadable); the API's log says why".to_owned(),
+            )
+        })?;
+        request = request.bearer_auth(token.trim());
+    }
+    let response = request.body(body).send().await.map_err(unreachable)?;
     let status = response.status();
     let bytes = response.bytes().await.map_err(unreachable)?;
     if status.is_success() {
@@ -159,6 +165,12 @@ async fn through_controller(
         StatusCode::BAD_REQUEST => ApiError::InvalidJson(message),
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge(state.settings.max_body_bytes),
         StatusCode::UNPROCESSABLE_ENTITY => ApiError::Invalid(message),
+        StatusCode::UNAUTHORIZED => {
+            tracing::error!(%url, "the controller refused sigil-api's token: check --controller-token-file (audience sigil-controller) and the controller's --api-service-account");
+            ApiError::Unavailable(
+                "the sigil controller refused sigil-api's own credentials; the API's log says why".to_owned(),
+            )
+        }
         StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(
             "the sigil controller has not loaded its keys yet (starting, or no leader); retry shortly"
                 .to_owned(),

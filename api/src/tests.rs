@@ -55,6 +55,7 @@ fn settings() -> Settings {
     Settings {
         namespace: "sigil-system".to_owned(),
         controller_url: "http://127.0.0.1:9".to_owned(),
+        controller_token_file: None,
         max_body_bytes: 1024,
         request_timeout: Duration::from_secs(5),
         rate_limit: 100,

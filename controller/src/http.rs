@@ -1,20 +1,24 @@
 //! The internal HTTP server: `/healthz` (alive), `/readyz` (caches synced and leading),
 //! `/metrics` (Prometheus), and for `sigil-api`, which holds no private key,
-//! `POST /internal/v1/verify` and `POST /internal/v1/reseal` of a SealedSecret. No answer,
-//! error or log line of these ever holds a plaintext value.
+//! `POST /internal/v1/verify` and `POST /internal/v1/reseal` of a SealedSecret: only
+//! sigil-api's token opens them (see [`crate::caller`]), and their cryptography runs
+//! off the async workers, a few at a time, so a flood slows them and nothing else. No
+//! answer, error or log line of these ever holds a plaintext value.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sigil_types::SealedSecret;
 use sigil_types::api::{ErrorBody, VerifyReport};
 
+use crate::caller::{INTERNAL_AUDIENCE, InternalCallers, Refusal};
 use crate::metrics::Metrics;
 use crate::sealed::keys::{KeyState, Keys};
 use crate::sealed::verify::{self, ResealError};
@@ -37,18 +41,114 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// The sealing keys; empty until this replica leads and has loaded them.
     pub keys: Arc<Keys>,
+    /// Who may call verify and re-seal.
+    pub callers: Arc<InternalCallers>,
+    /// Slots for verify and re-seal work, one per core.
+    pub crypto_slots: Arc<tokio::sync::Semaphore>,
 }
+
+impl HttpState {
+    /// A state with one crypto slot per core.
+    pub fn new(
+        ready: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
+        keys: Arc<Keys>,
+        callers: Arc<InternalCallers>,
+    ) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            ready,
+            metrics,
+            keys,
+            callers,
+            crypto_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
+        }
+    }
+}
+
+/// How long a verify or re-seal waits for a crypto slot before it answers 503.
+const CRYPTO_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The internal router.
 pub fn router(state: HttpState) -> Router {
+    let internal = Router::new()
+        .route("/internal/v1/verify", post(verify))
+        .route("/internal/v1/reseal", post(reseal))
+        // Checked before the body is read: an unauthenticated caller costs no buffering.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            only_sigil_api,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/internal/v1/verify", post(verify))
-        .route("/internal/v1/reseal", post(reseal))
+        .merge(internal)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+async fn only_sigil_api(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.callers.check(authorization).await {
+        Ok(()) => next.run(request).await,
+        Err(Refusal::Unauthenticated) => {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                format!(
+                    "the internal endpoints answer sigil-api only: send its ServiceAccount's token for audience `{INTERNAL_AUDIENCE}` as `Authorization: Bearer`; everyone else calls sigil-api"
+                ),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response
+        }
+        Err(Refusal::Unavailable) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the controller cannot check the caller's token with the Kubernetes API server; retry shortly",
+        )
+        .into_response(),
+    }
+}
+
+/// Runs `work` on the blocking pool once a crypto slot is free: X25519 for a large
+/// SealedSecret takes milliseconds, which on an async worker would stall the Lease
+/// renewal and the probes.
+async fn off_the_runtime<T: Send + 'static>(
+    state: &HttpState,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let busy = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the controller is busy with other verify and re-seal requests; retry shortly",
+        )
+    };
+    let permit = tokio::time::timeout(CRYPTO_WAIT, state.crypto_slots.clone().acquire_owned())
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())?;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+    .map_err(|err| {
+        tracing::error!(error = %err, "verify or re-seal work stopped");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the work stopped unexpectedly; the controller's log says why",
+        )
+    })
 }
 
 async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
@@ -207,7 +307,13 @@ async fn verify(
 ) -> Result<Json<VerifyReport>, ApiError> {
     let keys = loaded_keys(&state)?;
     let (obj, namespace, name) = sealed_secret(body)?;
-    let report = verify::verify(&obj, &namespace, &name, &keys);
+    let report = {
+        let (namespace, name) = (namespace.clone(), name.clone());
+        off_the_runtime(&state, move || {
+            verify::verify(&obj, &namespace, &name, &keys)
+        })
+        .await?
+    };
     tracing::debug!(%namespace, %name, all_open = report.all_open(), "verified");
     Ok(Json(report))
 }
@@ -218,7 +324,14 @@ async fn reseal(
 ) -> Result<Json<SealedSecret>, ApiError> {
     let keys = loaded_keys(&state)?;
     let (obj, namespace, name) = sealed_secret(body)?;
-    match verify::reseal(&obj, &namespace, &name, &keys) {
+    let resealed = {
+        let (namespace, name) = (namespace.clone(), name.clone());
+        off_the_runtime(&state, move || {
+            verify::reseal(&obj, &namespace, &name, &keys)
+        })
+        .await?
+    };
+    match resealed {
         Ok(resealed) => {
             tracing::info!(%namespace, %name, values = resealed.spec.encrypted_data.len(), "re-sealed to the active key");
             Ok(Json(resealed))
@@ -272,10 +385,31 @@ mod tests {
             active: keys.last().map(|k| (k.id(), jiff::Timestamp::UNIX_EPOCH)),
             ..KeyState::default()
         });
-        HttpState {
-            ready: Arc::new(AtomicBool::new(true)),
-            metrics: Arc::new(Metrics::default()),
-            keys: loaded,
+        HttpState::new(
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(Metrics::default()),
+            loaded,
+            Arc::new(InternalCallers::new(
+                Arc::new(OnlyApiToken),
+                "sigil-system/sigil-api",
+            )),
+        )
+    }
+
+    const API_TOKEN: &str = "api-token";
+
+    /// Accepts [`API_TOKEN`] as sigil-api's, and nothing else.
+    struct OnlyApiToken;
+
+    impl crate::caller::TokenReviewer for OnlyApiToken {
+        fn review<'a>(
+            &'a self,
+            token: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<Option<String>, String>> {
+            Box::pin(async move {
+                Ok((token == API_TOKEN)
+                    .then(|| "system:serviceaccount:sigil-system:sigil-api".to_owned()))
+            })
         }
     }
 
@@ -306,6 +440,7 @@ mod tests {
             .oneshot(
                 Request::post(path)
                     .header("content-type", content_type)
+                    .header("authorization", format!("Bearer {API_TOKEN}"))
                     .body(Body::from(body))
                     .unwrap(),
             )
@@ -519,6 +654,46 @@ mod tests {
             err.message
         );
         assert!(!err.message.contains("`password`"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn verify_and_reseal_refuse_every_caller_but_sigil_api_before_reading_the_body() {
+        let cluster = PrivateKey::generate().unwrap();
+        for path in ["/internal/v1/verify", "/internal/v1/reseal"] {
+            for authorization in [None, Some("Bearer someone-else"), Some("Basic api-token")] {
+                let mut request = Request::post(path).header("content-type", "application/json");
+                if let Some(value) = authorization {
+                    request = request.header("authorization", value);
+                }
+                // Larger than the body limit: refused for who sends it, not for its size.
+                let response = router(state(&[&cluster]))
+                    .oneshot(
+                        request
+                            .body(Body::from(vec![b' '; MAX_BODY_BYTES + 1]))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    response.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{path} {authorization:?}"
+                );
+                let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                let err = error(&body);
+                assert_eq!(err.code, "unauthenticated");
+                assert!(err.message.contains("sigil-controller"), "{}", err.message);
+            }
+        }
+        for open in ["/healthz", "/readyz", "/metrics"] {
+            let response = router(state(&[&cluster]))
+                .oneshot(Request::get(open).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{open}");
+        }
     }
 
     #[tokio::test]

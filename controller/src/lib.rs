@@ -20,6 +20,7 @@ use kube::{Api, Client};
 use sealed::cached::CachedSealedSecret;
 
 pub mod backoff;
+pub mod caller;
 pub mod error;
 pub mod http;
 pub mod leader;
@@ -72,6 +73,11 @@ pub struct Config {
     pub reload_debounce: Duration,
     /// How watches learn what exists; `None`: by the API server's version.
     pub initial_list: Option<InitialList>,
+    /// Whether a ServiceAccount must opt in before stores may mint tokens for it.
+    pub store_tokens_need_opt_in: bool,
+    /// sigil-api's ServiceAccount (`NAMESPACE/NAME`), the only caller of the internal
+    /// verify and re-seal endpoints.
+    pub api_service_account: String,
 }
 
 /// Runs until SIGTERM/SIGINT, or until leadership is lost (an error: the process should
@@ -84,11 +90,16 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
     let keys = Arc::new(keys::Keys::default());
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /healthz, /readyz, /metrics, /internal/v1/verify, /internal/v1/reseal");
-    let router = http::router(http::HttpState {
-        ready: ready.clone(),
-        metrics: metrics.clone(),
-        keys: keys.clone(),
-    });
+    let callers = caller::InternalCallers::new(
+        Arc::new(caller::KubeTokenReviewer(client.clone())),
+        &config.api_service_account,
+    );
+    let router = http::router(http::HttpState::new(
+        ready.clone(),
+        metrics.clone(),
+        keys.clone(),
+        Arc::new(callers),
+    ));
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router).await {
             tracing::error!(error = %err, "internal HTTP server stopped");
@@ -199,6 +210,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
             cluster_secret_stores: config.cluster_secret_stores,
             concurrency: config.concurrency,
             initial_list,
+            store_tokens_need_opt_in: config.store_tokens_need_opt_in,
         },
         stopped(),
     );

@@ -67,6 +67,14 @@ struct Args {
     /// false on a cluster that turned the `WatchList` feature gate off.
     #[arg(long)]
     streaming_lists: Option<bool>,
+    /// Stores may mint tokens only for ServiceAccounts annotated
+    /// `sigil.dev/allow-store-tokens: "true"` (off: as External Secrets Operator does).
+    #[arg(long)]
+    store_tokens_need_opt_in: bool,
+    /// The ServiceAccount of sigil-api, `NAMESPACE/NAME`: the only caller of the internal
+    /// verify and re-seal endpoints (default: `sigil-api` in `--namespace`).
+    #[arg(long, env = "SIGIL_API_SERVICE_ACCOUNT")]
+    api_service_account: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -82,6 +90,9 @@ fn main() -> ExitCode {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
+    let api_service_account = args
+        .api_service_account
+        .unwrap_or_else(|| format!("{}/sigil-api", args.namespace));
     let config = sigil_controller::Config {
         namespace: args.namespace,
         cluster_name: args.cluster_name,
@@ -98,6 +109,8 @@ fn main() -> ExitCode {
         max_concurrent_restarts: args.max_concurrent_restarts,
         rollout_deadline: args.rollout_deadline,
         reload_debounce: args.reload_debounce,
+        store_tokens_need_opt_in: args.store_tokens_need_opt_in,
+        api_service_account,
         initial_list: args.streaming_lists.map(|streaming| {
             if streaming {
                 sigil_controller::InitialList::Streaming

@@ -42,6 +42,9 @@ pub const RESTARTED_FOR_ANNOTATION: &str = "sigil.dev/restarted-for";
 /// Workload annotation (value `"true"`) opting a Deployment, StatefulSet or DaemonSet in
 /// to a rollout whenever the data of a Secret its pods consume changes.
 pub const RELOAD_ANNOTATION: &str = "sigil.dev/reload";
+/// ServiceAccount annotation (value `"true"`) allowing stores of its namespace to have
+/// tokens minted for it, when the controller runs with `--store-tokens-need-opt-in`.
+pub const ALLOW_STORE_TOKENS_ANNOTATION: &str = "sigil.dev/allow-store-tokens";
 
 /// How much of its identity a sealed value is bound to (see `sigil_core::Scope`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

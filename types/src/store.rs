@@ -454,7 +454,8 @@ pub struct ServiceAccountSelector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// Audiences of the requested token; the provider's usual audience when empty
-    /// (`sts.amazonaws.com` for AWS, the Vault role's for Vault).
+    /// (`sts.amazonaws.com` for AWS, `vault` for Vault). Never one the Kubernetes API
+    /// server accepts: such a token would let the store's server act as the account.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
 }

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use sigil_types::{ExternalSecret, Rotation, RotationPhase, RotationTarget, WorkloadRef};
 
-use super::remote::{describe, recorded};
+use super::remote::{describe, verified};
 use super::{Outcome, RotationContext, StepName, Stop, display_name, fail, status_of};
 use crate::restart::{Rolled, Workload};
 use crate::sync::external::mirrors;
@@ -55,7 +55,7 @@ pub(super) async fn plan(
 /// no value cached before it serves them; one read serves them all), and finishes once
 /// each holds it.
 pub(super) async fn propagate(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
-    let (target, _) = recorded(obj)?;
+    let (target, _, _) = verified(obj, ctx).await?;
     let new = status_of(obj).new_version.unwrap_or_default();
     let started = super::step_started(obj, StepName::Propagate);
     let deadline = tokio::time::Instant::now() + WAIT_IN_RECONCILE;
@@ -128,19 +128,12 @@ pub(super) async fn propagate(obj: &Rotation, ctx: &Arc<RotationContext>) -> Res
     }
 }
 
-/// Rolls every workload that consumes a refreshed Secret, once per Rotation.
+/// Rolls every workload that consumes a refreshed Secret, once per Rotation. The Secrets
+/// are found again from the mirrors of the verified target, never read from status.
 pub(super) async fn restart(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
-    let status = status_of(obj);
-    let new = status.new_version.clone().unwrap_or_default();
-    let mut secrets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for secret in &status.secrets {
-        if let Some((namespace, name)) = secret.split_once('/') {
-            secrets
-                .entry(namespace.to_owned())
-                .or_default()
-                .insert(name.to_owned());
-        }
-    }
+    let (target, _, _) = verified(obj, ctx).await?;
+    let new = status_of(obj).new_version.unwrap_or_default();
+    let secrets = secrets_of(&mirrors(&ctx.sync, &target.server, &target.key).await?);
     let workloads = consumers(ctx, &secrets).await?;
     let restarted_for = format!("{}@{new}", display_name(obj));
     let results = futures::future::join_all(

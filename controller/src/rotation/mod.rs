@@ -288,6 +288,18 @@ async fn run_step(
     step: StepName,
 ) -> Result<Outcome, Stop> {
     let sealing = obj.spec.sealing_key.is_some();
+    // The sealing key is the cluster's: a Rotation of it elsewhere is a tenant's, at
+    // every step (its status may have been written to skip `resolve`).
+    let namespace = obj.namespace().unwrap_or_default();
+    if sealing && namespace != ctx.namespace {
+        return Err(fail(
+            "WrongNamespace",
+            format!(
+                "a sealing-key Rotation is carried out only in the controller's namespace `{}`, not `{namespace}`; nothing was made. Use `sigil keys rotate` or create it there",
+                ctx.namespace
+            ),
+        ));
+    }
     match step {
         StepName::Resolve if sealing => {
             if !obj.spec.is_dry_run() {

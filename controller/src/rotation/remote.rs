@@ -22,6 +22,7 @@ use super::{Outcome, RotationContext, Stop, display_name, fail, status_of};
 use crate::error::Error;
 use crate::sync::external::resolve_store;
 use crate::sync::stores::{Session, StoreObject};
+use sigil_types::store::ProviderRef;
 
 /// `custom_metadata` entry naming the Rotation that writes the next version.
 pub(crate) const CLAIM_ROTATION: &str = "sigil.dev/rotation";
@@ -34,33 +35,8 @@ const AWSPENDING: &str = "AWSPENDING";
 /// Finds the remote key, property and store the ExternalSecret reads, and the version
 /// current now; a dry run also lists what would change, and finishes.
 pub(super) async fn resolve(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
-    let namespace = obj.namespace().unwrap_or_default();
-    let reference = obj.spec.external_secret_ref.as_ref().ok_or_else(|| {
-        fail(
-            "InvalidSpec",
-            "set spec.externalSecretRef or spec.sealingKey",
-        )
-    })?;
-    let es = external_secret(ctx, &namespace, &reference.name).await?;
-    let (key, property) = remote_key_of(&es, reference.secret_key.as_deref())
-        .map_err(|m| fail("InvalidTarget", m))?;
-    let store = match resolve_store(&es, &namespace, &ctx.sync).await? {
-        Ok(store) => store,
-        Err(failure) => return Err(fail("StoreNotReady", failure.message)),
-    };
-    let server = store.server().map_err(|m| fail("StoreNotReady", m))?;
+    let (target, store) = resolve_target(obj, ctx).await?;
     let session = session_of(ctx, &store).await?;
-    let target = RotationTarget {
-        provider: match &*session {
-            Session::Vault(_) => "vault",
-            Session::Aws(_) => "aws",
-        }
-        .to_owned(),
-        store: store_name(&store),
-        server,
-        key,
-        property,
-    };
     if !obj.spec.is_dry_run() {
         super::lock::acquire(ctx, obj, Some(&target)).await?;
     }
@@ -112,8 +88,8 @@ pub(super) async fn resolve(obj: &Rotation, ctx: &Arc<RotationContext>) -> Resul
 
 /// Writes the new value once, on top of the base version, and records its version.
 pub(super) async fn stage(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
-    let (target, base) = recorded(obj)?;
-    let session = recorded_session(ctx, &target).await?;
+    let (target, base, store) = verified(obj, ctx).await?;
+    let session = session_of(ctx, &store).await?;
     let uid = obj.uid().unwrap_or_default();
     let generate = obj.spec.generate.clone().unwrap_or_default();
     let version = match &*session {
@@ -229,10 +205,10 @@ pub(super) async fn stage(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<
 /// Makes the new version the current one (AWS: moves `AWSCURRENT`, drops `AWSPENDING`;
 /// Vault: a KV write is current at once, so it is read back).
 pub(super) async fn promote(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
-    let (target, base) = recorded(obj)?;
+    let (target, base, store) = verified(obj, ctx).await?;
     let status = status_of(obj);
     let new = status.new_version.clone().unwrap_or_default();
-    let session = recorded_session(ctx, &target).await?;
+    let session = session_of(ctx, &store).await?;
     let key = target.key.as_str();
     match &*session {
         Session::Vault(vault) => {
@@ -286,6 +262,68 @@ pub(super) async fn promote(obj: &Rotation, ctx: &Arc<RotationContext>) -> Resul
         describe(&target)
     );
     Ok(Outcome::new(RotationPhase::Promoted, message, |_| {}))
+}
+
+/// What `spec.externalSecretRef` names now: the remote key and property, and the store
+/// as the ExternalSecret may use it (a SecretStore of its namespace, or a
+/// ClusterSecretStore whose conditions admit the namespace).
+async fn resolve_target(
+    obj: &Rotation,
+    ctx: &RotationContext,
+) -> Result<(RotationTarget, StoreObject), Stop> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let reference = obj.spec.external_secret_ref.as_ref().ok_or_else(|| {
+        fail(
+            "InvalidSpec",
+            "set spec.externalSecretRef or spec.sealingKey",
+        )
+    })?;
+    let es = external_secret(ctx, &namespace, &reference.name).await?;
+    let (key, property) = remote_key_of(&es, reference.secret_key.as_deref())
+        .map_err(|m| fail("InvalidTarget", m))?;
+    let store = match resolve_store(&es, &namespace, &ctx.sync).await? {
+        Ok(store) => store,
+        Err(failure) => return Err(fail("StoreNotReady", failure.message)),
+    };
+    let server = store.server().map_err(|m| fail("StoreNotReady", m))?;
+    let provider = match store.spec.provider.which() {
+        Ok(ProviderRef::Vault(_)) => "vault",
+        Ok(ProviderRef::Aws(_)) => "aws",
+        Err(m) => return Err(fail("StoreNotReady", m)),
+    };
+    let target = RotationTarget {
+        provider: provider.to_owned(),
+        store: store_name(&store),
+        server,
+        key,
+        property,
+    };
+    Ok((target, store))
+}
+
+/// The target and base version recorded at `resolve`, with the store to write through,
+/// once the target is again what the spec resolves to. Anyone who may write
+/// `rotations/status` could have written it: alone, it names nothing to write or roll.
+pub(super) async fn verified(
+    obj: &Rotation,
+    ctx: &RotationContext,
+) -> Result<(RotationTarget, String, StoreObject), Stop> {
+    let (recorded_target, base) = recorded(obj)?;
+    let (target, store) = resolve_target(obj, ctx).await?;
+    if target != recorded_target {
+        let shown =
+            |t: &RotationTarget| format!("{} through {} at {}", describe(t), t.store, t.server);
+        return Err(fail(
+            "InvalidStatus",
+            format!(
+                "{}: status.target ({}) is not what spec.externalSecretRef resolves to now ({}); nothing more was written or restarted. Create a new Rotation",
+                display_name(obj),
+                shown(&recorded_target),
+                shown(&target)
+            ),
+        ));
+    }
+    Ok((target, base, store))
 }
 
 /// The ExternalSecret a Rotation names, from the watch cache or the API server.
@@ -377,45 +415,6 @@ async fn session_of(ctx: &RotationContext, store: &StoreObject) -> Result<Arc<Se
     }
 }
 
-/// The session of the store recorded at `resolve`, which must still point at the same
-/// server.
-async fn recorded_session(
-    ctx: &RotationContext,
-    target: &RotationTarget,
-) -> Result<Arc<Session>, Stop> {
-    let mut parts = target.store.splitn(3, '/');
-    let found: Option<StoreObject> = match (parts.next(), parts.next(), parts.next()) {
-        (Some("ClusterSecretStore"), Some(name), None) => ctx
-            .sync
-            .cluster_stores
-            .as_ref()
-            .and_then(|stores| stores.get(&ObjectRef::new(name)))
-            .map(|s| s.as_ref().into()),
-        (Some("SecretStore"), Some(namespace), Some(name)) => ctx
-            .sync
-            .secret_stores
-            .get(&ObjectRef::new(name).within(namespace))
-            .map(|s| s.as_ref().into()),
-        _ => None,
-    };
-    let store = found.ok_or_else(|| {
-        fail(
-            "StoreNotReady",
-            format!("{} no longer exists; the Rotation needs it to finish. Recreate it, or create a new Rotation", target.store),
-        )
-    })?;
-    if store.server().as_deref() != Ok(target.server.as_str()) {
-        return Err(fail(
-            "StoreNotReady",
-            format!(
-                "{} now points at another server than {}; create a new Rotation",
-                target.store, target.server
-            ),
-        ));
-    }
-    session_of(ctx, &store).await
-}
-
 fn store_name(store: &StoreObject) -> String {
     match store.store.kind {
         StoreKind::ClusterSecretStore => format!("ClusterSecretStore/{}", store.store.name),
@@ -423,8 +422,8 @@ fn store_name(store: &StoreObject) -> String {
     }
 }
 
-/// The target and base version recorded at `resolve`.
-pub(super) fn recorded(obj: &Rotation) -> Result<(RotationTarget, String), Stop> {
+/// The target and base version recorded at `resolve`, unchecked.
+fn recorded(obj: &Rotation) -> Result<(RotationTarget, String), Stop> {
     let status = status_of(obj);
     match (status.target, status.base_version) {
         (Some(target), Some(base)) => Ok((target, base)),

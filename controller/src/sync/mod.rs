@@ -194,6 +194,8 @@ pub struct SyncConfig {
     pub concurrency: u16,
     /// How the watches of stores, ExternalSecrets and their Secrets start.
     pub initial_list: crate::InitialList,
+    /// Whether a ServiceAccount must opt in before stores may mint tokens for it.
+    pub store_tokens_need_opt_in: bool,
 }
 
 /// Sets up the store and ExternalSecret controllers, following the Secrets labelled
@@ -230,7 +232,11 @@ pub(crate) fn start(
         client: client.clone(),
         events,
         metrics: metrics.clone(),
-        stores: stores::Stores::new(client.clone(), Arc::new(MetricsObserver(metrics.clone()))),
+        stores: stores::Stores::new(
+            client.clone(),
+            Arc::new(MetricsObserver(metrics.clone())),
+            config.store_tokens_need_opt_in,
+        ),
         cache: cache::ReadCache::new(metrics.clone()),
         backoff: Backoff::default(),
         store_backoff: Backoff::default(),

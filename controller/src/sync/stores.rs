@@ -22,7 +22,7 @@ use sigil_types::store::{
     AwsProvider, CaProviderType, ClusterSecretStoreCondition, ProviderRef, SecretKeySelector,
     SecretStoreSpec, SecretStoreStatus, ServiceAccountSelector, VaultAuthMethod, VaultProvider,
 };
-use sigil_types::{ClusterSecretStore, SecretStore, StoreKind};
+use sigil_types::{ALLOW_STORE_TOKENS_ANNOTATION, ClusterSecretStore, SecretStore, StoreKind};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
@@ -39,6 +39,11 @@ const STORE_RECHECK: Duration = Duration::from_secs(300);
 const NAMESPACE_LABELS_TTL: Duration = Duration::from_secs(10);
 /// The annotation EKS uses for the role a ServiceAccount's web identity assumes.
 const IRSA_ROLE_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
+/// The audience of tokens minted for Vault's Kubernetes auth unless the store names one
+/// (the Vault role's `audience` must match it).
+const VAULT_AUDIENCE: &str = "vault";
+/// The audience AWS STS expects of a web identity token.
+const STS_AUDIENCE: &str = "sts.amazonaws.com";
 
 /// A provider session, shared by every ExternalSecret of one store.
 pub(crate) enum Session {
@@ -212,15 +217,24 @@ struct Entry {
 pub(crate) struct Stores {
     client: Client,
     observer: Arc<dyn Observer>,
+    store_tokens_need_opt_in: bool,
+    /// The audiences the API server accepts, learnt once: no store token may carry one.
+    apiserver_audiences: OnceCell<Vec<String>>,
     sessions: Mutex<HashMap<StoreRef, Entry>>,
     namespace_labels: Mutex<HashMap<String, (Instant, Labels)>>,
 }
 
 impl Stores {
-    pub(crate) fn new(client: Client, observer: Arc<dyn Observer>) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        observer: Arc<dyn Observer>,
+        store_tokens_need_opt_in: bool,
+    ) -> Self {
         Self {
             client,
             observer,
+            store_tokens_need_opt_in,
+            apiserver_audiences: OnceCell::new(),
             sessions: Mutex::default(),
             namespace_labels: Mutex::default(),
         }
@@ -369,24 +383,51 @@ impl Stores {
         Ok(Zeroizing::new(text.trim().to_owned()))
     }
 
-    fn token_source(
+    /// Mints tokens of `account` for a store's server. A token the Kubernetes API server
+    /// accepts would let that server act as the account, so the audiences (the
+    /// provider's usual one unless the store names others) never include one of the API
+    /// server's own; with `--store-tokens-need-opt-in`, the account must also carry
+    /// [`ALLOW_STORE_TOKENS_ANNOTATION`].
+    async fn token_source(
         &self,
         store: &StoreObject,
         field: &str,
         account: &ServiceAccountSelector,
-        default_audiences: &[&str],
+        default_audience: &str,
     ) -> Result<TokenSource, StoreProblem> {
         let namespace = Self::namespace_of(store, field, account.namespace.as_deref())?;
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
         let name = account.name.clone();
+        if self.store_tokens_need_opt_in {
+            self.check_opt_in(store, field, &api, &namespace, &name)
+                .await?;
+        }
         let audiences = if account.audiences.is_empty() {
-            default_audiences.iter().map(|a| (*a).to_owned()).collect()
+            vec![default_audience.to_owned()]
         } else {
             account.audiences.clone()
         };
+        let refused = self
+            .apiserver_audiences
+            .get_or_try_init(|| learn_apiserver_audiences(&api, &name))
+            .await
+            .map_err(|err| {
+                StoreProblem::Unavailable(format!(
+                    "{}: cannot learn the Kubernetes API server's token audiences from a TokenRequest for ServiceAccount {namespace}/{name} ({field}): {err}",
+                    store.store
+                ))
+            })?
+            .clone();
+        if let Some(audience) = audiences.iter().find(|a| refused.contains(a)) {
+            return Err(StoreProblem::Config(format!(
+                "{}: {field}.audiences includes `{audience}`, an audience the Kubernetes API server accepts: the store's server could use such a token as ServiceAccount {namespace}/{name}. Use the audience the provider checks (e.g. `{default_audience}`)",
+                store.store
+            )));
+        }
         Ok(Arc::new(move || {
             let api = api.clone();
             let name = name.clone();
+            let refused = refused.clone();
             let request = TokenRequest {
                 spec: TokenRequestSpec {
                     audiences: audiences.clone(),
@@ -400,15 +441,53 @@ impl Stores {
                     .create_token_request(&name, &PostParams::default(), &request)
                     .await
                     .map_err(|err| format!("TokenRequest for ServiceAccount {name}: {err}"))?;
-                issued
+                let token = issued
                     .status
-                    .map(|s| SecretString::from(s.token))
+                    .map(|s| s.token)
                     .ok_or_else(|| {
                         format!("TokenRequest for ServiceAccount {name} returned no token")
-                    })
+                    })?;
+                // The API server may have been restarted with other audiences since
+                // they were learnt: a token it would accept is never sent.
+                if token_audiences(&token).iter().any(|a| refused.contains(a)) {
+                    return Err(format!(
+                        "the token minted for ServiceAccount {name} carries an audience the Kubernetes API server accepts; it was not sent"
+                    ));
+                }
+                Ok(SecretString::from(token))
             }
             .boxed()
         }))
+    }
+
+    async fn check_opt_in(
+        &self,
+        store: &StoreObject,
+        field: &str,
+        api: &Api<ServiceAccount>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), StoreProblem> {
+        let account = api.get_opt(name).await.map_err(|err| {
+            StoreProblem::Unavailable(format!(
+                "{}: cannot read ServiceAccount {namespace}/{name} ({field}): {err}",
+                store.store
+            ))
+        })?;
+        let opted_in = account.is_some_and(|sa| {
+            sa.annotations()
+                .get(ALLOW_STORE_TOKENS_ANNOTATION)
+                .map(String::as_str)
+                == Some("true")
+        });
+        if opted_in {
+            Ok(())
+        } else {
+            Err(StoreProblem::Config(format!(
+                "{}: {field} names ServiceAccount {namespace}/{name}, which has not opted in to tokens for stores; annotate it `{ALLOW_STORE_TOKENS_ANNOTATION}: \"true\"` if its owner agrees",
+                store.store
+            )))
+        }
     }
 
     async fn vault_config(
@@ -429,12 +508,15 @@ impl Stores {
             )),
             VaultAuthMethod::Kubernetes(k8s) => {
                 let jwt = match (&k8s.service_account_ref, &k8s.secret_ref) {
-                    (Some(account), _) => self.token_source(
-                        store,
-                        &format!("{field}.kubernetes.serviceAccountRef"),
-                        account,
-                        &[],
-                    )?,
+                    (Some(account), _) => {
+                        self.token_source(
+                            store,
+                            &format!("{field}.kubernetes.serviceAccountRef"),
+                            account,
+                            VAULT_AUDIENCE,
+                        )
+                        .await?
+                    }
                     (None, Some(selector)) => {
                         let jwt = self
                             .secret_value(store, &format!("{field}.kubernetes.secretRef"), selector)
@@ -445,7 +527,15 @@ impl Stores {
                             async move { Ok(jwt) }.boxed()
                         })
                     }
-                    (None, None) => own_service_account_token(),
+                    (None, None) if store.store.kind == StoreKind::ClusterSecretStore => {
+                        own_service_account_token()
+                    }
+                    (None, None) => {
+                        return Err(StoreProblem::Config(format!(
+                            "{}: {field}.kubernetes names no credentials: set `serviceAccountRef` (a ServiceAccount of namespace {}) or `secretRef`. Only a ClusterSecretStore may log in as the controller itself",
+                            store.store, store.store.namespace
+                        )));
+                    }
                 };
                 VaultAuth::Kubernetes {
                     mount_path: k8s.mount().to_owned(),
@@ -605,12 +695,9 @@ impl Stores {
                 };
                 AwsAuth::WebIdentity {
                     role_arn,
-                    token: self.token_source(
-                        store,
-                        &account_field,
-                        account,
-                        &["sts.amazonaws.com"],
-                    )?,
+                    token: self
+                        .token_source(store, &account_field, account, STS_AUDIENCE)
+                        .await?,
                 }
             }
             (None, None) => {
@@ -618,6 +705,12 @@ impl Stores {
                     return Err(StoreProblem::Config(format!(
                         "{}: spec.provider.aws.role with the default credential chain is not supported; use `jwt` (web identity) to assume a role, or drop `role`",
                         store.store
+                    )));
+                }
+                if store.store.kind != StoreKind::ClusterSecretStore {
+                    return Err(StoreProblem::Config(format!(
+                        "{}: {field} is not set: set `secretRef` (access keys in a Secret of namespace {}) or `jwt.serviceAccountRef` (web identity). Only a ClusterSecretStore may use the controller's own AWS credentials",
+                        store.store, store.store.namespace
                     )));
                 }
                 AwsAuth::DefaultChain
@@ -709,8 +802,9 @@ impl Stores {
     }
 }
 
-/// The controller's own ServiceAccount token, for Vault's Kubernetes auth without a
-/// `serviceAccountRef` (as ESO does).
+/// The controller's own ServiceAccount token, for a ClusterSecretStore's Vault Kubernetes
+/// auth without a `serviceAccountRef` (as ESO does): the cluster admin's choice, never a
+/// tenant's.
 fn own_service_account_token() -> TokenSource {
     const PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
     Arc::new(|| {
@@ -724,6 +818,62 @@ fn own_service_account_token() -> TokenSource {
         }
         .boxed()
     })
+}
+
+/// The API server's own audiences: those of a token requested without any.
+async fn learn_apiserver_audiences(
+    api: &Api<ServiceAccount>,
+    name: &str,
+) -> Result<Vec<String>, String> {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let issued = api
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .map_err(|err| err.to_string())?;
+    let audiences: std::collections::BTreeSet<String> = issued
+        .spec
+        .audiences
+        .into_iter()
+        .chain(
+            issued
+                .status
+                .map(|s| token_audiences(&s.token))
+                .unwrap_or_default(),
+        )
+        .collect();
+    if audiences.is_empty() {
+        return Err("the token names no audience".to_owned());
+    }
+    Ok(audiences.into_iter().collect())
+}
+
+/// The `aud` claim of a JWT (a string or a list), unverified: only to compare audiences
+/// of a token the API server just issued.
+fn token_audiences(token: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let claims = token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload.trim_end_matches('='))
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice::<serde_json::Value>(&json).ok());
+    match claims.as_ref().and_then(|c| c.get("aud")) {
+        Some(serde_json::Value::String(one)) => vec![one.clone()],
+        Some(serde_json::Value::Array(many)) => many
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn condition_matches(
@@ -924,6 +1074,27 @@ mod tests {
         assert!(!condition_matches(&by_name, "billing-dev", &none));
         assert!(condition_matches(&by_regex, "team-a", &none));
         assert!(!condition_matches(&by_regex, "x-team-a", &none));
+    }
+
+    #[test]
+    fn token_audiences_are_read_from_a_string_or_a_list() {
+        use base64::Engine as _;
+        let jwt = |claims: &str| {
+            let encode = |part: &str| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(part.as_bytes())
+            };
+            format!("{}.{}.sig", encode(r#"{"alg":"RS256"}"#), encode(claims))
+        };
+        assert_eq!(
+            token_audiences(&jwt(r#"{"aud":"https://kubernetes.default.svc"}"#)),
+            ["https://kubernetes.default.svc"]
+        );
+        assert_eq!(
+            token_audiences(&jwt(r#"{"aud":["vault","api"],"sub":"x"}"#)),
+            ["vault", "api"]
+        );
+        assert!(token_audiences(&jwt(r#"{"sub":"x"}"#)).is_empty());
+        assert!(token_audiences("not a token").is_empty());
     }
 
     #[test]

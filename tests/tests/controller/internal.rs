@@ -19,16 +19,25 @@ use crate::sync::apply_obj;
 
 const PASSWORD: &str = "hunter2-internal";
 
-/// POSTs `obj` as JSON to the controller's internal HTTP server: (status code, body).
-fn post(controller: &Controller, path: &str, obj: &SealedSecret) -> (u16, String) {
+/// POSTs `obj` as JSON to the controller's internal HTTP server, with `token` as the
+/// bearer: (status code, body).
+fn post(
+    controller: &Controller,
+    token: Option<&str>,
+    path: &str,
+    obj: &SealedSecret,
+) -> (u16, String) {
     let body = serde_json::to_string(obj).unwrap();
     let mut stream = TcpStream::connect_timeout(&controller.http, Duration::from_secs(1)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -42,8 +51,8 @@ fn post(controller: &Controller, path: &str, obj: &SealedSecret) -> (u16, String
     (code, body)
 }
 
-fn verify(controller: &Controller, obj: &SealedSecret) -> VerifyReport {
-    let (code, body) = post(controller, "/internal/v1/verify", obj);
+fn verify(controller: &Controller, token: &str, obj: &SealedSecret) -> VerifyReport {
+    let (code, body) = post(controller, Some(token), "/internal/v1/verify", obj);
     assert_eq!(code, 200, "{body}");
     assert!(!body.contains(PASSWORD), "{body}");
     serde_json::from_str(&body).unwrap()
@@ -102,6 +111,7 @@ async fn verify_and_reseal_judge_values_as_the_cluster_does() {
     install_crds(&ctx.kube).await;
     let controller = Controller::start(&ctx, "a", &[]);
     controller.wait_ready().await;
+    let token = api_token(&ctx, "sigil-controller").await;
     let dir = tempfile::tempdir().unwrap();
     let ns = ctx.namespace.clone();
     let sealed = seal_with_cluster_key(
@@ -111,7 +121,7 @@ async fn verify_and_reseal_judge_values_as_the_cluster_does() {
     );
 
     // Sealed with the cluster's key for this place: every value opens.
-    let report = verify(&controller, &sealed);
+    let report = verify(&controller, &token, &sealed);
     assert_eq!(
         (report.namespace.as_str(), report.name.as_str()),
         (ns.as_str(), "db")
@@ -132,7 +142,7 @@ async fn verify_and_reseal_judge_values_as_the_cluster_does() {
         "moved".to_owned(),
         elsewhere.spec.encrypted_data["moved"].clone(),
     );
-    let report = verify(&controller, &mixed);
+    let report = verify(&controller, &token, &mixed);
     assert_eq!(
         verdicts(&report),
         [
@@ -147,7 +157,7 @@ async fn verify_and_reseal_judge_values_as_the_cluster_does() {
             && message.contains("sigil seal -n"),
         "{message}"
     );
-    let (code, body) = post(&controller, "/internal/v1/reseal", &mixed);
+    let (code, body) = post(&controller, Some(&token), "/internal/v1/reseal", &mixed);
     assert_eq!(code, 422, "{body}");
     assert!(
         !body.contains(PASSWORD) && !body.contains("admin"),
@@ -174,7 +184,7 @@ async fn verify_and_reseal_judge_values_as_the_cluster_does() {
         .get("db")
         .await
         .unwrap();
-    let (code, body) = post(&controller, "/internal/v1/reseal", &stored);
+    let (code, body) = post(&controller, Some(&token), "/internal/v1/reseal", &stored);
     assert_eq!(code, 200, "{body}");
     assert!(!body.contains(PASSWORD), "{body}");
     let resealed: SealedSecret = serde_json::from_str(&body).unwrap();
@@ -189,7 +199,7 @@ async fn verify_and_reseal_judge_values_as_the_cluster_does() {
         "{:?}",
         resealed.metadata
     );
-    let report = verify(&controller, &resealed);
+    let report = verify(&controller, &token, &resealed);
     assert!(report.all_open(), "{report:?}");
 
     apply(&ctx, &resealed).await;
@@ -216,6 +226,7 @@ async fn a_standby_replica_declines_until_it_leads() {
     let leader = Controller::start(&ctx, "replica-a", &[]);
     leader.wait_ready().await;
     let standby = Controller::start(&ctx, "replica-b", &[]);
+    let token = api_token(&ctx, "sigil-controller").await;
     eventually(Duration::from_secs(20), || async {
         (standby.get("/healthz")?.0 == 200).then_some(())
     })
@@ -228,10 +239,73 @@ async fn a_standby_replica_declines_until_it_leads() {
     );
 
     for path in ["/internal/v1/verify", "/internal/v1/reseal"] {
-        let (code, body) = post(&standby, path, &sealed);
+        let (code, body) = post(&standby, Some(&token), path, &sealed);
         assert_eq!(code, 503, "{path}: {body}");
         let err: ErrorBody = serde_json::from_str(&body).unwrap();
         assert_eq!(err.code, "unavailable", "{path}");
     }
-    assert!(verify(&leader, &sealed).all_open());
+    assert!(verify(&leader, &token, &sealed).all_open());
+}
+
+#[tokio::test]
+async fn only_sigil_apis_own_token_opens_the_internal_endpoints() {
+    let ctx = TestContext::new("internal-auth").await.unwrap();
+    install_crds(&ctx.kube).await;
+    let controller = Controller::start(&ctx, "a", &[]);
+    controller.wait_ready().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = seal_with_cluster_key(
+        &ctx,
+        dir.path(),
+        &secret_yaml(&ctx.namespace, "db", &[("password", PASSWORD)]),
+    );
+    // What any pod has: its own token for the API server; sigil-api's token for the API
+    // server; another account's token for the controller's audience.
+    let any_pod = ctx.service_account_token("workload").await.unwrap();
+    let token = api_token(&ctx, "sigil-controller").await;
+    let api_default_audience = default_audience_token(&ctx, API_SERVICE_ACCOUNT).await;
+    let other_for_controller = account_token(&ctx, "impostor", "sigil-controller").await;
+    let refused: [(&str, Option<&str>); 4] = [
+        ("no token", None),
+        ("a pod's own token", Some(&any_pod)),
+        (
+            "sigil-api's token for the API server",
+            Some(&api_default_audience),
+        ),
+        (
+            "another account's token for the controller",
+            Some(&other_for_controller),
+        ),
+    ];
+    for path in ["/internal/v1/verify", "/internal/v1/reseal"] {
+        for (who, token) in refused {
+            let (code, body) = post(&controller, token, path, &sealed);
+            assert_eq!(code, 401, "{path} with {who}: {body}");
+            let err: ErrorBody = serde_json::from_str(&body).unwrap();
+            assert_eq!(err.code, "unauthenticated", "{path} with {who}");
+            assert!(!body.contains(&sealed.spec.encrypted_data["password"]));
+        }
+    }
+    assert!(verify(&controller, &token, &sealed).all_open());
+    // Probes and scrapes stay open.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            controller.get(path).map(|(code, _)| code),
+            Some(200),
+            "{path}"
+        );
+    }
+}
+
+/// A token of ServiceAccount `name` with the API server's own audience.
+async fn default_audience_token(ctx: &TestContext, name: &str) -> String {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    Api::<ServiceAccount>::namespaced(ctx.kube.clone(), &ctx.namespace)
+        .create_token_request(name, &Default::default(), &TokenRequest::default())
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
 }

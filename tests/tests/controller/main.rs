@@ -12,4 +12,5 @@ mod restart;
 mod rotation;
 mod support;
 mod sync;
+mod tenancy;
 mod unseal;

@@ -83,7 +83,7 @@ fn ready_reason(obj: &Rotation) -> (String, String) {
 }
 
 /// A Deployment with one container that consumes `secret` as `how` says.
-async fn deployment(ctx: &TestContext, name: &str, secret: &str, how: &str) {
+pub(crate) async fn deployment(ctx: &TestContext, name: &str, secret: &str, how: &str) {
     let mut pod = json!({"containers": [{"name": "app", "image": "example.invalid/app:1"}]});
     match how {
         "env" => {

@@ -194,21 +194,36 @@ impl Controller {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_in(ctx, &ctx.namespace, &ctx.namespace, identity, extra, env)
+    }
+
+    /// A controller whose keys and Lease live in `namespace` and which serves the
+    /// objects of `watch_namespace`; sigil-api is `sigil-api` of `namespace`.
+    pub fn start_in(
+        ctx: &TestContext,
+        namespace: &str,
+        watch_namespace: &str,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let http = free_addr();
         let process = Process::spawn(
             "controller",
             Command::new(binary("sigil-controller"))
                 .args([
                     "--namespace",
-                    &ctx.namespace,
+                    namespace,
                     "--watch-namespace",
-                    &ctx.namespace,
+                    watch_namespace,
                     "--http-addr",
                     &http.to_string(),
                     "--lease-duration",
                     "3s",
                     "--identity",
                     identity,
+                    "--api-service-account",
+                    &format!("{namespace}/{API_SERVICE_ACCOUNT}"),
                 ])
                 .args(extra)
                 .env("KUBECONFIG", ctx.env.kubeconfig_path())
@@ -231,10 +246,48 @@ impl Controller {
     }
 }
 
+/// The ServiceAccount whose tokens the test controllers take as sigil-api's.
+pub const API_SERVICE_ACCOUNT: &str = "sigil-api";
+
+/// A token of the test namespace's `sigil-api` ServiceAccount (made when missing) for
+/// `audience`: what the chart projects into sigil-api's pod for the controller.
+pub async fn api_token(ctx: &TestContext, audience: &str) -> String {
+    account_token(ctx, API_SERVICE_ACCOUNT, audience).await
+}
+
+/// A token of ServiceAccount `name` of the test's namespace (made when missing) for
+/// `audience`.
+pub async fn account_token(ctx: &TestContext, name: &str, audience: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let accounts = Api::<ServiceAccount>::namespaced(ctx.kube.clone(), &ctx.namespace);
+    if accounts.get_opt(name).await.unwrap().is_none() {
+        ctx.create_service_account(name, &[]).await.unwrap();
+    }
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.to_owned()],
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    accounts
+        .create_token_request(name, &kube::api::PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+}
+
 /// A `sigil-api` process on plain HTTP, serving the test's namespace as Sigil's own and
-/// calling `controller`'s internal endpoints; killed when dropped.
+/// calling `controller`'s internal endpoints with a token of its own ServiceAccount;
+/// killed when dropped.
 pub struct ApiServer {
     process: Process,
+    /// Holds the token file sigil-api sends to the controller.
+    _token_dir: Option<tempfile::TempDir>,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     addr: SocketAddr,
@@ -258,11 +311,20 @@ impl ApiServer {
     /// Starts the API on plain HTTP with the admin kubeconfig as its own identity, and
     /// waits until ready.
     pub async fn start(ctx: &TestContext, controller: &Controller, extra: &[&str]) -> Self {
-        let api = Self::spawn(
+        let token_dir = tempfile::tempdir().unwrap();
+        let token_file = token_dir.path().join("token");
+        std::fs::write(&token_file, api_token(ctx, "sigil-controller").await).unwrap();
+        let mut api = Self::spawn(
             ctx,
             &format!("http://{}", controller.http),
-            &[&["--insecure-http"], extra].concat(),
+            &[
+                &["--insecure-http", "--controller-token-file"],
+                &[token_file.to_str().unwrap()][..],
+                extra,
+            ]
+            .concat(),
         );
+        api._token_dir = Some(token_dir);
         eventually(Duration::from_secs(30), || async {
             (http_get(api.addr, "/readyz")?.0 == 200).then_some(())
         })
@@ -289,6 +351,7 @@ impl ApiServer {
         );
         Self {
             process,
+            _token_dir: None,
             url: format!("http://{addr}"),
             addr,
         }
