@@ -1,8 +1,10 @@
 //! Request extractors: the authenticated, rate-limited caller and a bounded JSON body,
 //! each failing with the API's own error so that every refusal has a code.
 
+use std::net::SocketAddr;
+
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use governor::clock::{Clock, DefaultClock};
@@ -29,6 +31,18 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let audit = parts.extensions.get::<Audit>().cloned().unwrap_or_default();
+        let source = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        if let (Some(limiter), Some(source)) = (&state.source_limiter, source)
+            && let Err(not_until) = limiter.check_key(&source)
+        {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(ApiError::RateLimited {
+                retry_after_secs: wait.as_secs() + 1,
+            });
+        }
         let Some(header) = parts.headers.get(AUTHORIZATION) else {
             return Err(ApiError::Unauthenticated(format!(
                 "this request needs a bearer token: {TOKEN_HINT}"

@@ -33,6 +33,12 @@ use error::ApiError;
 /// within this long (the controller seals with it from then on; older keys still open).
 pub const PUBLIC_KEYS_TTL: Duration = Duration::from_secs(5);
 
+/// How many users' worth of requests one source address may send.
+pub const SOURCE_FACTOR: u32 = 5;
+/// How long the readiness probe's answer is reused: probes from every kubelet and load
+/// balancer cost the API server one request per this long.
+const READINESS_TTL: Duration = Duration::from_secs(10);
+
 /// How the API behaves; the command line fills it in.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -61,6 +67,11 @@ pub struct AppState {
     pub reviewer: Arc<dyn Reviewer>,
     /// Per-user request limit.
     pub limiter: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// Per-source-address limit, checked before a token is reviewed: a flood of bad
+    /// tokens from one place costs the API server a bounded number of TokenReviews.
+    pub source_limiter: Option<Arc<DefaultKeyedRateLimiter<std::net::IpAddr>>>,
+    /// The API server's last answer to the readiness probe, and when it was asked.
+    readiness: Arc<tokio::sync::Mutex<Option<(std::time::Instant, bool)>>>,
     /// Calls the controller's internal endpoints.
     pub controller: reqwest::Client,
     /// Publishes Events.
@@ -77,12 +88,16 @@ pub struct AppState {
 impl AppState {
     /// Builds the state; `reviewer` is the real [`auth::KubeReviewer`] (cached) or a fake.
     pub fn new(client: Client, reviewer: Arc<dyn Reviewer>, settings: Settings) -> Self {
-        let limiter = NonZeroU32::new(settings.rate_limit).map(|per_second| {
+        let quota = |per_second: NonZeroU32| {
             let burst = per_second.saturating_mul(NonZeroU32::MIN.saturating_add(1));
-            Arc::new(RateLimiter::keyed(
-                Quota::per_second(per_second).allow_burst(burst),
-            ))
-        });
+            Quota::per_second(per_second).allow_burst(burst)
+        };
+        let limiter = NonZeroU32::new(settings.rate_limit)
+            .map(|per_second| Arc::new(RateLimiter::keyed(quota(per_second))));
+        // One address may carry several users (a runbook host, a NAT): a few times one
+        // user's rate.
+        let source_limiter = NonZeroU32::new(settings.rate_limit.saturating_mul(SOURCE_FACTOR))
+            .map(|per_second| Arc::new(RateLimiter::keyed(quota(per_second))));
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -98,6 +113,8 @@ impl AppState {
             client,
             reviewer,
             limiter,
+            source_limiter,
+            readiness: Arc::default(),
             controller,
             recorder,
             metrics: Arc::default(),
@@ -149,14 +166,28 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Ready when the Kubernetes API server answers: without it no request can be served.
+/// Asked at most once per [`READINESS_TTL`], however many probes come.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    let probe = tokio::time::timeout(Duration::from_secs(2), state.client.apiserver_version());
-    match probe.await {
-        Ok(Ok(_)) => (StatusCode::OK, "ok\n"),
-        _ => (
+    let answered = {
+        let mut last = state.readiness.lock().await;
+        match *last {
+            Some((at, answered)) if at.elapsed() < READINESS_TTL => answered,
+            _ => {
+                let probe =
+                    tokio::time::timeout(Duration::from_secs(2), state.client.apiserver_version());
+                let answered = matches!(probe.await, Ok(Ok(_)));
+                *last = Some((std::time::Instant::now(), answered));
+                answered
+            }
+        }
+    };
+    if answered {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the Kubernetes API server does not answer\n",
-        ),
+        )
     }
 }
 

@@ -55,9 +55,9 @@ struct Args {
     /// Requests per second per user (bursts of twice that); 0 turns the limit off.
     #[arg(long, default_value_t = 20)]
     rate_limit: u32,
-    /// How long a successful TokenReview or SubjectAccessReview is reused; 0 turns the
-    /// cache off.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long a successful TokenReview or SubjectAccessReview is reused (at most 5m: a
+    /// revoked token or RoleBinding keeps working this long); 0 turns the cache off.
+    #[arg(long, default_value = "10s", value_parser = review_cache_ttl)]
     review_cache_ttl: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long)]
@@ -65,6 +65,19 @@ struct Args {
     /// Print the OpenAPI document and exit.
     #[arg(long)]
     print_openapi: bool,
+}
+
+/// The longest `--review-cache-ttl`.
+const MAX_REVIEW_CACHE_TTL: Duration = Duration::from_secs(300);
+
+fn review_cache_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    if ttl > MAX_REVIEW_CACHE_TTL {
+        return Err(format!(
+            "{text} is longer than 5m: a revoked token or RoleBinding would keep working that long; use 5m or less"
+        ));
+    }
+    Ok(ttl)
 }
 
 fn main() -> ExitCode {
@@ -109,12 +122,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             rate_limit: args.rate_limit,
         },
     );
-    if let Some(limiter) = state.limiter.clone() {
-        // Forget users idle for a while, so the limiter's memory stays bounded.
+    if let (Some(users), Some(sources)) = (state.limiter.clone(), state.source_limiter.clone()) {
+        // Forget users and addresses idle for a while, so the limiters' memory stays bounded.
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                limiter.retain_recent();
+                users.retain_recent();
+                sources.retain_recent();
             }
         });
     }

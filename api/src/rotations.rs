@@ -40,18 +40,22 @@ pub struct CreateQuery {
 
 /// A namespace name: a DNS-1123 label.
 fn check_namespace(namespace: &str) -> Result<()> {
-    let valid = !namespace.is_empty()
-        && namespace.len() <= 63
-        && namespace
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !namespace.starts_with('-')
-        && !namespace.ends_with('-');
-    if valid {
+    if sigil_types::is_dns_label(namespace) {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(
             "`{namespace}` is not a namespace name (lowercase letters, digits and `-`, at most 63)"
+        )))
+    }
+}
+
+/// An object name: a DNS-1123 subdomain, checked before it goes into a URL.
+fn check_name(name: &str) -> Result<()> {
+    if sigil_types::is_object_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "`{name}` is not an object name (lowercase letters, digits, `-` and `.`, at most 253)"
         )))
     }
 }
@@ -153,6 +157,7 @@ pub async fn create(
                 .to_owned(),
         ));
     };
+    check_name(&target.name)?;
     if query.dry_run == Some(true) {
         spec.dry_run = Some(true);
     }
@@ -381,6 +386,7 @@ pub async fn get(
     caller: Caller,
 ) -> Result<Json<Rotation>> {
     check_namespace(&namespace)?;
+    check_name(&name)?;
     caller
         .authorize(&state, Access::rotations("get", &namespace, Some(&name)))
         .await?;
@@ -438,6 +444,14 @@ mod tests {
         let long = format!("{}-x", "a".repeat(39));
         assert_eq!(name_prefix(&long), "a".repeat(39));
         assert!(name_prefix(&"b.".repeat(30)).ends_with('b'));
+    }
+
+    #[test]
+    fn names_that_would_walk_the_url_are_refused() {
+        assert!(check_name("db.prod").is_ok());
+        for bad in ["../../secrets/x", "a/b", "A", ""] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -267,6 +267,49 @@ async fn each_user_is_rate_limited_with_retry_after() {
 }
 
 #[tokio::test]
+async fn bad_tokens_from_one_address_are_limited_before_they_are_reviewed() {
+    let app = app(Settings {
+        rate_limit: 1,
+        ..settings()
+    });
+    let from =
+        |addr: [u8; 4]| {
+            let mut request = Request::get("/v1/namespaces/prod/rotations/x")
+                .header(header::AUTHORIZATION, "Bearer stolen-or-guessed")
+                .body(Body::empty())
+                .unwrap();
+            request.extensions_mut().insert(axum::extract::ConnectInfo(
+                std::net::SocketAddr::from((addr, 40000)),
+            ));
+            request
+        };
+    let mut statuses = Vec::new();
+    for _ in 0..(2 * SOURCE_FACTOR + 1) {
+        statuses.push(
+            app.clone()
+                .oneshot(from([10, 0, 0, 1]))
+                .await
+                .unwrap()
+                .status(),
+        );
+    }
+    // A burst of twice the source's rate is reviewed (and refused); the next is not.
+    let burst = 2 * SOURCE_FACTOR as usize;
+    assert!(
+        statuses[..burst]
+            .iter()
+            .all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[burst], StatusCode::TOO_MANY_REQUESTS);
+    // Another address is not held back by the first.
+    assert_eq!(
+        app.oneshot(from([10, 0, 0, 2])).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
 async fn a_malformed_idempotency_key_or_query_is_400() {
     let mut request = create(Some("admin"), JSON, GOOD);
     request.headers_mut().insert(

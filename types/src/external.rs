@@ -62,6 +62,24 @@ pub struct ExternalSecretSpec {
     pub data_from: Vec<ExternalSecretDataFrom>,
 }
 
+/// A Secret's name as the API server accepts it, refused at apply time with a message
+/// rather than at the first write.
+fn secret_name_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "nullable": true,
+        "maxLength": 253,
+        "x-kubernetes-validations": [{
+            "rule": format!("self.matches(r'{DNS_SUBDOMAIN_PATTERN}')"),
+            "message": "target.name must be a Secret name: lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit"
+        }]
+    })
+}
+
+/// A DNS-1123 subdomain (see [`crate::is_object_name`]).
+const DNS_SUBDOMAIN_PATTERN: &str =
+    "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
 fn refresh_interval_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
@@ -256,6 +274,7 @@ impl StoreKind {
 pub struct ExternalSecretTarget {
     /// The Secret's name; the ExternalSecret's name when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "secret_name_schema")]
     pub name: Option<String>,
     /// Who owns the Secret; `Owner` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -46,6 +46,25 @@ pub const RELOAD_ANNOTATION: &str = "sigil.dev/reload";
 /// tokens minted for it, when the controller runs with `--store-tokens-need-opt-in`.
 pub const ALLOW_STORE_TOKENS_ANNOTATION: &str = "sigil.dev/allow-store-tokens";
 
+/// Whether `name` is a DNS-1123 subdomain, as the API server requires of object names
+/// (lowercase letters, digits, `-` and `.`, at most 253). Checked before a name read from
+/// a request or an object goes into a URL: `a/../b` would otherwise address another
+/// object.
+pub fn is_object_name(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
+/// Whether `name` is a DNS-1123 label, as namespace names are (at most 63).
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 /// How much of its identity a sealed value is bound to (see `sigil_core::Scope`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -215,6 +234,8 @@ mod tests {
     use kube::CustomResourceExt;
     use serde_json::Value;
 
+    use crate::{is_dns_label, is_object_name};
+
     /// Every CRD, as JSON.
     fn crds() -> Vec<Value> {
         [
@@ -256,6 +277,30 @@ mod tests {
     /// The one exception is in status, which no manifest holds: `observedGeneration: 0`
     /// until the controller first reports, because kstatus compares it with the object's
     /// generation only when it is there, and would call a new object Current.
+    #[test]
+    fn object_names_are_dns_subdomains_and_nothing_that_walks_a_path() {
+        for good in ["db", "db-1", "a.b.c", &"a".repeat(63)] {
+            assert!(is_object_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Db",
+            "a/b",
+            "..",
+            "a/../b",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a b",
+            "a%2Fb",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
+        assert!(!is_dns_label("a.b"));
+    }
+
     #[test]
     fn schemas_carry_no_defaults_but_an_unobserved_generation() {
         let mut found = Vec::new();

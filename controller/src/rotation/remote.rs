@@ -332,6 +332,14 @@ async fn external_secret(
     namespace: &str,
     name: &str,
 ) -> Result<Arc<ExternalSecret>, Stop> {
+    if !sigil_types::is_object_name(name) {
+        return Err(fail(
+            "InvalidSpec",
+            format!(
+                "spec.externalSecretRef.name `{name}` is not an object name; name an ExternalSecret of namespace {namespace}"
+            ),
+        ));
+    }
     if let Some(es) = ctx
         .sync
         .externals

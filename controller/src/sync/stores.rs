@@ -330,6 +330,12 @@ impl Stores {
         field: &str,
         namespace: Option<&str>,
     ) -> Result<String, StoreProblem> {
+        if let Some(ns) = namespace.filter(|ns| !sigil_types::is_dns_label(ns)) {
+            return Err(StoreProblem::Config(format!(
+                "{}: {field}.namespace `{ns}` is not a namespace name",
+                store.store
+            )));
+        }
         match (store.store.kind, namespace) {
             (StoreKind::ClusterSecretStore, Some(ns)) => Ok(ns.to_owned()),
             (StoreKind::ClusterSecretStore, None) => Err(StoreProblem::Config(format!(
@@ -344,6 +350,18 @@ impl Stores {
         }
     }
 
+    /// A name from the store goes into a URL: `a/../b` must not address another object.
+    fn check_name(store: &StoreObject, field: &str, name: &str) -> Result<(), StoreProblem> {
+        if sigil_types::is_object_name(name) {
+            Ok(())
+        } else {
+            Err(StoreProblem::Config(format!(
+                "{}: {field}.name `{name}` is not an object name (lowercase letters, digits, `-` and `.`)",
+                store.store
+            )))
+        }
+    }
+
     async fn secret_value(
         &self,
         store: &StoreObject,
@@ -351,6 +369,7 @@ impl Stores {
         selector: &SecretKeySelector,
     ) -> Result<Zeroizing<String>, StoreProblem> {
         let namespace = Self::namespace_of(store, field, selector.namespace.as_deref())?;
+        Self::check_name(store, field, &selector.name)?;
         let key = selector.key.as_deref().ok_or_else(|| {
             StoreProblem::Config(format!(
                 "{}: {field}.key is not set; name the key of Secret {namespace}/{} to use",
@@ -396,6 +415,7 @@ impl Stores {
         default_audience: &str,
     ) -> Result<TokenSource, StoreProblem> {
         let namespace = Self::namespace_of(store, field, account.namespace.as_deref())?;
+        Self::check_name(store, field, &account.name)?;
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
         let name = account.name.clone();
         if self.store_tokens_need_opt_in {
@@ -577,6 +597,7 @@ impl Stores {
             (None, Some(provider)) => {
                 let field = "spec.provider.vault.caProvider";
                 let namespace = Self::namespace_of(store, field, provider.namespace.as_deref())?;
+                Self::check_name(store, field, &provider.name)?;
                 let missing = || {
                     StoreProblem::Config(format!(
                         "{}: {field} names {:?} {namespace}/{} key `{}`, which does not exist",
@@ -731,6 +752,7 @@ impl Stores {
         account: &ServiceAccountSelector,
     ) -> Result<String, StoreProblem> {
         let namespace = Self::namespace_of(store, field, account.namespace.as_deref())?;
+        Self::check_name(store, field, &account.name)?;
         let sa = Api::<ServiceAccount>::namespaced(self.client.clone(), &namespace)
             .get_opt(&account.name)
             .await
