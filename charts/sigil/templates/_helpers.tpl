@@ -101,12 +101,15 @@ SecretStores and Rotations, the Secrets it writes and reads, and its Events.
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get"]
+{{- if not .Values.stores.tokenAccounts }}
 # ServiceAccount tokens for Vault's Kubernetes auth and AWS web identity
-# (`serviceAccountRef`), from the TokenRequest API. This grants no access to the
-# ServiceAccounts themselves.
+# (`serviceAccountRef`), from the TokenRequest API, for any account (as External Secrets
+# Operator needs); list the accounts in `stores.tokenAccounts` to grant only those. This
+# grants no access to the ServiceAccounts themselves.
 - apiGroups: [""]
   resources: ["serviceaccounts/token"]
   verbs: ["create"]
+{{- end }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -1117,11 +1117,23 @@ async fn rbac_is_least_privilege() -> Result<()> {
                 .is_some_and(|r| r.contains(apps[0])),
             "the workload rule is not where Secrets are served: {serving}"
         );
-        // The API's ClusterRole (TokenReview, SubjectAccessReview) is always there;
-        // the controller's only when it serves every namespace.
-        let cluster = docs
+        // The API's ClusterRole (TokenReview, SubjectAccessReview) and the controller's
+        // TokenReview (who calls its internal endpoints) are always there; the
+        // controller's serving ClusterRole only when it serves every namespace.
+        let reviewer = docs
             .iter()
-            .any(|d| kind(d) == "ClusterRole" && component(d) == "controller");
+            .find(|d| kind(d) == "ClusterRole" && name(d).ends_with("-token-reviewer"))
+            .context("no token-reviewer ClusterRole")?;
+        ensure!(
+            reviewer["rules"]
+                == json!([{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]),
+            "{reviewer}"
+        );
+        let cluster = docs.iter().any(|d| {
+            kind(d) == "ClusterRole"
+                && component(d) == "controller"
+                && !name(d).ends_with("-token-reviewer")
+        });
         ensure!(
             cluster == set.is_empty(),
             "controller ClusterRole rendered: {cluster} with {set:?}"
@@ -1204,4 +1216,211 @@ fn refused_render(env: &Env, chart: &str, set: &str) -> Option<String> {
     helm(env, &["template", "sigil", chart, "--set", set])
         .err()
         .map(|err| format!("{err:#}"))
+}
+
+/// A client of the admin's kubeconfig acting as `user` in `groups` (impersonation).
+async fn acting_as(env: &Env, user: &str, groups: &[String]) -> Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(env.kubeconfig_path())?;
+    let options = kube::config::KubeConfigOptions {
+        context: Some("sigil".to_owned()),
+        ..Default::default()
+    };
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?;
+    config.auth_info.impersonate = Some(user.to_owned());
+    config.auth_info.impersonate_groups = Some(groups.to_vec());
+    Ok(kube::Client::try_from(config)?)
+}
+
+#[tokio::test]
+async fn only_sigil_sets_a_rotations_requested_by() -> Result<()> {
+    let ctx = TestContext::new("chart-requested-by").await?;
+    sigil_tests::install_crds(&ctx.kube).await?;
+    let ns = ctx.namespace.as_str();
+    let docs = render(ctx.env, ns, false, &[])?;
+    // Cluster-scoped, so under this test's own name and bound to its namespace only.
+    let policy_name = format!("{}-requested-by", ctx.id);
+    let mut policy = the_of(&docs, "ValidatingAdmissionPolicy", "controller")?.clone();
+    policy["metadata"]["name"] = json!(policy_name);
+    let mut binding = the_of(&docs, "ValidatingAdmissionPolicyBinding", "controller")?.clone();
+    binding["metadata"]["name"] = json!(policy_name);
+    binding["spec"]["policyName"] = json!(policy_name);
+    binding["spec"]["matchResources"] =
+        json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}});
+    let gvk = |kind: &str| GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+    let discovery = Discovery::new(ctx.kube.clone()).run().await?;
+    let apply = PatchParams::apply(MANAGER).force();
+    let mut applied = Vec::new();
+    for doc in [&policy, &binding] {
+        let (resource, _) = discovery
+            .resolve_gvk(&gvk(kind(doc)))
+            .context("admissionregistration.k8s.io/v1 is served")?;
+        let api: Api<DynamicObject> = Api::all_with(ctx.kube.clone(), &resource);
+        api.patch(name(doc), &apply, &Patch::Apply(doc)).await?;
+        applied.push(api);
+    }
+    let result = async {
+        let grant: Role = serde_json::from_value(json!({
+            "metadata": {"name": "rotations", "namespace": ns},
+            "rules": [{"apiGroups": ["sigil.dev"], "resources": ["rotations"], "verbs": ["create"]}]}))?;
+        Api::<Role>::namespaced(ctx.kube.clone(), ns)
+            .create(&PostParams::default(), &grant)
+            .await?;
+        let subjects: Vec<Value> = ["sigil-api", "sigil", "someone"]
+            .iter()
+            .map(|sa| json!({"kind": "ServiceAccount", "name": sa, "namespace": ns}))
+            .collect();
+        let bound: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": "rotations", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "rotations"},
+            "subjects": subjects}))?;
+        Api::<RoleBinding>::namespaced(ctx.kube.clone(), ns)
+            .create(&PostParams::default(), &bound)
+            .await?;
+        let rotation = |requested_by: Option<&str>| -> Result<sigil_types::Rotation> {
+            let mut spec = json!({"externalSecretRef": {"name": "db"}, "reason": "INC-1"});
+            if let Some(who) = requested_by {
+                spec["requestedBy"] = json!(who);
+            }
+            Ok(serde_json::from_value(json!({
+                "apiVersion": "sigil.dev/v1", "kind": "Rotation",
+                "metadata": {"generateName": "r-", "namespace": ns}, "spec": spec}))?)
+        };
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        let groups = vec![
+            "system:serviceaccounts".to_owned(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".to_owned(),
+        ];
+        let as_account = |sa: &'static str| {
+            let groups = groups.clone();
+            async move { acting_as(ctx.env, &format!("system:serviceaccount:{ns}:{sa}"), &groups).await }
+        };
+        // The policy takes a moment to be enforced after it is created.
+        let mut refusal = None;
+        for _ in 0..100 {
+            let attempt = Api::<sigil_types::Rotation>::namespaced(ctx.kube.clone(), ns)
+                .create(&dry_run, &rotation(Some("alice"))?)
+                .await;
+            if let Err(kube::Error::Api(status)) = attempt {
+                refusal = Some(status);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let refusal = refusal.context("the admin's forged requestedBy was never refused")?;
+        ensure!(refusal.code == 422 || refusal.code == 403, "{refusal:?}");
+        ensure!(
+            refusal.message.contains("spec.requestedBy is set by sigil-api"),
+            "{}",
+            refusal.message
+        );
+        let someone = Api::<sigil_types::Rotation>::namespaced(as_account("someone").await?, ns);
+        ensure!(
+            someone.create(&dry_run, &rotation(Some("alice"))?).await.is_err(),
+            "another ServiceAccount forged requestedBy"
+        );
+        // Without requestedBy anyone with the right may create one; sigil-api and the
+        // controller may set it.
+        someone.create(&dry_run, &rotation(None)?).await?;
+        for sa in ["sigil-api", "sigil"] {
+            Api::<sigil_types::Rotation>::namespaced(as_account(sa).await?, ns)
+                .create(&dry_run, &rotation(Some("alice"))?)
+                .await
+                .with_context(|| format!("{sa} could not set requestedBy"))?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    for api in applied.iter().rev() {
+        let _ = api.delete(&policy_name, &DeleteParams::default()).await;
+    }
+    result
+}
+
+#[tokio::test]
+async fn store_tokens_can_be_limited_to_named_accounts() -> Result<()> {
+    let ctx = TestContext::new("chart-token-accounts").await?;
+    let ns = ctx.namespace.as_str();
+    let docs = render(
+        ctx.env,
+        ns,
+        false,
+        &[
+            &format!("stores.tokenAccounts[0].namespace={ns}"),
+            "stores.tokenAccounts[0].name=vault-reader",
+        ],
+    )?;
+    let cluster_wide = docs
+        .iter()
+        .filter(|d| kind(d) == "ClusterRole")
+        .any(|d| d["rules"].to_string().contains("serviceaccounts/token"));
+    ensure!(
+        !cluster_wide,
+        "a ClusterRole still grants every account's tokens"
+    );
+    let role: Role = serde_json::from_value(
+        docs.iter()
+            .find(|d| kind(d) == "Role" && name(d).contains("store-token"))
+            .context("no store-token Role")?
+            .clone(),
+    )?;
+    let binding: RoleBinding = serde_json::from_value(
+        docs.iter()
+            .find(|d| kind(d) == "RoleBinding" && name(d).contains("store-token"))
+            .context("no store-token RoleBinding")?
+            .clone(),
+    )?;
+    let pp = PostParams::default();
+    Api::<Role>::namespaced(ctx.kube.clone(), ns)
+        .create(&pp, &role)
+        .await?;
+    Api::<RoleBinding>::namespaced(ctx.kube.clone(), ns)
+        .create(&pp, &binding)
+        .await?;
+    let may_mint_for = |account: &'static str| {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(format!("system:serviceaccount:{ns}:sigil")),
+                groups: Some(vec!["system:serviceaccounts".to_owned()]),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(ns.to_owned()),
+                    verb: Some("create".to_owned()),
+                    resource: Some("serviceaccounts".to_owned()),
+                    subresource: Some("token".to_owned()),
+                    name: Some(account.to_owned()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let reviews = Api::<SubjectAccessReview>::all(ctx.kube.clone());
+        async move {
+            anyhow::Ok(
+                reviews
+                    .create(&PostParams::default(), &review)
+                    .await?
+                    .status
+                    .is_some_and(|s| s.allowed),
+            )
+        }
+    };
+    // RBAC is eventually consistent in its cache: the grant shows within a moment.
+    let mut granted = false;
+    for _ in 0..50 {
+        granted = may_mint_for("vault-reader").await?;
+        if granted {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    ensure!(granted, "the listed account's tokens are not granted");
+    ensure!(
+        !may_mint_for("default").await?,
+        "another account's tokens are granted"
+    );
+    Ok(())
 }
