@@ -1,6 +1,6 @@
 //! Any body for `POST /v1/namespaces/{namespace}/rotations`: refused with the code its
-//! content calls for, never a panic or a 500, and only a fully valid spec gets as far as
-//! the API server (503 here). A spec that parses must also survive its own round trip,
+//! content calls for, never a panic or a 500, and only a fully valid spec (its target a
+//! DNS-1123 name, since it goes into a URL) gets as far as the API server (503 here). A spec that parses must also survive its own round trip,
 //! since the request hash and the Rotation sent to the API server are its re-encoding.
 //!
 //! The first byte chooses `?dryRun=true` (bit 0) and an `Idempotency-Key` (bit 1, which
@@ -9,8 +9,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use sigil_api::extract::parse_strict;
-use sigil_api_fuzz::{INVALID, INVALID_JSON, UNAVAILABLE, post};
-use sigil_types::RotationSpec;
+use sigil_api_fuzz::{BAD_REQUEST, INVALID, INVALID_JSON, UNAVAILABLE, post};
+use sigil_types::{RotationSpec, is_object_name};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&flags, body)) = data.split_first() else {
@@ -37,10 +37,13 @@ fuzz_target!(|data: &[u8]| {
             let again: RotationSpec = parse_strict(&encoded, "the re-encoded spec")
                 .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&encoded)));
             assert_eq!(again, spec, "the round trip changed the spec");
-            let valid = spec.requested_by.is_none()
-                && spec.sealing_key.is_none()
-                && spec.external_secret_ref.is_some();
-            answer.assert_is(if valid { UNAVAILABLE } else { INVALID }, body);
+            let expected = match &spec.external_secret_ref {
+                _ if spec.requested_by.is_some() || spec.sealing_key.is_some() => INVALID,
+                None => INVALID,
+                Some(target) if !is_object_name(&target.name) => BAD_REQUEST,
+                Some(_) => UNAVAILABLE,
+            };
+            answer.assert_is(expected, body);
         }
     }
 });

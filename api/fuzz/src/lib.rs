@@ -211,5 +211,7 @@ pub fn post(path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
 pub const UNAVAILABLE: (StatusCode, &str) = (StatusCode::SERVICE_UNAVAILABLE, "unavailable");
 /// A body that is not the JSON the endpoint takes.
 pub const INVALID_JSON: (StatusCode, &str) = (StatusCode::BAD_REQUEST, "invalid_json");
+/// A name that is not DNS-1123 (it would go into a URL).
+pub const BAD_REQUEST: (StatusCode, &str) = (StatusCode::BAD_REQUEST, "bad_request");
 /// A body that parses but is refused by validation.
 pub const INVALID: (StatusCode, &str) = (StatusCode::UNPROCESSABLE_ENTITY, "invalid");

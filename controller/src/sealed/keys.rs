@@ -122,7 +122,8 @@ impl Keys {
         self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub(crate) fn replace(&self, state: KeyState) {
+    /// Replaces the keys whole (the key watch does; so do tests and fuzz targets).
+    pub fn replace(&self, state: KeyState) {
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
     }
 }

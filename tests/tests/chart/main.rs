@@ -174,7 +174,10 @@ fn rules_of(docs: &[Value], sa_namespace: &str, sa: &str) -> Result<Vec<Granted>
         format!("system:serviceaccounts:{sa_namespace}"),
     ];
     let mut rules = Vec::new();
-    for binding in docs.iter().filter(|d| kind(d).ends_with("Binding")) {
+    for binding in docs
+        .iter()
+        .filter(|d| matches!(kind(d), "RoleBinding" | "ClusterRoleBinding"))
+    {
         let subjects = binding["subjects"].as_array().context("no subjects")?;
         let bound = subjects.iter().any(|s| match s["kind"].as_str() {
             Some("ServiceAccount") => s["name"] == sa && s["namespace"] == sa_namespace,
@@ -310,6 +313,8 @@ async fn rendered_chart_is_accepted_by_the_apiserver() -> Result<()> {
         [
             "ClusterRole",
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ClusterRoleBinding",
             "ClusterRoleBinding",
             "CustomResourceDefinition",
@@ -331,6 +336,8 @@ async fn rendered_chart_is_accepted_by_the_apiserver() -> Result<()> {
             "Service",
             "ServiceAccount",
             "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ]
     );
     // The API's objects are among them (one of each, besides the controller's).
@@ -365,12 +372,13 @@ async fn rendered_chart_is_accepted_by_the_apiserver() -> Result<()> {
             "clusterName=test",
         ],
     )?;
-    // Only the API's TokenReview / SubjectAccessReview ClusterRole is cluster-wide
-    // (those reviews are cluster-scoped); the controller's permissions are a Role.
+    // Only the reviews are cluster-wide (they are cluster-scoped): the API's TokenReview
+    // and SubjectAccessReview, the controller's TokenReview; the controller's other
+    // permissions are a Role.
     ensure!(
         docs.iter()
             .filter(|d| kind(d).starts_with("Cluster"))
-            .all(|d| component(d) == "api"),
+            .all(|d| component(d) == "api" || name(d).ends_with("-token-reviewer")),
         "watchNamespace still renders the controller's cluster-wide RBAC"
     );
     the_of(&docs, "NetworkPolicy", "controller")?;
@@ -479,10 +487,9 @@ async fn deployment_is_locked_down() -> Result<()> {
         .as_str()
         .context("no serviceAccountName")?;
     assert_eq!(name(the_of(&docs, "ServiceAccount", "controller")?), sa);
-    for binding in docs
-        .iter()
-        .filter(|d| kind(d).ends_with("Binding") && component(d) == "controller")
-    {
+    for binding in docs.iter().filter(|d| {
+        matches!(kind(d), "RoleBinding" | "ClusterRoleBinding") && component(d) == "controller"
+    }) {
         for subject in binding["subjects"].as_array().context("no subjects")? {
             if subject["kind"] == "ServiceAccount" {
                 assert_eq!(subject["name"], json!(sa), "{binding}");
@@ -586,16 +593,22 @@ async fn api_deployment_is_locked_down() -> Result<()> {
     );
 
     // TLS from the Secret named in the values, mounted read-only at /tls, whole (the
-    // kubelet updates it in place for the reload); nothing else but a scratch /tmp.
+    // kubelet updates it in place for the reload); a scratch /tmp; and the token that
+    // proves the API to the controller, for the controller's audience only.
     assert_eq!(
         c["volumeMounts"],
         json!([
             {"name": "tls", "mountPath": "/tls", "readOnly": true},
             {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "controller-token", "mountPath": "/var/run/secrets/sigil.dev/controller", "readOnly": true},
         ])
     );
     let volumes = spec["volumes"].as_array().context("no volumes")?;
-    assert_eq!(volumes.len(), 2, "{volumes:?}");
+    assert_eq!(volumes.len(), 3, "{volumes:?}");
+    assert_eq!(
+        volumes[2]["projected"]["sources"],
+        json!([{"serviceAccountToken": {"audience": "sigil-controller", "expirationSeconds": 3600, "path": "token"}}])
+    );
     let tls = &volumes[0]["secret"];
     assert_eq!(tls["secretName"], json!("sigil-api-tls"));
     assert_eq!(tls["defaultMode"], json!(0o440));
@@ -1091,7 +1104,7 @@ async fn rbac_is_least_privilege() -> Result<()> {
         // updated or deleted; wherever the controller serves Secrets.
         let serving = docs
             .iter()
-            .filter(|d| component(d) == "controller")
+            .filter(|d| component(d) == "controller" && !name(d).ends_with("-token-reviewer"))
             .find(|d| {
                 kind(d) == "ClusterRole"
                     || (kind(d) == "Role" && d["metadata"]["namespace"] == "apps")
