@@ -144,6 +144,9 @@ const TOKEN_LEN: std::ops::RangeInclusive<usize> = 32..=64;
 /// `Send + Sync`: share it behind an `Arc`.
 pub struct AwsSession {
     client: aws_sdk_secretsmanager::Client,
+    /// STS with the same credentials and endpoint: whose account the session acts in.
+    identity: aws_sdk_sts::Client,
+    account: tokio::sync::OnceCell<String>,
     observer: Arc<dyn Observer>,
     logins: Arc<AtomicU64>,
     region: String,
@@ -247,6 +250,15 @@ impl AwsSession {
                 SharedCredentialsProvider::new(chain)
             }
         };
+        let mut identity = aws_sdk_sts::Config::builder()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .region(aws_sdk_sts::config::Region::new(region.clone()))
+            .credentials_provider(credentials.clone())
+            .timeout_config(timeouts.clone())
+            .retry_config(RetryConfig::standard().with_max_attempts(3));
+        if let Some(url) = &endpoint {
+            identity = identity.endpoint_url(url.as_str());
+        }
         let mut builder = aws_sdk_secretsmanager::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.clone()))
@@ -264,6 +276,8 @@ impl AwsSession {
         }
         Ok(AwsSession {
             client: aws_sdk_secretsmanager::Client::from_conf(builder.build()),
+            identity: aws_sdk_sts::Client::from_conf(identity.build()),
+            account: tokio::sync::OnceCell::new(),
             observer,
             logins,
             region,
@@ -290,6 +304,27 @@ impl AwsSession {
             Err(e) => Err(map_sdk_error(e, Operation::Check, "", None)),
         };
         crate::report(&*self.observer, AWS, Operation::Check, started, result)
+    }
+
+    /// The account these credentials act in (STS GetCallerIdentity, asked once per
+    /// session, reported as [`Operation::Check`]): two stores on one region and endpoint
+    /// name the same secrets only when their accounts are equal too.
+    pub async fn account(&self) -> Result<String> {
+        self.account
+            .get_or_try_init(|| async {
+                let started = Instant::now();
+                let result = match self.identity.get_caller_identity().send().await {
+                    Ok(out) => out.account.ok_or_else(|| Error::Unavailable {
+                        provider: AWS,
+                        operation: Operation::Check,
+                        detail: "GetCallerIdentity named no account".to_owned(),
+                    }),
+                    Err(e) => Err(map_sdk_error(e, Operation::Check, "", None)),
+                };
+                crate::report(&*self.observer, AWS, Operation::Check, started, result)
+            })
+            .await
+            .cloned()
     }
 
     /// Reads `key` (a secret name or ARN) with GetSecretValue.

@@ -101,6 +101,9 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A request of the harness to moto failed.
+    #[error("{0}")]
+    Aws(String),
 }
 
 /// Result of the harness.
@@ -359,20 +362,62 @@ impl Env {
 
     /// An AWS Secrets Manager client pointed at the moto server.
     pub fn secretsmanager(&self) -> Result<aws_sdk_secretsmanager::Client> {
-        let credentials = Credentials::new(
-            self.var("AWS_ACCESS_KEY_ID")?,
-            self.var("AWS_SECRET_ACCESS_KEY")?,
-            None,
-            None,
-            "sigil-tests",
-        );
+        self.secretsmanager_with(None)
+    }
+
+    /// Credentials of moto's account `account` (12 digits), from STS AssumeRole of a
+    /// role there: moto keeps each account's secrets apart and tells them by the key.
+    /// `(access key id, secret access key, session token)`.
+    pub async fn account_credentials(&self, account: &str) -> Result<(String, String, String)> {
+        let config = aws_sdk_sts::Config::builder()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .region(aws_sdk_sts::config::Region::new(
+                self.var("AWS_REGION")?.to_owned(),
+            ))
+            .endpoint_url(self.var("AWS_ENDPOINT_URL")?)
+            .credentials_provider(self.credentials(None)?)
+            .build();
+        let assumed = aws_sdk_sts::Client::from_conf(config)
+            .assume_role()
+            .role_arn(format!("arn:aws:iam::{account}:role/sigil-tests"))
+            .role_session_name("sigil-tests")
+            .send()
+            .await
+            .map_err(|e| Error::Aws(format!("AssumeRole in account {account}: {}", Report(&e))))?;
+        let c = assumed
+            .credentials
+            .ok_or_else(|| Error::Aws("AssumeRole returned no credentials".to_owned()))?;
+        Ok((c.access_key_id, c.secret_access_key, c.session_token))
+    }
+
+    /// An AWS Secrets Manager client of moto with the given credentials (the
+    /// environment's when `None`).
+    pub fn secretsmanager_with(
+        &self,
+        credentials: Option<(&str, &str, &str)>,
+    ) -> Result<aws_sdk_secretsmanager::Client> {
         let config = aws_sdk_secretsmanager::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(self.var("AWS_REGION")?.to_owned()))
             .endpoint_url(self.var("AWS_ENDPOINT_URL")?)
-            .credentials_provider(credentials)
+            .credentials_provider(self.credentials(credentials)?)
             .build();
         Ok(aws_sdk_secretsmanager::Client::from_conf(config))
+    }
+
+    fn credentials(&self, given: Option<(&str, &str, &str)>) -> Result<Credentials> {
+        Ok(match given {
+            Some((id, secret, token)) => {
+                Credentials::new(id, secret, Some(token.to_owned()), None, "sigil-tests")
+            }
+            None => Credentials::new(
+                self.var("AWS_ACCESS_KEY_ID")?,
+                self.var("AWS_SECRET_ACCESS_KEY")?,
+                None,
+                None,
+                "sigil-tests",
+            ),
+        })
     }
 }
 

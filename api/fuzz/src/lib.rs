@@ -38,7 +38,7 @@ struct AllowAll;
 impl Reviewer for AllowAll {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<UserInfo>>> {
         Box::pin(async move {
-            Ok((token == TOKEN).then(|| UserInfo {
+            Ok(same(token, TOKEN).then(|| UserInfo {
                 username: "fuzz-admin".to_owned(),
                 uid: None,
                 groups: vec!["system:authenticated".to_owned()],
@@ -59,6 +59,16 @@ impl Reviewer for AllowAll {
             })
         })
     }
+}
+
+/// Compares with neither `memcmp` nor a branch per byte: libFuzzer watches those, would
+/// learn the token and write it into bodies, whose parse errors quote it back.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// The router and the runtime it runs on, built once per process.
@@ -157,8 +167,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// Sends `body` as JSON to `path` with the accepted token and `headers`, and checks what
 /// holds for every answer: a JSON error body with a code and a message, a 4xx or 503
-/// (a 500 is a bug), and no trace of the bearer token in the status line or headers or
-/// body.
+/// (a 500 is a bug), and no trace of the bearer token in the headers or body unless the
+/// body itself holds it (a parse error may quote the caller's own body).
 pub fn post(path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
     let mut request = Request::post(path)
         .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
@@ -182,11 +192,10 @@ pub fn post(path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
             (parts.status, parts.headers, bytes.to_vec())
         })
     });
+    let echoed = contains(&raw, TOKEN.as_bytes())
+        || (response_headers.values()).any(|v| contains(v.as_bytes(), TOKEN.as_bytes()));
     assert!(
-        !contains(&raw, TOKEN.as_bytes())
-            && response_headers
-                .values()
-                .all(|v| !contains(v.as_bytes(), TOKEN.as_bytes())),
+        !echoed || contains(body, TOKEN.as_bytes()),
         "the answer holds the bearer token"
     );
     let error: ErrorBody = serde_json::from_slice(&raw).unwrap_or_else(|err| {

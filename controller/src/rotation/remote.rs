@@ -285,7 +285,12 @@ async fn resolve_target(
         Ok(store) => store,
         Err(failure) => return Err(fail("StoreNotReady", failure.message)),
     };
-    let server = store.server().map_err(|m| fail("StoreNotReady", m))?;
+    let server = ctx
+        .sync
+        .stores
+        .server_of(&store)
+        .await
+        .map_err(|problem| fail("StoreNotReady", problem.message().to_owned()))?;
     let provider = match store.spec.provider.which() {
         Ok(ProviderRef::Vault(_)) => "vault",
         Ok(ProviderRef::Aws(_)) => "aws",
@@ -310,7 +315,7 @@ pub(super) async fn verified(
 ) -> Result<(RotationTarget, String, StoreObject), Stop> {
     let (recorded_target, base) = recorded(obj)?;
     let (target, store) = resolve_target(obj, ctx).await?;
-    if target != recorded_target {
+    if !still_the_target(&recorded_target, &target) {
         let shown =
             |t: &RotationTarget| format!("{} through {} at {}", describe(t), t.store, t.server);
         return Err(fail(
@@ -324,6 +329,23 @@ pub(super) async fn verified(
         ));
     }
     Ok((target, base, store))
+}
+
+/// Whether the target resolved now is the one `resolve` recorded. A Rotation recorded
+/// before AWS servers named their account resumes: its server is today's without
+/// ` account <id>`, and everything else must match.
+fn still_the_target(recorded: &RotationTarget, now: &RotationTarget) -> bool {
+    let recorded_before_accounts = recorded.provider == "aws"
+        && !recorded.server.contains(" account ")
+        && now
+            .server
+            .strip_prefix(recorded.server.as_str())
+            .is_some_and(|rest| rest.starts_with(" account "))
+        && RotationTarget {
+            server: recorded.server.clone(),
+            ..now.clone()
+        } == *recorded;
+    now == recorded || recorded_before_accounts
 }
 
 /// The ExternalSecret a Rotation names, from the watch cache or the API server.
@@ -586,6 +608,39 @@ fn generate_value(generate: &Generate) -> Zeroizing<String> {
 mod tests {
     use super::*;
     use sigil_types::{ExternalSecretData, ExternalSecretSpec, RemoteRef};
+
+    #[test]
+    fn a_target_recorded_without_the_aws_account_still_matches_and_nothing_else_does() {
+        let now = RotationTarget {
+            provider: "aws".to_owned(),
+            store: "SecretStore/team-a/aws".to_owned(),
+            server: "aws us-east-1 endpoint default account 111111111111".to_owned(),
+            key: "app/db".to_owned(),
+            property: Some("password".to_owned()),
+        };
+        let legacy = RotationTarget {
+            server: "aws us-east-1 endpoint default".to_owned(),
+            ..now.clone()
+        };
+        assert!(still_the_target(&now, &now));
+        assert!(still_the_target(&legacy, &now));
+        for forged in [
+            RotationTarget {
+                key: "other/db".to_owned(),
+                ..legacy.clone()
+            },
+            RotationTarget {
+                server: "aws us-east-1 endpoint default account 222222222222".to_owned(),
+                ..now.clone()
+            },
+            RotationTarget {
+                server: "aws us-east-1".to_owned(),
+                ..now.clone()
+            },
+        ] {
+            assert!(!still_the_target(&forged, &now), "{forged:?}");
+        }
+    }
 
     #[test]
     fn generated_values_use_only_and_all_asked_classes() {

@@ -752,7 +752,7 @@ pub(crate) fn reads_current(obj: &ExternalSecret, key: &str) -> bool {
 }
 
 /// Every ExternalSecret that reads `key` at its current version through a store on
-/// `server` (see [`StoreObject::server`]): the Secrets that mirror that remote key.
+/// `server` (see [`Stores::server_of`]): the Secrets that mirror that remote key.
 pub(crate) async fn mirrors(
     ctx: &SyncContext,
     server: &str,
@@ -765,7 +765,7 @@ pub(crate) async fn mirrors(
         }
         let namespace = es.namespace().unwrap_or_default();
         if let Ok(store) = resolve_store(&es, &namespace, ctx).await?
-            && store.server().as_deref() == Ok(server)
+            && ctx.stores.server_of(&store).await.ok().as_deref() == Some(server)
         {
             found.push(es);
         }

@@ -304,6 +304,29 @@ impl Stores {
             .retain(|store, _| exists(store));
     }
 
+    /// Where the store's remote keys live ([`StoreObject::server`]) and, for AWS, the
+    /// account its credentials act in (asked once per session): two AWS stores on one
+    /// region and endpoint name the same secrets only within one account.
+    pub(crate) async fn server_of(&self, store: &StoreObject) -> Result<String, StoreProblem> {
+        let server = store
+            .server()
+            .map_err(|m| StoreProblem::Config(format!("{}: {m}", store.store)))?;
+        if !matches!(store.spec.provider.which(), Ok(ProviderRef::Aws(_))) {
+            return Ok(server);
+        }
+        let (_, session) = self.session(store).await?;
+        match &*session {
+            Session::Aws(aws) => {
+                let account = aws
+                    .account()
+                    .await
+                    .map_err(|err| StoreProblem::from_provider(&store.store, &err))?;
+                Ok(format!("{server} account {account}"))
+            }
+            Session::Vault(_) => Ok(server),
+        }
+    }
+
     async fn build(&self, store: &StoreObject) -> Result<Session, StoreProblem> {
         let config = |message: String| StoreProblem::Config(format!("{}: {message}", store.store));
         let provider = store.spec.provider.which().map_err(config)?;

@@ -548,3 +548,67 @@ async fn a_forged_rotation_status_redirects_no_write_and_no_rollout() {
         "a Deployment that reads no mirror was rolled: {annotations:?}"
     );
 }
+
+#[tokio::test]
+async fn aws_stores_of_two_accounts_on_one_endpoint_share_no_mirrors() {
+    let ctx = TestContext::new("tenancy-accounts").await.unwrap();
+    install_crds(&ctx.kube).await;
+    let controller = Controller::start(&ctx, "a", &[]);
+    controller.wait_ready().await;
+    let endpoint = ctx.env.var("AWS_ENDPOINT_URL").unwrap().to_owned();
+    let key = format!("{}db", ctx.aws_prefix);
+    for (store_name, account) in [("mine", "111111111111"), ("theirs", "222222222222")] {
+        let (id, secret, token) = ctx.env.account_credentials(account).await.unwrap();
+        ctx.env
+            .secretsmanager_with(Some((&id, &secret, &token)))
+            .unwrap()
+            .create_secret()
+            .name(&key)
+            .secret_string(format!(r#"{{"password":"{account}"}}"#))
+            .send()
+            .await
+            .unwrap();
+        put_secret(
+            &ctx,
+            &format!("{store_name}-keys"),
+            &[("id", &id), ("secret", &secret), ("token", &token)],
+            &[],
+        )
+        .await;
+        store(
+            &ctx,
+            store_name,
+            json!({"aws": {"service": "SecretsManager", "region": "us-east-1", "endpoint": endpoint,
+                "auth": {"secretRef": {
+                    "accessKeyIDSecretRef": {"name": format!("{store_name}-keys"), "key": "id"},
+                    "secretAccessKeySecretRef": {"name": format!("{store_name}-keys"), "key": "secret"},
+                    "sessionTokenSecretRef": {"name": format!("{store_name}-keys"), "key": "token"}}}}}),
+        )
+        .await;
+        password_mirror(&ctx, store_name, store_name, &key).await;
+    }
+    for name in ["mine", "theirs"] {
+        wait_es(&ctx, name, "SecretSynced").await;
+    }
+    rotation(
+        &ctx,
+        "plan",
+        json!({"externalSecretRef": {"name": "mine"}, "dryRun": true}),
+    )
+    .await;
+    let planned = finished(&ctx, "plan").await.status.unwrap();
+    assert_eq!(planned.phase, Some(RotationPhase::Completed));
+    assert_eq!(
+        planned.external_secrets,
+        [format!("{}/mine", ctx.namespace)],
+        "another account's mirror was listed"
+    );
+    assert!(
+        planned
+            .target
+            .as_ref()
+            .is_some_and(|t| t.server.ends_with(" account 111111111111")),
+        "{:?}",
+        planned.target
+    );
+}
