@@ -27,10 +27,19 @@ fn post(
     path: &str,
     obj: &SealedSecret,
 ) -> (u16, String) {
+    post_to(controller.http, token, path, obj)
+}
+
+fn post_to(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    path: &str,
+    obj: &SealedSecret,
+) -> (u16, String) {
     let body = serde_json::to_string(obj).unwrap();
-    let mut stream = TcpStream::connect_timeout(&controller.http, Duration::from_secs(1)).unwrap();
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(120)))
         .unwrap();
     let authorization = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -309,3 +318,43 @@ async fn default_audience_token(ctx: &TestContext, name: &str) -> String {
         .unwrap()
         .token
 }
+
+#[tokio::test]
+async fn a_flood_of_verifies_leaves_the_probes_answering() {
+    let ctx = TestContext::new("internal-flood").await.unwrap();
+    install_crds(&ctx.kube).await;
+    // One async worker, as the chart's one-CPU limit gives the controller.
+    let controller = Controller::start_with_env(&ctx, "a", &[], &[("TOKIO_WORKER_THREADS", "1")]);
+    controller.wait_ready().await;
+    let token = api_token(&ctx, "sigil-controller").await;
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..VALUES).map(|i| format!("k{i}")).collect();
+    let data: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let big = seal_with_cluster_key(&ctx, dir.path(), &secret_yaml(&ctx.namespace, "big", &data));
+    let started = std::time::Instant::now();
+    let flood: Vec<_> = (0..2)
+        .map(|_| {
+            let (big, token, addr) = (big.clone(), token.clone(), controller.http);
+            std::thread::spawn(move || post_to(addr, Some(&token), "/internal/v1/verify", &big))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let probe = controller.get("/healthz");
+    let answered_at = started.elapsed();
+    let still_flooding = flood.iter().any(|f| !f.is_finished());
+    for f in flood {
+        let (code, body) = f.join().unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    let flood_took = started.elapsed();
+    eprintln!("healthz answered after {answered_at:?}; the flood took {flood_took:?}");
+    assert_eq!(probe.map(|(code, _)| code), Some(200));
+    assert!(
+        still_flooding,
+        "the flood ended before the probe was answered ({answered_at:?} of {flood_took:?}): the probe waited for it"
+    );
+}
+
+/// Values in the flood's SealedSecret: enough X25519 work to keep a core busy for
+/// seconds.
+const VALUES: usize = 2000;
