@@ -95,6 +95,31 @@ fn bad(line: usize, reason: impl Into<String>) -> Error {
     }
 }
 
+/// What a line that is not a key line seems to be, in words that quote none of it: the
+/// file may be a secret given by mistake (a bare key, a `.env`), and the message goes
+/// to a terminal, a CI log or a ticket.
+fn looks_like(content: &str) -> &'static str {
+    let first = content.split(' ').next().unwrap_or_default();
+    let base64_like = |s: &str| {
+        s.len() >= 16
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    };
+    if content.starts_with("-----BEGIN") {
+        "it looks like PEM, e.g. a certificate or a Bitnami key: `sigil migrate bitnami` reads those"
+    } else if first.starts_with("ssh-") || first.starts_with("ecdsa-") {
+        "it looks like an SSH key"
+    } else if first.contains('=') && !first.starts_with('=') && !base64_like(first) {
+        "it looks like a `NAME=value` line of an environment file"
+    } else if base64_like(first) && content.split(' ').count() == 1 {
+        "it looks like a bare base64 key without its `sigil.*.v1 <key-id>` prefix"
+    } else if first.starts_with('{') || first.starts_with("apiVersion:") || first.ends_with(':') {
+        "it looks like JSON or YAML"
+    } else {
+        "its first field is not a key line's tag"
+    }
+}
+
 fn parse_lines(text: &str) -> Result<Vec<RawLine<'_>>> {
     let mut out = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -109,8 +134,8 @@ fn parse_lines(text: &str) -> Result<Vec<RawLine<'_>>> {
             return Err(bad(
                 number,
                 format!(
-                    "starts with `{}`, expected `{PUBLIC_TAG}` or `{PRIVATE_TAG}`",
-                    tag.chars().take(20).collect::<String>()
+                    "is not a key line ({}): key lines start with `{PUBLIC_TAG}` or `{PRIVATE_TAG}`",
+                    looks_like(content)
                 ),
             ));
         }
@@ -269,9 +294,33 @@ mod tests {
     }
 
     #[test]
+    fn a_line_that_is_not_a_key_line_is_described_never_quoted() {
+        let canary = "hunter2-canary-0123456789";
+        let bare = STANDARD.encode([0x5a; 32]);
+        let cases = [
+            (format!("DB_PASSWORD={canary}"), "environment file"),
+            (format!("export TOKEN={canary}"), "not a key line's tag"),
+            (bare.clone(), "bare base64 key"),
+            (format!("-----BEGIN PRIVATE KEY-----\n{canary}"), "PEM"),
+            (format!("password: {canary}"), "JSON or YAML"),
+            (format!("{canary} {canary}"), "not a key line's tag"),
+        ];
+        for (text, words) in cases {
+            let err = parse_private(&text).unwrap_err().to_string();
+            assert!(err.contains(words), "{err}");
+            assert!(!err.contains(canary) && !err.contains(&bare[..8]), "{err}");
+            let err = parse_public(&text).unwrap_err().to_string();
+            assert!(!err.contains(canary) && !err.contains(&bare[..8]), "{err}");
+        }
+    }
+
+    #[test]
     fn malformed_lines_name_their_number() {
         let cases = [
-            ("ssh-ed25519 AAAA", "line 1 starts with `ssh-ed25519`"),
+            (
+                "ssh-ed25519 AAAA",
+                "line 1 is not a key line (it looks like an SSH key)",
+            ),
             ("sigil.pub.v1", "line 1 has no key ID"),
             ("\nsigil.pub.v1 0011", "line 2 key ID is not 16 hex digits"),
             ("sigil.pub.v1 0011223344556677", "line 1 has no key"),
