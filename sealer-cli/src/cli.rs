@@ -149,6 +149,10 @@ pub(crate) struct SealArgs {
     /// key stays byte-for-byte as it was.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["out", "raw"])]
     pub(crate) merge_into: Option<PathBuf>,
+    /// With --merge-into: seal the merged values without the keys the file is sealed to
+    /// that no --cert lists (another cluster, a break-glass key); refused otherwise.
+    #[arg(long, requires = "merge_into")]
+    pub(crate) drop_recipients: bool,
     /// Seal one value read from stdin (exact bytes) and print the sealed value.
     #[arg(long, requires = "key")]
     pub(crate) raw: bool,

@@ -63,7 +63,7 @@ pub(crate) fn bitnami(args: &MigrateBitnamiArgs) -> anyhow::Result<()> {
     let inputs = inputs(args)?;
     let keys = Keys {
         bitnami: load_bitnami_keys(&args.bitnami_keys)?,
-        recipients: seal::recipients_from_files(&args.certs)?,
+        recipients: seal::recipients_from_files(&args.certs)?.keys,
         namespace: args.namespace.clone().filter(|ns| !ns.is_empty()),
     };
     let lenient = args.input.is_dir();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde_json::Value;
-use sigil_core::{Binding, PublicKey, Scope, keyfile};
+use sigil_core::{Binding, Envelope, KeyId, PublicKey, Scope, keyfile};
 use sigil_types::{SealedSecret, SealedSecretSpec, SecretTemplate, TemplateMetadata};
 use zeroize::Zeroizing;
 
@@ -16,9 +16,16 @@ use crate::failure::{Failure, fail};
 use crate::output::{self, Destination};
 use crate::parallel;
 
+/// The public keys to seal to, and for each the IDs of every key listed for its cluster
+/// (older keys still open values sealed to them).
+pub(crate) struct Recipients {
+    pub(crate) keys: Vec<PublicKey>,
+    families: Vec<Vec<KeyId>>,
+}
+
 /// The public keys to seal to: those of the `--cert` key files or, without any, the
 /// cluster's published keys.
-fn load_recipients(args: &SealArgs) -> anyhow::Result<Vec<PublicKey>> {
+fn load_recipients(args: &SealArgs) -> anyhow::Result<Recipients> {
     if !args.certs.is_empty() {
         return recipients_from_files(&args.certs);
     }
@@ -34,7 +41,7 @@ fn load_recipients(args: &SealArgs) -> anyhow::Result<Vec<PublicKey>> {
 }
 
 /// The public keys to seal to, from `--cert` key files (see [`recipients_in`]).
-pub(crate) fn recipients_from_files(certs: &[PathBuf]) -> anyhow::Result<Vec<PublicKey>> {
+pub(crate) fn recipients_from_files(certs: &[PathBuf]) -> anyhow::Result<Recipients> {
     let mut sources = Vec::with_capacity(certs.len());
     for path in certs {
         let text = std::fs::read_to_string(path).map_err(|err| {
@@ -50,8 +57,9 @@ pub(crate) fn recipients_from_files(certs: &[PathBuf]) -> anyhow::Result<Vec<Pub
 /// The public keys of key files, each given as (name for messages, text): for each
 /// `cluster=` name, the first key listed (the cluster's active key); every key without
 /// a cluster name.
-fn recipients_in(sources: Vec<(String, String)>) -> anyhow::Result<Vec<PublicKey>> {
+fn recipients_in(sources: Vec<(String, String)>) -> anyhow::Result<Recipients> {
     let mut recipients = Vec::new();
+    let mut families: Vec<Vec<KeyId>> = Vec::new();
     for (source, text) in sources {
         let entries = keyfile::parse_public(&text).map_err(|err| {
             Failure::new(format!("{source}: {err}")).with_hint(
@@ -62,9 +70,20 @@ fn recipients_in(sources: Vec<(String, String)>) -> anyhow::Result<Vec<PublicKey
         // ones that still open); lines without a cluster name count as one cluster.
         let mut clusters_seen: Vec<Option<String>> = Vec::new();
         for entry in entries {
-            if !clusters_seen.contains(&entry.attributes.cluster) {
-                clusters_seen.push(entry.attributes.cluster.clone());
-                recipients.push(entry.key);
+            match clusters_seen
+                .iter()
+                .position(|c| *c == entry.attributes.cluster)
+            {
+                Some(seen) => {
+                    // This file's families are the last `clusters_seen.len()` ones.
+                    let family = families.len() - clusters_seen.len() + seen;
+                    families[family].push(entry.key.id());
+                }
+                None => {
+                    clusters_seen.push(entry.attributes.cluster.clone());
+                    families.push(vec![entry.key.id()]);
+                    recipients.push(entry.key);
+                }
             }
         }
     }
@@ -78,7 +97,10 @@ fn recipients_in(sources: Vec<(String, String)>) -> anyhow::Result<Vec<PublicKey
             "seal for fewer clusters at a time",
         );
     }
-    Ok(recipients)
+    Ok(Recipients {
+        keys: recipients,
+        families,
+    })
 }
 
 /// One field from a document and one from the command line: either may be missing,
@@ -269,12 +291,13 @@ fn seal_text(
 }
 
 pub(crate) fn run(args: &SealArgs) -> anyhow::Result<()> {
-    let recipients = load_recipients(args)?;
+    let loaded = load_recipients(args)?;
+    if let Some(target) = &args.merge_into {
+        return merge_into(target, args, &loaded);
+    }
+    let recipients = loaded.keys;
     if args.raw {
         return seal_raw(args, &recipients);
-    }
-    if let Some(target) = &args.merge_into {
-        return merge_into(target, args, &recipients);
     }
     let out =
         match output::destination(&args.input, args.out.as_deref(), "sealed", "SealedSecrets")? {
@@ -350,7 +373,8 @@ fn seal_raw(args: &SealArgs, recipients: &[PublicKey]) -> anyhow::Result<()> {
     output::emit(args.out.as_deref(), &format!("{sealed}\n"))
 }
 
-fn merge_into(target: &Path, args: &SealArgs, recipients: &[PublicKey]) -> anyhow::Result<()> {
+fn merge_into(target: &Path, args: &SealArgs, loaded: &Recipients) -> anyhow::Result<()> {
+    let recipients = loaded.keys.as_slice();
     let existing_text = std::fs::read_to_string(target).map_err(|err| {
         Failure::new(format!(
             "cannot read --merge-into file {}: {err}",
@@ -442,6 +466,7 @@ fn merge_into(target: &Path, args: &SealArgs, recipients: &[PublicKey]) -> anyho
             );
         }
     }
+    let dropped = check_recipients(&current, &existing.origin, loaded, args.drop_recipients)?;
     let sealed = target_identity.seal_data(&secret, recipients)?;
     let encrypted = existing
         .value
@@ -459,5 +484,83 @@ fn merge_into(target: &Path, args: &SealArgs, recipients: &[PublicKey]) -> anyho
     };
     output::write_atomic(target, &output::render(&[existing.value.take()], format)?)?;
     eprintln!("re-sealed {} into {}", merged.join(", "), target.display());
+    if !dropped.is_empty() {
+        eprintln!(
+            "note: {} no longer open with {} (--drop-recipients); the file's other keys still do",
+            merged.join(", "),
+            join_ids(&dropped)
+        );
+    }
     Ok(())
+}
+
+/// Refuses a merge that would change who can open the file's values: a key the file
+/// is sealed to that no `--cert` lists (another cluster, a break-glass key) would not
+/// open the merged values, and a `--cert` cluster the file is not sealed to would leave
+/// it sealed to different keys per value. With `drop` the first is allowed; returns the
+/// key IDs so dropped.
+fn check_recipients(
+    current: &SealedSecret,
+    origin: &Origin,
+    given: &Recipients,
+    drop: bool,
+) -> anyhow::Result<Vec<KeyId>> {
+    let mut sealed_to: Vec<KeyId> = Vec::new();
+    for text in current.spec.encrypted_data.values() {
+        // A value that does not decode is refused by the controller; it names no key.
+        for id in Envelope::decode(text)
+            .map(|e| e.key_ids())
+            .unwrap_or_default()
+        {
+            if !sealed_to.contains(&id) {
+                sealed_to.push(id);
+            }
+        }
+    }
+    if sealed_to.is_empty() {
+        return Ok(Vec::new());
+    }
+    let listed: Vec<KeyId> = given.families.iter().flatten().copied().collect();
+    let given_ids: Vec<KeyId> = given.keys.iter().map(PublicKey::id).collect();
+    let added: Vec<KeyId> = given
+        .keys
+        .iter()
+        .zip(&given.families)
+        .filter(|(_, family)| !family.iter().any(|id| sealed_to.contains(id)))
+        .map(|(key, _)| key.id())
+        .collect();
+    if !added.is_empty() {
+        return fail(
+            format!(
+                "{origin}: its values are sealed to {}, and --cert adds {}, to which none is: the file would be sealed to different keys per value",
+                join_ids(&sealed_to),
+                join_ids(&added)
+            ),
+            "to seal the file for another cluster too, seal the whole Secret again without --merge-into, with a --cert for every cluster",
+        );
+    }
+    let missing: Vec<KeyId> = sealed_to
+        .iter()
+        .filter(|id| !listed.contains(id))
+        .copied()
+        .collect();
+    if !missing.is_empty() && !drop {
+        return fail(
+            format!(
+                "{origin}: its values are sealed to {}, but the --cert files list {}: the merged values would not open with {}",
+                join_ids(&sealed_to),
+                join_ids(&given_ids),
+                join_ids(&missing)
+            ),
+            "pass a --cert for each of those keys (another cluster, a break-glass key), or --drop-recipients to seal the merged values without them",
+        );
+    }
+    Ok(missing)
+}
+
+fn join_ids(ids: &[KeyId]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

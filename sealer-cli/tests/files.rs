@@ -176,6 +176,91 @@ fn merge_into_reseals_only_the_given_keys_in_place() {
 }
 
 #[test]
+fn merge_into_keeps_every_recipient_unless_told_which_to_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let (prod_key, _) = keys(dir.path(), "prod");
+    keys(dir.path(), "breakglass");
+    ok(
+        dir.path(),
+        &[
+            "seal",
+            "--cert",
+            "prod.pub",
+            "--cert",
+            "breakglass.pub",
+            "-w",
+            "db.yaml",
+        ],
+        SECRET.as_bytes(),
+    );
+    let before = fs::read_to_string(dir.path().join("db.yaml")).unwrap();
+    let update = "apiVersion: v1\nkind: Secret\nmetadata: {name: db, namespace: prod}\nstringData: {password: rotated}\n";
+    let merge = |extra: &[&str]| {
+        let mut args = vec!["seal", "--cert", "prod.pub", "--merge-into", "db.yaml"];
+        args.extend(extra);
+        sigil(dir.path(), &args, update.as_bytes())
+    };
+
+    let refused = merge(&[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(
+        fs::read_to_string(dir.path().join("db.yaml")).unwrap(),
+        before,
+        "a refused merge leaves the file as it was"
+    );
+
+    // With both certs the break-glass key still opens the merged value.
+    ok(
+        dir.path(),
+        &[
+            "seal",
+            "--cert",
+            "prod.pub",
+            "--cert",
+            "breakglass.pub",
+            "--merge-into",
+            "db.yaml",
+        ],
+        update.as_bytes(),
+    );
+    let opened = ok(
+        dir.path(),
+        &[
+            "unseal",
+            "--recovery-key",
+            "breakglass.key",
+            "-f",
+            "db.yaml",
+        ],
+        b"",
+    );
+    assert!(opened.contains("password: cm90YXRlZA=="), "{opened}");
+
+    // Dropping is said, with the key dropped.
+    let dropped = merge(&["--drop-recipients"]);
+    assert!(dropped.status.success());
+    let stderr = String::from_utf8_lossy(&dropped.stderr);
+    let breakglass = fs::read_to_string(dir.path().join("breakglass.pub")).unwrap();
+    let breakglass_id = breakglass.split(' ').nth(1).unwrap();
+    assert!(
+        stderr.contains(&format!("password no longer open with {breakglass_id}")),
+        "{stderr}"
+    );
+    let opened = ok(
+        dir.path(),
+        &[
+            "unseal",
+            "--recovery-key",
+            prod_key.to_str().unwrap(),
+            "-f",
+            "db.yaml",
+        ],
+        b"",
+    );
+    assert!(opened.contains("password: cm90YXRlZA=="), "{opened}");
+}
+
+#[test]
 fn a_directory_is_sealed_into_a_mirror_tree_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();
     keys(dir.path(), "prod");
