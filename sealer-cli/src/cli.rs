@@ -154,8 +154,11 @@ pub(crate) struct SealArgs {
     #[arg(long, requires = "merge_into")]
     pub(crate) drop_recipients: bool,
     /// Seal one value read from stdin (exact bytes) and print the sealed value.
-    #[arg(long, requires = "key")]
+    #[arg(long, requires = "key", conflicts_with = "input")]
     pub(crate) raw: bool,
+    /// With --raw: seal an empty value (refused otherwise, as it is usually a mistake).
+    #[arg(long, requires = "raw")]
+    pub(crate) allow_empty: bool,
     /// The data key of the value sealed with --raw.
     #[arg(long, value_name = "KEY", requires = "raw")]
     pub(crate) key: Option<String>,

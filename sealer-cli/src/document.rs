@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Read;
+use std::io::{IsTerminal as _, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::failure::{Failure, fail};
+use crate::failure::{Failure, fail, io_failure};
 
 /// Where a document came from: file (or stdin), document number, and `List` item.
 #[derive(Clone, Debug)]
@@ -122,14 +122,19 @@ pub(crate) fn source_name(path: &Path) -> String {
 pub(crate) fn read_input(path: &Path) -> anyhow::Result<Zeroizing<String>> {
     let mut text = Zeroizing::new(String::new());
     if path == Path::new("-") {
+        if std::io::stdin().is_terminal() {
+            return fail(
+                "no input: -f is `-` (stdin), and stdin is a terminal",
+                "pass -f FILE (or a directory), or pipe the manifests in, e.g. `kubectl create secret generic db --from-file=password.txt --dry-run=client -o yaml | sigil seal`",
+            );
+        }
         std::io::stdin()
             .read_to_string(&mut text)
-            .context("cannot read stdin")?;
+            .map_err(|err| io_failure("read", Path::new("stdin"), &err))?;
     } else {
-        let mut file =
-            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-        file.read_to_string(&mut text)
-            .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
+        std::fs::File::open(path)
+            .and_then(|mut file| file.read_to_string(&mut text))
+            .map_err(|err| io_failure("read", path, &err))?;
     }
     Ok(text)
 }

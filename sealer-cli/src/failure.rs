@@ -62,6 +62,35 @@ pub(crate) fn fail<T>(message: impl Into<String>, hint: impl Into<String>) -> an
     Err(Failure::new(message).with_hint(hint).into())
 }
 
+/// A failed read or write of `path` (`doing`: "read", "write", "create"), with a hint
+/// for what the user can do about the OS's reason.
+pub(crate) fn io_failure(doing: &str, path: &std::path::Path, err: &io::Error) -> Failure {
+    let hint = match err.kind() {
+        io::ErrorKind::NotFound if doing == "read" => {
+            "check the path: it is relative to the current directory".to_owned()
+        }
+        io::ErrorKind::NotFound => {
+            "the directory it goes in does not exist: create it, or write elsewhere".to_owned()
+        }
+        io::ErrorKind::IsADirectory => format!("give a file to {doing}, not a directory"),
+        io::ErrorKind::NotADirectory => {
+            "a part of the path is a file, not a directory: check the path".to_owned()
+        }
+        io::ErrorKind::AlreadyExists => {
+            "sigil never overwrites it: choose another path, or move the old file away first"
+                .to_owned()
+        }
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => format!(
+            "you may not {doing} it: check its permissions and its directory's (`ls -l`), or use another path"
+        ),
+        io::ErrorKind::InvalidData => {
+            "it is not UTF-8 text: give a YAML or JSON manifest".to_owned()
+        }
+        _ => "check the path and the disk, then try again".to_owned(),
+    };
+    Failure::new(format!("cannot {doing} {}: {err}", path.display())).with_hint(hint)
+}
+
 /// A reader of our output went away (`sigil seal ... | head`): not an error.
 pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {

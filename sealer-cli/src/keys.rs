@@ -10,7 +10,7 @@ use sigil_core::{KeyAttributes, PrivateKey, PrivateKeyEntry, PublicKeyEntry};
 
 use crate::cli::{BackupArgs, CertArgs, GenerateArgs, ImportArgs};
 use crate::cluster;
-use crate::failure::Failure;
+use crate::failure::{Failure, io_failure};
 
 fn create_new(path: &Path, mode: u32) -> anyhow::Result<File> {
     OpenOptions::new()
@@ -24,7 +24,7 @@ fn create_new(path: &Path, mode: u32) -> anyhow::Result<File> {
                     .with_hint("sigil never overwrites a key file: choose another path, or move the old file away first")
                     .into()
             } else {
-                anyhow::Error::new(err).context(format!("cannot create {}", path.display()))
+                io_failure("create", path, &err).into()
             }
         })
 }
@@ -86,11 +86,11 @@ pub(crate) fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         .and_then(|()| private_file.write_all(private_text.as_bytes()))
         .and_then(|()| private_file.write_all(b"\n"))
         .and_then(|()| private_file.sync_all())
-        .with_context(|| format!("cannot write {}", args.private_out.display()))?;
+        .map_err(|err| io_failure("write", &args.private_out, &err))?;
     public_file
         .write_all(format!("{}\n", public.to_line()).as_bytes())
         .and_then(|()| public_file.sync_all())
-        .with_context(|| format!("cannot write {}", args.public_out.display()))?;
+        .map_err(|err| io_failure("write", &args.public_out, &err))?;
     println!("key ID: {}", private.key.id());
     println!(
         "private key: {} (mode 0600: keep it offline)",
@@ -114,7 +114,7 @@ pub(crate) fn backup(args: &BackupArgs) -> anyhow::Result<()> {
     let mut file = create_new(&args.out, 0o600)?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+        .map_err(|err| io_failure("write", &args.out, &err))?;
     eprintln!(
         "wrote {count} sealing keys of namespace {} to {} (mode 0600: keep it offline)",
         args.cluster.controller_namespace,

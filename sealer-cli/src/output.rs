@@ -9,7 +9,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::cli::Format;
-use crate::failure::fail;
+use crate::failure::{fail, io_failure};
 
 /// Where a command that reads `-f` and writes `-w` puts its output.
 pub(crate) enum Destination<'a> {
@@ -116,7 +116,7 @@ pub(crate) fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|err| io_failure("create", dir, &err))?;
     let file_name = path.file_name().map_or_else(
         || "output".into(),
         |name| name.to_string_lossy().into_owned(),
@@ -126,5 +126,5 @@ pub(crate) fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
     if written.is_err() {
         let _ = std::fs::remove_file(&temp);
     }
-    written.with_context(|| format!("cannot write {}", path.display()))
+    written.map_err(|err| io_failure("write", path, &err).into())
 }

@@ -1,7 +1,7 @@
 //! `sigil seal`: Secrets in, SealedSecrets out.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{IsTerminal as _, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::cli::{Format, SealArgs};
 use crate::document::{self, Document, Origin, PlainSecret, check_data_key};
-use crate::failure::{Failure, fail};
+use crate::failure::{Failure, fail, io_failure};
 use crate::output::{self, Destination};
 use crate::parallel;
 
@@ -355,10 +355,22 @@ fn seal_raw(args: &SealArgs, recipients: &[PublicKey]) -> anyhow::Result<()> {
         );
     }
     check_data_key(&key, "--key", &origin)?;
+    if std::io::stdin().is_terminal() {
+        return fail(
+            "--raw reads the value from stdin, and stdin is a terminal",
+            "pipe the value in: `printf %s \"$VALUE\" | sigil seal --raw ...`, or `sigil seal --raw ... < FILE`",
+        );
+    }
     let mut value = Zeroizing::new(Vec::new());
     std::io::stdin()
         .read_to_end(&mut value)
-        .context("cannot read the value from stdin")?;
+        .map_err(|err| io_failure("read", Path::new("stdin"), &err))?;
+    if value.is_empty() && !args.allow_empty {
+        return fail(
+            "--raw: stdin was empty, so the sealed value would be empty",
+            "pipe the value in (`printf %s \"$VALUE\" | sigil seal --raw ...`), or pass --allow-empty if an empty value is meant",
+        );
+    }
     if value.ends_with(b"\n") {
         eprintln!(
             "note: the value ends with a newline, which is sealed too; use `printf %s` or `echo -n` if that is not intended"

@@ -418,3 +418,38 @@ fn a_closed_pipe_is_not_an_error() {
     );
     assert!(out.stderr.is_empty());
 }
+
+/// Runs `sigil args` with a terminal as stdin (util-linux `script` makes one).
+fn on_a_terminal(dir: &Path, args: &str) -> String {
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} {args}", env!("CARGO_BIN_EXE_sigil")),
+            "/dev/null",
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("script runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn reading_from_a_terminal_is_refused_with_what_to_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    keys(dir.path(), "prod");
+    let manifests = on_a_terminal(dir.path(), "seal --cert prod.pub");
+    assert!(
+        manifests.contains("no input: -f is `-` (stdin), and stdin is a terminal")
+            && manifests.contains("hint: pass -f FILE"),
+        "{manifests}"
+    );
+    let raw = on_a_terminal(
+        dir.path(),
+        "seal --raw --cert prod.pub -n prod --name db --key password",
+    );
+    assert!(
+        raw.contains("--raw reads the value from stdin, and stdin is a terminal"),
+        "{raw}"
+    );
+}
