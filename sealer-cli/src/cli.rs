@@ -8,6 +8,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use crate::api::ApiArgs;
 use crate::cluster::ClusterArgs;
 
+/// Exit statuses of every command (the top-level help).
 const EXIT_CODES: &str = "\
 Exit status:
   0  success (a Rotation: it completed, or its dry run did)
@@ -15,6 +16,14 @@ Exit status:
      from the cluster or sigil-api, a Rotation that failed
   2  usage error: unknown command, flag or flag value; no --server for a command that needs it
   3  --timeout elapsed while waiting for a Rotation, which keeps running";
+
+/// Exit statuses of the commands that work on files and the cluster, not sigil-api.
+const LOCAL_EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  error: bad input, an unreadable or invalid file, a value that does not open, an error
+     from the cluster
+  2  usage error: unknown command, flag or flag value";
 
 /// Seal Kubernetes Secrets so they are safe to commit to Git; only the cluster can open
 /// them, and only in the namespace, name and key they were sealed for.
@@ -28,13 +37,13 @@ pub(crate) struct Cli {
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Encrypt Secrets into SealedSecrets (or one value with --raw).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = LOCAL_EXIT_CODES)]
     Seal(SealArgs),
     /// Break-glass: open SealedSecrets offline with a private key and print the Secrets.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = LOCAL_EXIT_CODES)]
     Unseal(UnsealArgs),
     /// Fetch the cluster's public sealing keys (a key file for `sigil seal --cert`).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = LOCAL_EXIT_CODES)]
     Cert(CertArgs),
     /// Manage sealing key pairs.
     Keys {
@@ -69,13 +78,13 @@ pub(crate) enum Command {
 #[derive(Subcommand, Debug)]
 pub(crate) enum KeysCommand {
     /// Generate an offline key pair (for bootstrap or break-glass) as key files.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = LOCAL_EXIT_CODES)]
     Generate(GenerateArgs),
     /// Copy the cluster's private sealing keys into a file (mode 0600), for disaster recovery.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = LOCAL_EXIT_CODES)]
     Backup(BackupArgs),
     /// Bring private keys into the cluster (e.g. the same key for a disaster-recovery cluster).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = LOCAL_EXIT_CODES)]
     Import(ImportArgs),
     /// Make a new active sealing key now through sigil-api, and follow its progress.
     #[command(after_help = EXIT_CODES)]
@@ -139,12 +148,16 @@ pub(crate) struct SealArgs {
         default_value = "-"
     )]
     pub(crate) input: PathBuf,
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
-    pub(crate) format: Format,
+    /// Output format: YAML, or for a directory each file in its own format.
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub(crate) format: Option<Format>,
     /// Write to this file (or directory, for a directory input) instead of stdout.
     #[arg(short = 'w', long = "write", value_name = "OUT")]
     pub(crate) out: Option<PathBuf>,
+    /// With a directory input: also remove the SealedSecret files under -w OUTDIR whose
+    /// source file is gone (without it, they stay).
+    #[arg(long)]
+    pub(crate) prune: bool,
     /// Re-seal only the input's keys into this SealedSecret file, in place; every other
     /// key stays byte-for-byte as it was.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["out", "raw"])]
@@ -358,7 +371,7 @@ For example, without writing Bitnami's keys to a file:
 #[derive(Subcommand, Debug)]
 pub(crate) enum MigrateCommand {
     /// Re-seal Bitnami SealedSecrets as Sigil SealedSecrets, offline, with Bitnami's keys.
-    #[command(long_about = MIGRATE_BITNAMI, after_help = EXIT_CODES)]
+    #[command(long_about = MIGRATE_BITNAMI, after_help = LOCAL_EXIT_CODES)]
     Bitnami(MigrateBitnamiArgs),
 }
 

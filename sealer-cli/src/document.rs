@@ -6,7 +6,6 @@ use std::fmt;
 use std::io::{IsTerminal as _, Read};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value};
@@ -314,6 +313,17 @@ pub(crate) fn check_data_key(
     }
 }
 
+/// The top-level fields of a Secret manifest.
+const SECRET_FIELDS: [&str; 7] = [
+    "apiVersion",
+    "kind",
+    "metadata",
+    "type",
+    "immutable",
+    "data",
+    "stringData",
+];
+
 impl PlainSecret {
     /// Reads a Secret from a document, keeping only what the sealed form carries.
     pub(crate) fn from_document(doc: &Document) -> anyhow::Result<Self> {
@@ -338,6 +348,20 @@ impl PlainSecret {
             return fail(
                 format!("{origin}: is {found}, not a Secret"),
                 "sigil seal takes Secret manifests (apiVersion: v1, kind: Secret); generate one with `kubectl create secret generic NAME --from-literal=KEY=VALUE --dry-run=client -o yaml`",
+            );
+        }
+        if let Some(unknown) = object.keys().find(|k| !SECRET_FIELDS.contains(&k.as_str())) {
+            let near = SECRET_FIELDS
+                .iter()
+                .find(|known| known.eq_ignore_ascii_case(unknown));
+            return fail(
+                format!("{origin}: a Secret has no field `{unknown}`"),
+                match near {
+                    Some(known) => {
+                        format!("did you mean `{known}`? Field names are case-sensitive")
+                    }
+                    None => format!("a Secret's fields are {}", SECRET_FIELDS.join(", ")),
+                },
             );
         }
         let empty = Map::new();
@@ -447,41 +471,75 @@ pub(crate) fn read_sealed_manifests(path: &Path) -> anyhow::Result<SealedManifes
 }
 
 /// [`manifest_files`], refusing a directory with none; `what` names the manifests it
-/// should hold.
+/// should hold. Files that are not manifests are listed on stderr as skipped.
 pub(crate) fn manifest_files_in(dir: &Path, what: &str) -> anyhow::Result<Vec<PathBuf>> {
-    let files = manifest_files(dir)?;
-    if files.is_empty() {
+    let listing = manifest_files(dir)?;
+    if !listing.skipped.is_empty() {
+        const SHOWN: usize = 10;
+        let mut names: Vec<String> = listing
+            .skipped
+            .iter()
+            .take(SHOWN)
+            .map(|p| p.display().to_string())
+            .collect();
+        if listing.skipped.len() > SHOWN {
+            names.push(format!("and {} more", listing.skipped.len() - SHOWN));
+        }
+        eprintln!(
+            "note: skipped {} files under {} that are not .yaml, .yml or .json: {}",
+            listing.skipped.len(),
+            dir.display(),
+            names.join(", ")
+        );
+    }
+    if listing.files.is_empty() {
         return crate::failure::fail(
             format!("{} holds no .yaml, .yml or .json file", dir.display()),
             format!("point -f at the directory of {what} manifests"),
         );
     }
-    Ok(files)
+    Ok(listing.files)
 }
 
-/// Every input file under a directory that holds manifests, sorted, as paths relative
-/// to the directory.
-pub(crate) fn manifest_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// The files under a directory, as paths relative to it, sorted.
+pub(crate) struct Listing {
+    /// `.yaml`, `.yml` and `.json` files.
+    pub(crate) files: Vec<PathBuf>,
+    /// Every other file (hidden directories such as `.git/` are not entered).
+    pub(crate) skipped: Vec<PathBuf>,
+}
+
+/// Every file under a directory that holds manifests, and those skipped.
+pub(crate) fn manifest_files(dir: &Path) -> anyhow::Result<Listing> {
     let mut found = Vec::new();
+    let mut skipped = Vec::new();
     let mut pending = vec![PathBuf::new()];
     while let Some(relative) = pending.pop() {
         let full = dir.join(&relative);
-        let entries =
-            std::fs::read_dir(&full).with_context(|| format!("cannot list {}", full.display()))?;
+        let entries = std::fs::read_dir(&full).map_err(|err| io_failure("list", &full, &err))?;
         for entry in entries {
-            let entry = entry.with_context(|| format!("cannot list {}", full.display()))?;
+            let entry = entry.map_err(|err| io_failure("list", &full, &err))?;
             let path = relative.join(entry.file_name());
             let file_type = entry.file_type()?;
             if file_type.is_dir() {
-                pending.push(path);
+                // `.git` and the like hold no manifests of the user's.
+                if !entry.file_name().to_string_lossy().starts_with('.') {
+                    pending.push(path);
+                }
             } else if matches!(
                 path.extension().and_then(|e| e.to_str()),
                 Some("yaml" | "yml" | "json")
             ) {
                 found.push(path);
+            } else {
+                skipped.push(path);
             }
         }
     }
     found.sort();
-    Ok(found)
+    skipped.sort();
+    Ok(Listing {
+        files: found,
+        skipped,
+    })
 }

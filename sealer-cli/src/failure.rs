@@ -66,7 +66,7 @@ pub(crate) fn fail<T>(message: impl Into<String>, hint: impl Into<String>) -> an
 /// for what the user can do about the OS's reason.
 pub(crate) fn io_failure(doing: &str, path: &std::path::Path, err: &io::Error) -> Failure {
     let hint = match err.kind() {
-        io::ErrorKind::NotFound if doing == "read" => {
+        io::ErrorKind::NotFound if doing != "write" && doing != "create" => {
             "check the path: it is relative to the current directory".to_owned()
         }
         io::ErrorKind::NotFound => {

@@ -75,12 +75,16 @@ pub(crate) fn bitnami(args: &MigrateBitnamiArgs) -> anyhow::Result<()> {
     let objects: usize = outputs.iter().map(|o| o.objects).sum();
     if objects == 0 {
         let what = if args.input.is_dir() {
-            format!("no file under {}", args.input.display())
+            format!(
+                "none of the {} files under {} holds",
+                inputs.len(),
+                args.input.display()
+            )
         } else {
-            document::source_name(&args.input)
+            format!("{} holds no", document::source_name(&args.input))
         };
         return fail(
-            format!("{what} holds no Bitnami SealedSecret (apiVersion: {BITNAMI_API_VERSION})"),
+            format!("{what} Bitnami SealedSecret (apiVersion: {BITNAMI_API_VERSION})"),
             "point -f at the SealedSecret manifests kubeseal wrote",
         );
     }

@@ -29,7 +29,17 @@ fn load_recipients(args: &SealArgs) -> anyhow::Result<Recipients> {
     if !args.certs.is_empty() {
         return recipients_from_files(&args.certs);
     }
-    let text = crate::cluster::block_on(crate::cluster::public_keys(&args.cluster))?;
+    let text =
+        crate::cluster::block_on(crate::cluster::public_keys(&args.cluster)).map_err(|err| {
+            const OFFLINE: &str = "seal offline with `--cert FILE`: a key file from `sigil cert` (run where the cluster is reachable) or `sigil keys generate`";
+            let hint = match err.downcast_ref::<Failure>().and_then(Failure::hint) {
+                Some(hint) => format!("{hint}; or {OFFLINE}"),
+                None => format!(
+                    "no --cert was given, so the keys were fetched from the cluster: check that it is reachable, or {OFFLINE}"
+                ),
+            };
+            Failure::new(format!("{err:#}")).with_hint(hint)
+        })?;
     recipients_in(vec![(
         format!(
             "ConfigMap {}/{}",
@@ -128,6 +138,10 @@ fn require_namespace(
     hint: &str,
 ) -> anyhow::Result<String> {
     match namespace.filter(|ns| !ns.is_empty()) {
+        Some(ns) if !sigil_types::is_dns_label(&ns) => fail(
+            format!("{origin}: namespace `{ns}` is not a namespace name Kubernetes accepts"),
+            "namespace names are lowercase letters, digits and `-` (at most 63), starting and ending with a letter or digit, e.g. `prod`",
+        ),
         Some(ns) => Ok(ns),
         None if scope == Scope::Cluster => Ok(String::new()),
         None => fail(
@@ -169,6 +183,12 @@ impl Target {
                 "set metadata.name, or pass --name NAME",
             );
         };
+        if !sigil_types::is_object_name(&name) {
+            return fail(
+                format!("{origin}: Secret name `{name}` is not a name Kubernetes accepts"),
+                "Secret names are lowercase letters, digits, `-` and `.` (at most 253), starting and ending with a letter or digit, e.g. `db-credentials`",
+            );
+        }
         let namespace = resolve(
             secret.namespace.clone(),
             namespace_flag,
@@ -311,29 +331,101 @@ pub(crate) fn run(args: &SealArgs) -> anyhow::Result<()> {
         args,
         &recipients,
     )?;
-    output::emit(out, &output::render(&sealed, args.format)?)
+    output::emit(
+        out,
+        &output::render(&sealed, args.format.unwrap_or_default())?,
+    )
 }
 
 fn seal_directory(args: &SealArgs, out_dir: &Path, recipients: &[PublicKey]) -> anyhow::Result<()> {
     let files = document::manifest_files_in(&args.input, "Secret")?;
-    // Seal everything before writing anything, so one bad file leaves no partial tree.
-    // Files are read and sealed on every core; the error, if any, is that of the first
-    // bad file in sorted order, as if they were sealed one after another. Writing stays
-    // in order on this thread: parallel renames into one directory only contend for its
-    // lock (more system time, no less wall time).
-    let outputs = parallel::try_map_in_order(&files, |relative| {
+    // Seal everything before writing anything, so a bad file leaves no partial tree,
+    // and every bad file is reported, not only the first. Files are read and sealed on
+    // every core; writing stays in order on this thread: parallel renames into one
+    // directory only contend for its lock (more system time, no less wall time).
+    let results = parallel::try_map_in_order(&files, |relative| {
         let path = args.input.join(relative);
-        let text = document::read_input(&path)?;
-        let sealed = seal_text(&text, &path.display().to_string(), args, recipients)?;
-        anyhow::Ok((
-            out_dir.join(relative),
-            output::render(&sealed, args.format)?,
-        ))
-    })?;
+        let sealed = document::read_input(&path).and_then(|text| {
+            let sealed = seal_text(&text, &path.display().to_string(), args, recipients)?;
+            // A JSON file gives JSON, a YAML file YAML, unless -o says otherwise.
+            let format = args.format.unwrap_or(if document::looks_like_json(&text) {
+                Format::Json
+            } else {
+                Format::Yaml
+            });
+            output::render(&sealed, format)
+        });
+        Ok::<_, std::convert::Infallible>(sealed.map(|text| (out_dir.join(relative), text)))
+    })
+    .unwrap_or_else(|never| match never {});
+    let (outputs, failures): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    if !failures.is_empty() {
+        let errors: Vec<anyhow::Error> = failures.into_iter().filter_map(Result::err).collect();
+        let hint = errors
+            .iter()
+            .find_map(|err| err.downcast_ref::<Failure>().and_then(Failure::hint))
+            .unwrap_or("fix the files named above")
+            .to_owned();
+        let listed: Vec<String> = errors.iter().map(|err| format!("  {err:#}")).collect();
+        return fail(
+            format!(
+                "{} of {} files could not be sealed, so nothing was written:\n{}",
+                errors.len(),
+                files.len(),
+                listed.join("\n")
+            ),
+            hint,
+        );
+    }
+    let outputs: Vec<(PathBuf, Zeroizing<String>)> =
+        outputs.into_iter().filter_map(Result::ok).collect();
     for (path, text) in &outputs {
         output::write_atomic(path, text)?;
     }
     eprintln!("sealed {} files into {}", outputs.len(), out_dir.display());
+    if args.prune {
+        prune(out_dir, &files)?;
+    }
+    Ok(())
+}
+
+/// Removes the SealedSecret files under `out_dir` whose source under the input
+/// directory is gone, and says which; files that are not SealedSecrets are left alone.
+fn prune(out_dir: &Path, sources: &[PathBuf]) -> anyhow::Result<()> {
+    let mut removed = Vec::new();
+    for relative in document::manifest_files(out_dir)?.files {
+        if sources.contains(&relative) {
+            continue;
+        }
+        let path = out_dir.join(&relative);
+        let Ok(text) = document::read_input(&path) else {
+            continue;
+        };
+        let only_sealed_secrets = document::parse_documents(&text, &path.display().to_string())
+            .is_ok_and(|docs| {
+                !docs.is_empty()
+                    && docs.iter().all(|doc| {
+                        doc.value.get("apiVersion") == Some(&Value::from(sigil_types::API_VERSION))
+                            && doc.value.get("kind") == Some(&Value::from("SealedSecret"))
+                    })
+            });
+        if only_sealed_secrets {
+            std::fs::remove_file(&path).map_err(|err| io_failure("remove", &path, &err))?;
+            removed.push(relative.display().to_string());
+        }
+    }
+    if removed.is_empty() {
+        eprintln!(
+            "--prune: every SealedSecret file under {} has its source",
+            out_dir.display()
+        );
+    } else {
+        eprintln!(
+            "--prune: removed {} SealedSecret files whose source is gone: {}",
+            removed.len(),
+            removed.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -348,6 +440,12 @@ fn seal_raw(args: &SealArgs, recipients: &[PublicKey]) -> anyhow::Result<()> {
         "pass -n NAMESPACE, or seal with --scope cluster",
     )?;
     let name = args.name.clone().unwrap_or_default();
+    if !name.is_empty() && !sigil_types::is_object_name(&name) {
+        return fail(
+            format!("--name `{name}` is not a Secret name Kubernetes accepts"),
+            "Secret names are lowercase letters, digits, `-` and `.` (at most 253), starting and ending with a letter or digit, e.g. `db-credentials`",
+        );
+    }
     if scope == Scope::Strict && name.is_empty() {
         return fail(
             "--raw: no --name given, and scope strict binds the value to the Secret name",

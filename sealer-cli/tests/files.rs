@@ -268,22 +268,60 @@ fn a_directory_is_sealed_into_a_mirror_tree_or_not_at_all() {
     fs::write(dir.path().join("in/db.yaml"), SECRET).unwrap();
     fs::write(dir.path().join("in/apps/api/token.json"), r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"token","namespace":"api"},"stringData":{"token":"t"}}"#).unwrap();
     fs::write(dir.path().join("in/README.md"), "not a manifest").unwrap();
-    ok(
+    let sealed = sigil(
         dir.path(),
         &["seal", "--cert", "prod.pub", "-f", "in", "-w", "out"],
         b"",
+    );
+    assert!(sealed.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&sealed.stderr),
+        "note: skipped 1 files under in that are not .yaml, .yml or .json: README.md\nsealed 2 files into out\n"
     );
     assert!(
         fs::read_to_string(dir.path().join("out/db.yaml"))
             .unwrap()
             .contains("kind: SealedSecret")
     );
-    assert!(
-        fs::read_to_string(dir.path().join("out/apps/api/token.json"))
-            .unwrap()
-            .contains("name: token")
-    );
+    // A JSON file gives JSON.
+    let token: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(dir.path().join("out/apps/api/token.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(token["metadata"]["name"], "token");
     assert!(!dir.path().join("out/README.md").exists());
+
+    // A source gone: its SealedSecret stays, unless --prune removes it (and says so);
+    // a file under -w that is not a SealedSecret is never removed.
+    fs::remove_file(dir.path().join("in/apps/api/token.json")).unwrap();
+    fs::write(
+        dir.path().join("out/kustomization.yaml"),
+        "resources: [db.yaml]\n",
+    )
+    .unwrap();
+    ok(
+        dir.path(),
+        &["seal", "--cert", "prod.pub", "-f", "in", "-w", "out"],
+        b"",
+    );
+    assert!(dir.path().join("out/apps/api/token.json").exists());
+    let pruned = sigil(
+        dir.path(),
+        &[
+            "seal", "--cert", "prod.pub", "-f", "in", "-w", "out", "--prune",
+        ],
+        b"",
+    );
+    assert!(pruned.status.success());
+    assert!(
+        String::from_utf8_lossy(&pruned.stderr).contains(
+            "--prune: removed 1 SealedSecret files whose source is gone: apps/api/token.json"
+        ),
+        "{}",
+        String::from_utf8_lossy(&pruned.stderr)
+    );
+    assert!(!dir.path().join("out/apps/api/token.json").exists());
+    assert!(dir.path().join("out/kustomization.yaml").exists());
 
     fs::write(
         dir.path().join("in/apps/broken.yaml"),
@@ -304,7 +342,7 @@ fn a_directory_is_sealed_into_a_mirror_tree_or_not_at_all() {
 }
 
 #[test]
-fn a_large_directory_is_sealed_file_by_file_and_fails_on_its_first_bad_file() {
+fn a_large_directory_is_sealed_file_by_file_and_every_bad_file_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     keys(dir.path(), "prod");
     fs::create_dir_all(dir.path().join("in")).unwrap();
@@ -339,7 +377,7 @@ fn a_large_directory_is_sealed_file_by_file_and_fails_on_its_first_bad_file() {
         assert!(opened.contains(&format!("name: db-{i:03}\n")), "{file}");
     }
 
-    // Whichever thread gets there first, the error is always that of the first bad file.
+    // Every bad file is reported, in order, whichever thread gets there first.
     for bad in [150, 40, 199] {
         fs::write(
             dir.path().join(format!("in/s-{bad:03}.yaml")),
@@ -356,7 +394,10 @@ fn a_large_directory_is_sealed_file_by_file_and_fails_on_its_first_bad_file() {
         assert_eq!(out.status.code(), Some(1));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.starts_with("error: in/s-040.yaml, document 1: the Secret has no data"),
+            stderr.starts_with(
+                "error: 3 of 200 files could not be sealed, so nothing was written:\n  in/s-040.yaml, document 1: the Secret has no data"
+            ) && stderr.contains("\n  in/s-150.yaml, document 1")
+                && stderr.contains("\n  in/s-199.yaml, document 1"),
             "{stderr}"
         );
         assert!(!dir.path().join("out2").exists(), "no partial tree");
