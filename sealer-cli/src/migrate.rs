@@ -76,7 +76,7 @@ pub(crate) fn bitnami(args: &MigrateBitnamiArgs) -> anyhow::Result<()> {
     if objects == 0 {
         let what = if args.input.is_dir() {
             format!(
-                "none of the {} files under {} holds",
+                "none of the {} files under {} holds a",
                 inputs.len(),
                 args.input.display()
             )
