@@ -395,3 +395,35 @@ async fn a_request_over_the_time_limit_is_503_and_says_how_to_retry() {
     );
     assert!(body.message.contains("Idempotency-Key"), "{}", body.message);
 }
+
+#[tokio::test]
+async fn readiness_asks_the_api_server_at_most_once_per_window() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    // An API server that answers /version and counts the questions.
+    let service = tower::service_fn(move |_: Request<kube::client::Body>| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        async {
+            Ok::<_, std::convert::Infallible>(
+                axum::http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(
+                        br#"{"major":"1","minor":"34","gitVersion":"v1.34.4","gitCommit":"","gitTreeState":"","buildDate":"","goVersion":"","compiler":"","platform":""}"#.to_vec(),
+                    ))
+                    .unwrap(),
+            )
+        }
+    });
+    let client = kube::Client::new(service, "default");
+    let app = router(AppState::new(client, Arc::new(FakeReviewer), settings()));
+    for _ in 0..5 {
+        let response = app
+            .clone()
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(asked.load(Ordering::Relaxed), 1);
+}

@@ -797,3 +797,19 @@ async fn https_with_a_certificate_reloaded_when_it_changes() {
     assert_eq!(bare.wait_exit(Duration::from_secs(10)).await, Some(2));
     assert!(bare.logs().contains("--tls-cert"), "{}", bare.logs());
 }
+
+#[tokio::test]
+async fn a_review_cache_longer_than_five_minutes_is_refused() {
+    let ctx = TestContext::new("api-review-ttl").await.unwrap();
+    let mut api = ApiServer::spawn(
+        &ctx,
+        "http://127.0.0.1:9",
+        &["--insecure-http", "--review-cache-ttl", "1h"],
+    );
+    assert_eq!(api.wait_exit(Duration::from_secs(10)).await, Some(2));
+    assert!(
+        api.logs().contains("1h is longer than 5m"),
+        "{}",
+        api.logs()
+    );
+}
