@@ -272,8 +272,8 @@ async fn only_sigil_apis_own_token_opens_the_internal_endpoints() {
     // server; another account's token for the controller's audience.
     let any_pod = ctx.service_account_token("workload").await.unwrap();
     let token = api_token(&ctx, "sigil-controller").await;
-    let api_default_audience = default_audience_token(&ctx, API_SERVICE_ACCOUNT).await;
-    let other_for_controller = account_token(&ctx, "impostor", "sigil-controller").await;
+    let api_default_audience = account_token(&ctx, API_SERVICE_ACCOUNT, &[]).await;
+    let other_for_controller = account_token(&ctx, "impostor", &["sigil-controller"]).await;
     let refused: [(&str, Option<&str>); 4] = [
         ("no token", None),
         ("a pod's own token", Some(&any_pod)),
@@ -304,19 +304,6 @@ async fn only_sigil_apis_own_token_opens_the_internal_endpoints() {
             "{path}"
         );
     }
-}
-
-/// A token of ServiceAccount `name` with the API server's own audience.
-async fn default_audience_token(ctx: &TestContext, name: &str) -> String {
-    use k8s_openapi::api::authentication::v1::TokenRequest;
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    Api::<ServiceAccount>::namespaced(ctx.kube.clone(), &ctx.namespace)
-        .create_token_request(name, &Default::default(), &TokenRequest::default())
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
 }
 
 #[tokio::test]

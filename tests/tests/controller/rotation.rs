@@ -70,7 +70,7 @@ fn phase(obj: &Rotation) -> RotationPhase {
     obj.status.as_ref().and_then(|s| s.phase).unwrap()
 }
 
-fn ready_reason(obj: &Rotation) -> (String, String) {
+pub(crate) fn ready_reason(obj: &Rotation) -> (String, String) {
     let c = obj
         .status
         .as_ref()
@@ -139,7 +139,7 @@ async fn replica_sets(ctx: &TestContext, app: &str) -> usize {
 }
 
 /// (current version, custom_metadata) of a KV v2 secret.
-async fn kv_meta(ctx: &TestContext, key: &str) -> (u64, BTreeMap<String, String>) {
+pub(crate) async fn kv_meta(ctx: &TestContext, key: &str) -> (u64, BTreeMap<String, String>) {
     let vault = ctx.env.vault_client(None).unwrap();
     let meta =
         vaultrs::kv2::read_metadata(&vault, "secret", &format!("{}/{key}", ctx.vault_prefix))

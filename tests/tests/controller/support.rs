@@ -197,6 +197,13 @@ impl Controller {
         Self::start_in(ctx, &ctx.namespace, &ctx.namespace, identity, extra, env)
     }
 
+    /// A controller that exits (status 86) once a Rotation has recorded `step`, to
+    /// stand for a crash right after it.
+    pub fn stopping_after(ctx: &TestContext, identity: &str, step: &str) -> Self {
+        let point = format!("rotation-after-{step}=return");
+        Self::start_with_env(ctx, identity, &[], &[("FAILPOINTS", &point)])
+    }
+
     /// A controller whose keys and Lease live in `namespace` and which serves the
     /// objects of `watch_namespace`; sigil-api is `sigil-api` of `namespace`.
     pub fn start_in(
@@ -252,12 +259,12 @@ pub const API_SERVICE_ACCOUNT: &str = "sigil-api";
 /// A token of the test namespace's `sigil-api` ServiceAccount (made when missing) for
 /// `audience`: what the chart projects into sigil-api's pod for the controller.
 pub async fn api_token(ctx: &TestContext, audience: &str) -> String {
-    account_token(ctx, API_SERVICE_ACCOUNT, audience).await
+    account_token(ctx, API_SERVICE_ACCOUNT, &[audience]).await
 }
 
 /// A token of ServiceAccount `name` of the test's namespace (made when missing) for
-/// `audience`.
-pub async fn account_token(ctx: &TestContext, name: &str, audience: &str) -> String {
+/// `audiences` (none: the API server's own).
+pub async fn account_token(ctx: &TestContext, name: &str, audiences: &[&str]) -> String {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
     let accounts = Api::<ServiceAccount>::namespaced(ctx.kube.clone(), &ctx.namespace);
@@ -266,7 +273,7 @@ pub async fn account_token(ctx: &TestContext, name: &str, audience: &str) -> Str
     }
     let request = TokenRequest {
         spec: TokenRequestSpec {
-            audiences: vec![audience.to_owned()],
+            audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
             expiration_seconds: Some(3600),
             ..TokenRequestSpec::default()
         },

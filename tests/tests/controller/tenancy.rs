@@ -15,7 +15,7 @@ use sigil_tests::TestContext;
 use sigil_types::{ClusterSecretStore, Rotation, RotationPhase, SecretStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::rotation::{finished, password_mirror, rotation};
+use crate::rotation::{finished, password_mirror, ready_reason, rotation};
 use crate::support::*;
 use crate::sync::{apply_obj, external, put_secret, store, vault_put, vault_token_store, wait_es};
 
@@ -79,58 +79,20 @@ impl Drop for Listener {
     }
 }
 
-/// The store's `Ready` condition (status, reason, message) once it describes its
+/// A SecretStore's `Ready` condition (status, reason, message) once it describes its
 /// generation.
-async fn store_ready<K>(api: Api<K>, name: &str) -> (String, String, String)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    K: HasConditions,
-{
+async fn store_ready(api: Api<SecretStore>, name: &str) -> (String, String, String) {
     eventually(Duration::from_secs(30), || async {
         let obj = api.get(name).await.ok()?;
-        let (generation, conditions) = obj.conditions()?;
-        let c = conditions.into_iter().find(|c| c.type_ == "Ready")?;
-        (Some(c.observed_generation.unwrap_or_default()) == generation)
+        let c = obj
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (c.observed_generation == obj.metadata.generation)
             .then_some((c.status, c.reason, c.message))
     })
     .await
-}
-
-trait HasConditions {
-    fn conditions(
-        &self,
-    ) -> Option<(
-        Option<i64>,
-        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    )>;
-}
-
-impl HasConditions for SecretStore {
-    fn conditions(
-        &self,
-    ) -> Option<(
-        Option<i64>,
-        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    )> {
-        Some((
-            self.metadata.generation,
-            self.status.as_ref()?.conditions.clone(),
-        ))
-    }
-}
-
-impl HasConditions for ClusterSecretStore {
-    fn conditions(
-        &self,
-    ) -> Option<(
-        Option<i64>,
-        Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    )> {
-        Some((
-            self.metadata.generation,
-            self.status.as_ref()?.conditions.clone(),
-        ))
-    }
 }
 
 /// The JSON body of the first request to `path` that reached `listener`.
@@ -409,19 +371,13 @@ async fn a_sealing_key_rotation_outside_the_controllers_namespace_makes_nothing(
     )
     .await;
     let done = finished(&tenant, "mine-now").await;
-    let status = done.status.unwrap();
-    assert_eq!(status.phase, Some(RotationPhase::Failed));
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(ready.reason, "WrongNamespace");
-    assert!(
-        ready.message.contains(&sigil.namespace),
-        "{}",
-        ready.message
+    assert_eq!(
+        done.status.as_ref().unwrap().phase,
+        Some(RotationPhase::Failed)
     );
+    let (reason, message) = ready_reason(&done);
+    assert_eq!(reason, "WrongNamespace");
+    assert!(message.contains(&sigil.namespace), "{message}");
     assert_eq!(key_secrets().await, keys_before, "no key was made");
 }
 
@@ -440,11 +396,7 @@ async fn forge_status(ctx: &TestContext, name: &str, status: Value) {
 
 /// Vault KV metadata's current version of `key` under the test's prefix.
 async fn current_version(ctx: &TestContext, key: &str) -> u64 {
-    let vault = ctx.env.vault_client(None).unwrap();
-    vaultrs::kv2::read_metadata(&vault, "secret", &format!("{}/{key}", ctx.vault_prefix))
-        .await
-        .unwrap()
-        .current_version
+    crate::rotation::kv_meta(ctx, key).await.0
 }
 
 #[tokio::test]
@@ -459,12 +411,7 @@ async fn a_forged_rotation_status_redirects_no_write_and_no_rollout() {
     crate::rotation::deployment(&ctx, "bystander", "bystander-secret", "env").await;
 
     // The target is rewritten between resolve and stage.
-    let mut doomed = Controller::start_with_env(
-        &ctx,
-        "doomed",
-        &[],
-        &[("FAILPOINTS", "rotation-after-resolve=return")],
-    );
+    let mut doomed = Controller::stopping_after(&ctx, "doomed", "resolve");
     doomed.wait_ready().await;
     wait_es(&ctx, "db", "SecretSynced").await;
     rotation(
@@ -488,25 +435,18 @@ async fn a_forged_rotation_status_redirects_no_write_and_no_rollout() {
     );
     let controller = Controller::start(&ctx, "a", &[]);
     let failed = finished(&ctx, "redirected").await;
-    let status = failed.status.unwrap();
-    assert_eq!(status.phase, Some(RotationPhase::Failed));
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
-    assert_eq!(ready.reason, "InvalidStatus", "{}", ready.message);
+    assert_eq!(
+        failed.status.as_ref().unwrap().phase,
+        Some(RotationPhase::Failed)
+    );
+    let (reason, message) = ready_reason(&failed);
+    assert_eq!(reason, "InvalidStatus", "{message}");
     assert_eq!(current_version(&ctx, "victim").await, victim_before);
     assert_eq!(current_version(&ctx, "db").await, db_before);
     drop(controller);
 
     // The Secrets to restart are rewritten between propagate and restart.
-    let mut doomed = Controller::start_with_env(
-        &ctx,
-        "doomed-again",
-        &[],
-        &[("FAILPOINTS", "rotation-after-propagate=return")],
-    );
+    let mut doomed = Controller::stopping_after(&ctx, "doomed-again", "propagate");
     doomed.wait_ready().await;
     rotation(
         &ctx,
