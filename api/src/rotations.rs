@@ -22,9 +22,7 @@ use crate::auth::Access;
 use crate::error::{ApiError, Result};
 use crate::extract::{Caller, JsonBody, parse_strict};
 
-/// Annotation holding a hash of the spec a Rotation was created with, so that a replay
-/// with the same `Idempotency-Key` can be told from a different request.
-pub const REQUEST_HASH_ANNOTATION: &str = "sigil.dev/request-hash";
+use sigil_types::REQUEST_HASH_ANNOTATION;
 /// The request header that makes a create safe to retry.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 const FIELD_MANAGER: &str = "sigil-api";

@@ -157,7 +157,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
     tracing::info!(?initial_list, "how watches start");
     let mut secret_watch =
         secrets::SecretWatch::new(scoped_api(&client, watch_namespace), initial_list);
-    let (secrets, owned_changes) = secret_watch.owned(unseal::OWNER_LABEL);
+    let (secrets, owned_changes) = secret_watch.owned(sigil_types::SEALED_SECRET_LABEL);
     let context = Arc::new(unseal::Context {
         client: client.clone(),
         events: events.clone(),
@@ -202,7 +202,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         });
     let (sync_context, sync_run) = sync::start(
         client.clone(),
-        secret_watch.owned(sync::external::EXTERNAL_SECRET_LABEL),
+        secret_watch.owned(sigil_types::EXTERNAL_SECRET_LABEL),
         events.clone(),
         metrics.clone(),
         sync::SyncConfig {

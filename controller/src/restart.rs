@@ -25,7 +25,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-pub use sigil_types::{RELOAD_ANNOTATION, RESTARTED_FOR_ANNOTATION};
+use sigil_types::{RELOAD_ANNOTATION, RESTARTED_FOR_ANNOTATION};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 

@@ -19,11 +19,7 @@ use kube::{Api, ResourceExt};
 
 use crate::error::{Error, KubeContext, Result};
 
-/// Annotation with which an existing Secret opts in to being taken over.
-pub const MANAGED_ANNOTATION: &str = "sigil.dev/managed";
-/// Annotation naming the UID of the object a Secret belongs to, also where no owner
-/// reference may be set (an orphaned ExternalSecret target).
-pub const OWNED_BY_ANNOTATION: &str = "sigil.dev/owned-by";
+use sigil_types::{MANAGED_ANNOTATION, OWNED_BY_ANNOTATION};
 
 /// Who writes a Secret, and how much of it.
 pub(crate) struct Claim<'a> {

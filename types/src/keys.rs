@@ -10,10 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sigil_core::PrivateKeyEntry;
 
-/// Label on every Secret that holds a sealing key.
-pub const KEY_LABEL: &str = "sigil.dev/sealing-key";
-/// Label value that marks a sealing key revoked: it no longer opens anything.
-pub const REVOKED_LABEL: &str = "sigil.dev/revoked";
+pub use crate::names::{KEY_LABEL, REVOKED_LABEL};
 /// Data key of the private key line inside a key Secret.
 pub const KEY_DATA: &str = "sigil.key";
 /// The ConfigMap every authenticated user may read to seal.

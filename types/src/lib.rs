@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 pub mod api;
 pub mod external;
 pub mod keys;
+pub mod names;
 pub mod rotation;
 pub mod store;
 
@@ -14,6 +15,7 @@ pub use external::{
     ExternalSecretSpec, ExternalSecretStatus, ExternalSecretTarget, ExternalSecretTemplate,
     ExtractRef, RemoteRef, SecretBinding, SecretStoreRef, StoreKind,
 };
+pub use names::*;
 pub use rotation::{
     ExternalSecretRef, Generate, Rotation, RotationPhase, RotationSpec, RotationStatus,
     RotationStep, RotationTarget, SealingKeyTarget, SealingKeyUse, WorkloadRef,
@@ -34,17 +36,6 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "sigil.dev";
 /// `apiVersion` of every Sigil resource.
 pub const API_VERSION: &str = "sigil.dev/v1";
-
-/// Pod-template annotation the controller sets to roll a Deployment, StatefulSet or
-/// DaemonSet: what the rollout was for (a Rotation's name and version, or
-/// `reload/<secret>@<resourceVersion>`). Setting a value it already has rolls nothing.
-pub const RESTARTED_FOR_ANNOTATION: &str = "sigil.dev/restarted-for";
-/// Workload annotation (value `"true"`) opting a Deployment, StatefulSet or DaemonSet in
-/// to a rollout whenever the data of a Secret its pods consume changes.
-pub const RELOAD_ANNOTATION: &str = "sigil.dev/reload";
-/// ServiceAccount annotation (value `"true"`) allowing stores of its namespace to have
-/// tokens minted for it, when the controller runs with `--store-tokens-need-opt-in`.
-pub const ALLOW_STORE_TOKENS_ANNOTATION: &str = "sigil.dev/allow-store-tokens";
 
 /// Whether `name` is a DNS-1123 subdomain, as the API server requires of object names
 /// (lowercase letters, digits, `-` and `.`, at most 253). Checked before a name read from

@@ -1,7 +1,8 @@
 //! Any body for `POST /v1/namespaces/{namespace}/rotations`: refused with the code its
 //! content calls for, never a panic or a 500, and only a fully valid spec (its target a
-//! DNS-1123 name, since it goes into a URL) gets as far as the API server (503 here). A spec that parses must also survive its own round trip,
-//! since the request hash and the Rotation sent to the API server are its re-encoding.
+//! DNS-1123 name, since it goes into a URL) gets as far as the API server (503 here).
+//! A spec that parses must also survive its own round trip, since the request hash and
+//! the Rotation sent to the API server are its re-encoding.
 //!
 //! The first byte chooses `?dryRun=true` (bit 0) and an `Idempotency-Key` (bit 1, which
 //! adds the replay read); the rest is the body.

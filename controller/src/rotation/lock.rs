@@ -11,8 +11,7 @@ use sigil_types::{Rotation, RotationPhase, RotationTarget};
 use super::{RotationContext, Stop, display_name};
 use crate::error::{KubeContext, Result};
 
-/// Label on every rotation Lease.
-const LOCK_LABEL: &str = "sigil.dev/rotation-lock";
+use sigil_types::ROTATION_LOCK_LABEL;
 /// How often a waiting Rotation looks again.
 const WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -51,7 +50,7 @@ pub(super) async fn acquire(
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
-                    labels: Some([(LOCK_LABEL.to_owned(), "true".to_owned())].into()),
+                    labels: Some([(ROTATION_LOCK_LABEL.to_owned(), "true".to_owned())].into()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(LeaseSpec {

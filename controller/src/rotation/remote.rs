@@ -24,10 +24,7 @@ use crate::sync::external::resolve_store;
 use crate::sync::stores::{Session, StoreObject};
 use sigil_types::store::ProviderRef;
 
-/// `custom_metadata` entry naming the Rotation that writes the next version.
-pub(crate) const CLAIM_ROTATION: &str = "sigil.dev/rotation";
-/// `custom_metadata` entry naming the version that Rotation writes on top of.
-pub(crate) const CLAIM_BASE: &str = "sigil.dev/rotation-base";
+use sigil_types::{ROTATION_BASE_CLAIM, ROTATION_CLAIM};
 /// The staging labels of AWS Secrets Manager.
 const AWSCURRENT: &str = "AWSCURRENT";
 const AWSPENDING: &str = "AWSPENDING";
@@ -105,8 +102,8 @@ pub(super) async fn stage(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<
                 .metadata(key)
                 .await
                 .map_err(|e| provider_stop(e, "read the remote key's metadata"))?;
-            let claimed = meta.custom_metadata.get(CLAIM_ROTATION) == Some(&uid)
-                && meta.custom_metadata.get(CLAIM_BASE) == Some(&base.to_string());
+            let claimed = meta.custom_metadata.get(ROTATION_CLAIM) == Some(&uid)
+                && meta.custom_metadata.get(ROTATION_BASE_CLAIM) == Some(&base.to_string());
             if meta.current_version == base + 1 && claimed {
                 // A write of an earlier attempt that was not recorded: it is this one's.
                 base + 1
@@ -121,7 +118,10 @@ pub(super) async fn stage(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<
                     vault
                         .mark(
                             key,
-                            &[(CLAIM_ROTATION, &uid), (CLAIM_BASE, &base.to_string())],
+                            &[
+                                (ROTATION_CLAIM, &uid),
+                                (ROTATION_BASE_CLAIM, &base.to_string()),
+                            ],
                         )
                         .await
                         .map_err(|e| {

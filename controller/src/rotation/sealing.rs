@@ -16,8 +16,7 @@ use super::{Outcome, RotationContext, Stop, fail, status_of};
 use crate::error::KubeContext;
 use crate::sealed::keys;
 
-/// Label on a key Secret made by a Rotation: the Rotation's UID.
-pub(crate) const ROTATION_LABEL: &str = "sigil.dev/rotation";
+use sigil_types::ROTATION_LABEL;
 
 /// Records the active key as the base.
 pub(super) fn resolve(obj: &Rotation, ctx: &RotationContext) -> Result<Outcome, Stop> {

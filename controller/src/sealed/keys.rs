@@ -178,7 +178,7 @@ pub async fn publish(client: &Client, namespace: &str, state: &KeyState) -> Resu
             "name": PUBLIC_KEYS_CONFIGMAP,
             "namespace": namespace,
             "labels": { "app.kubernetes.io/managed-by": "sigil-controller" },
-            "annotations": { "sigil.dev/active-key": active },
+            "annotations": { sigil_types::ACTIVE_KEY_ANNOTATION: active },
         },
         "data": { PUBLIC_KEYS_DATA: state.public_keys },
     });

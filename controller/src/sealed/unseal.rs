@@ -26,9 +26,7 @@ use crate::sealed::keys::{KeyState, Keys};
 use crate::secrets::{Claim, Mode, OwnedSecrets, Refusal, SecretVersion, SecretWriter, Written};
 use crate::status::{self, Health};
 
-pub use crate::secrets::MANAGED_ANNOTATION;
-/// Label on every Secret the controller writes, so its watch sees only those.
-pub const OWNER_LABEL: &str = "sigil.dev/sealed-secret";
+use sigil_types::SEALED_SECRET_LABEL;
 /// The condition SealedSecrets wrote before `Ready`, kept beside it (same status, reason
 /// and message) for the tools and scripts that read it.
 pub const SYNCED: &str = "Synced";
@@ -290,7 +288,7 @@ fn desired_secret(
     let template = obj.template().cloned().unwrap_or_default();
     let meta = template.metadata.unwrap_or_default();
     let mut labels = meta.labels;
-    labels.insert(OWNER_LABEL.to_owned(), "true".to_owned());
+    labels.insert(SEALED_SECRET_LABEL.to_owned(), "true".to_owned());
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),

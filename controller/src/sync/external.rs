@@ -28,14 +28,10 @@ use super::{Held, Scheduled, SyncContext};
 use crate::backoff::ObjectKey;
 use crate::error::{Error, Result};
 use crate::metrics::SyncLabel;
-use crate::secrets::{Claim, Mode, OWNED_BY_ANNOTATION, Refusal, SecretVersion, Written};
+use crate::secrets::{Claim, Mode, Refusal, SecretVersion, Written};
 use crate::status::{self, Health};
 
-/// Annotation whose every new value refreshes at once, bypassing the read cache.
-pub const FORCE_SYNC_ANNOTATION: &str = "sigil.dev/force-sync";
-/// Label on every Secret an ExternalSecret writes, so that the controller's watch sees
-/// (and restores) them.
-pub const EXTERNAL_SECRET_LABEL: &str = "sigil.dev/external-secret";
+use sigil_types::{EXTERNAL_SECRET_LABEL, FORCE_SYNC_ANNOTATION, OWNED_BY_ANNOTATION};
 /// The field manager prefix of `Merge` writes; the ExternalSecret's UID follows.
 const MERGE_MANAGER_PREFIX: &str = "sigil-controller/es/";
 /// How often a Secret that is in the way is looked at again.

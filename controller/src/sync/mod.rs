@@ -26,7 +26,7 @@ pub mod external;
 pub mod stores;
 pub mod values;
 
-pub use external::{EXTERNAL_SECRET_LABEL, FORCE_SYNC_ANNOTATION, SyncReason};
+pub use external::SyncReason;
 
 /// (remote key, version) → when the value an ExternalSecret holds was read.
 pub(crate) type Held = std::collections::BTreeMap<(String, Option<String>), Instant>;

@@ -171,7 +171,13 @@ fn secret(owner: &SealedSecret, pass: usize, i: usize) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(format!("limit-{pass}-{i}")),
-            labels: Some([("sigil.dev/sealed-secret".to_owned(), "true".to_owned())].into()),
+            labels: Some(
+                [(
+                    sigil_types::SEALED_SECRET_LABEL.to_owned(),
+                    "true".to_owned(),
+                )]
+                .into(),
+            ),
             owner_references: owner.controller_owner_ref(&()).map(|o| vec![o]),
             ..ObjectMeta::default()
         },

@@ -225,7 +225,7 @@ async fn a_flooded_api_server_slows_the_controller_down_and_nothing_is_lost() {
     );
     for i in 0..SEALED {
         let secret = secrets.get(&format!("app-{i}")).await.unwrap();
-        assert_eq!(secret.labels()["sigil.dev/sealed-secret"], "true");
+        assert_eq!(secret.labels()[sigil_types::SEALED_SECRET_LABEL], "true");
         let data = secret.data.unwrap();
         assert_eq!(
             data["password"].0,

@@ -123,7 +123,7 @@ async fn keys_are_made_published_and_picked_up_without_a_restart() {
             .unwrap()
             .trim(),
     );
-    let revoke = serde_json::json!({"metadata": {"labels": {"sigil.dev/revoked": "true"}}});
+    let revoke = serde_json::json!({"metadata": {"labels": {sigil_types::REVOKED_LABEL: "true"}}});
     Api::<Secret>::namespaced(ctx.kube.clone(), &ns)
         .patch(
             &format!("sigil-sealing-key-{dr_id}"),

@@ -125,7 +125,7 @@ fn restarted_for(d: &Deployment) -> Option<String> {
         .as_ref()?
         .annotations
         .as_ref()?
-        .get("sigil.dev/restarted-for")
+        .get(sigil_types::RESTARTED_FOR_ANNOTATION)
         .cloned()
 }
 
@@ -288,7 +288,7 @@ async fn vault_rotation_refreshes_every_mirror_restarts_consumers_and_keeps_hist
         status.new_version.as_deref(),
         Some(current.to_string().as_str())
     );
-    assert_eq!(custom.get("sigil.dev/rotation"), done.uid().as_ref());
+    assert_eq!(custom.get(sigil_types::ROTATION_CLAIM), done.uid().as_ref());
     let new = kv_version(&ctx, "db", current).await;
     let old = kv_version(&ctx, "db", base).await;
     assert_eq!(new["user"], "app");
@@ -812,7 +812,11 @@ async fn sealing_key_rotation_makes_a_new_active_key_and_counts_old_users() {
     })
     .await;
     let keys: Vec<Secret> = Api::<Secret>::namespaced(ctx.kube.clone(), &ctx.namespace)
-        .list(&ListParams::default().labels(&format!("sigil.dev/rotation={}", done.uid().unwrap())))
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            sigil_types::ROTATION_LABEL,
+            done.uid().unwrap()
+        )))
         .await
         .unwrap()
         .items;

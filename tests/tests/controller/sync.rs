@@ -602,8 +602,7 @@ async fn changes_are_picked_up_on_the_interval_at_once_with_force_sync_and_edits
     assert_eq!(secret_data(&ctx, "slow").await.unwrap(), map(&[("v", "1")]));
 
     // force-sync: at once, past the cache.
-    let annotate =
-        |value: &str| json!({"metadata": {"annotations": {"sigil.dev/force-sync": value}}});
+    let annotate = |value: &str| json!({"metadata": {"annotations": {sigil_types::FORCE_SYNC_ANNOTATION: value}}});
     Api::<ExternalSecret>::namespaced(ctx.kube.clone(), &ctx.namespace)
         .patch(
             "slow",
@@ -653,7 +652,10 @@ async fn creation_and_deletion_policies() {
     put_secret(&ctx, "taken", &[("mine", "hands off")], &[]).await;
     external(&ctx, "owner", json!({"secretStoreRef": {"name": "vault"}, "target": {"name": "taken"}, "data": data("a", "a")})).await;
     let message = wait_es(&ctx, "owner", "SecretNotOwned").await;
-    assert!(message.contains("sigil.dev/managed"), "{message}");
+    assert!(
+        message.contains(sigil_types::MANAGED_ANNOTATION),
+        "{message}"
+    );
     assert_eq!(
         secret_data(&ctx, "taken").await.unwrap(),
         map(&[("mine", "hands off")])
@@ -663,7 +665,7 @@ async fn creation_and_deletion_policies() {
         &ctx,
         "taken",
         &[("mine", "hands off")],
-        &[("sigil.dev/managed", "true")],
+        &[(sigil_types::MANAGED_ANNOTATION, "true")],
     )
     .await;
     wait_data(&ctx, "taken", &map(&[("a", "1")])).await;

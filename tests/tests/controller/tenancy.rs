@@ -356,7 +356,7 @@ async fn a_sealing_key_rotation_outside_the_controllers_namespace_makes_nothing(
     controller.wait_ready().await;
     let key_secrets = || async {
         Api::<Secret>::namespaced(sigil.kube.clone(), &sigil.namespace)
-            .list(&ListParams::default().labels("sigil.dev/sealing-key"))
+            .list(&ListParams::default().labels(sigil_types::KEY_LABEL))
             .await
             .unwrap()
             .items

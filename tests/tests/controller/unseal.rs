@@ -151,7 +151,10 @@ async fn a_secret_it_does_not_own_is_left_alone_until_it_opts_in() {
     apply(&ctx, &sealed).await;
 
     let message = wait_reason(&ctx, "app", "SecretNotOwned").await;
-    assert!(message.contains("sigil.dev/managed"), "{message}");
+    assert!(
+        message.contains(sigil_types::MANAGED_ANNOTATION),
+        "{message}"
+    );
     assert_eq!(
         value(&secret(&ctx, "app").await.unwrap(), "token").unwrap(),
         b"hand-made"
@@ -165,7 +168,8 @@ async fn a_secret_it_does_not_own_is_left_alone_until_it_opts_in() {
     })
     .await;
 
-    let opt_in = serde_json::json!({"metadata": {"annotations": {"sigil.dev/managed": "true"}}});
+    let opt_in =
+        serde_json::json!({"metadata": {"annotations": {sigil_types::MANAGED_ANNOTATION: "true"}}});
     secrets
         .patch("app", &PatchParams::default(), &Patch::Merge(&opt_in))
         .await
@@ -207,7 +211,7 @@ async fn a_secret_bitnami_made_is_handed_over_without_a_gap() {
                 block_owner_deletion: Some(true),
             }]),
             annotations: Some(BTreeMap::from([(
-                "sigil.dev/managed".to_owned(),
+                sigil_types::MANAGED_ANNOTATION.to_owned(),
                 "true".to_owned(),
             )])),
             ..Default::default()

@@ -612,7 +612,7 @@ async fn mark_merges_custom_metadata_and_missing_keys_are_not_found() -> Result<
         .mark(
             &key,
             &[
-                ("sigil.dev/rotation", "pending"),
+                (sigil_types::ROTATION_CLAIM, "pending"),
                 ("sigil.dev/pending", "2"),
             ],
         )
@@ -629,18 +629,18 @@ async fn mark_merges_custom_metadata_and_missing_keys_are_not_found() -> Result<
         meta.custom_metadata,
         entries(&[
             ("owner", "team-a"),
-            ("sigil.dev/rotation", "pending"),
+            (sigil_types::ROTATION_CLAIM, "pending"),
             ("sigil.dev/pending", "2"),
         ])
     );
     session
-        .mark(&key, &[("sigil.dev/rotation", "done")])
+        .mark(&key, &[(sigil_types::ROTATION_CLAIM, "done")])
         .await?;
     assert_eq!(
         session.metadata(&key).await?.custom_metadata,
         entries(&[
             ("owner", "team-a"),
-            ("sigil.dev/rotation", "done"),
+            (sigil_types::ROTATION_CLAIM, "done"),
             ("sigil.dev/pending", "2"),
         ])
     );
