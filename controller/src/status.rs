@@ -4,23 +4,8 @@
 //! a new way.
 //!
 //! Every kind says how it is in one [`Health`], which [`conditions`] turns into the
-//! conditions GitOps tools read, so that kstatus (`sigs.k8s.io/cli-utils`, used by Flux),
-//! Flux and Argo CD agree:
-//!
-//! | health | conditions | kstatus | Argo CD (chart README) |
-//! |---|---|---|---|
-//! | [`Health::Ready`] | `Ready=True` | Current | Healthy |
-//! | [`Health::Progressing`] | `Ready=False`, `Reconciling=True` | InProgress | Progressing |
-//! | [`Health::Failed`] | `Ready=False`, `Stalled=True` | Failed | Degraded |
-//!
-//! kstatus decides, in this order: `metadata.generation` differs from
-//! `status.observedGeneration` → InProgress; a `Reconciling` condition with status True →
-//! InProgress; a `Stalled` condition with status True → Failed; then (for kinds it has no
-//! rule of its own for) `Ready=True` → Current and `Ready=False` → InProgress, never
-//! Failed. Hence `Stalled`: without it a failure would read as work in progress until a
-//! GitOps tool's timeout. `Reconciling` and `Stalled` follow the "abnormal-true" polarity
-//! and are written only while true, as Flux's controllers do; each carries `Ready`'s
-//! reason and message. Every condition carries the `observedGeneration` it describes.
+//! `Ready`, `Reconciling` and `Stalled` conditions that kstatus, Flux and Argo CD read
+//! alike (docs/design.md, "Conditions", says how each tool judges them).
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

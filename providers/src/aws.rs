@@ -338,7 +338,7 @@ impl AwsSession {
         let asked = version.map(str::trim).filter(|v| !v.is_empty());
         let mut request = self.client.get_secret_value().secret_id(key);
         request = match &selector {
-            // Ask for the label explicitly: equal on AWS, and moto 5.2.5 answers a
+            // Ask for the label explicitly: equal on AWS, and moto answers a
             // label-less call with a stale version after a stage move.
             Version::Current => request.version_stage("AWSCURRENT"),
             Version::Id(id) => request.version_id(id),
@@ -417,7 +417,7 @@ impl AwsSession {
     /// Versions without a label are deprecated and left out: AWS does not list them,
     /// and moto's listing of them is dropped so that both answer alike. DescribeSecret
     /// rather than ListSecretVersionIds because AWS's rotation permissions include it
-    /// (and moto 5.2.5 answers ListSecretVersionIds for a missing secret with HTTP
+    /// (and moto answers ListSecretVersionIds for a missing secret with HTTP
     /// 500). A secret that does not exist is [`Error::NotFound`].
     pub async fn versions(&self, key: &str) -> Result<Vec<SecretVersion>> {
         let key = secret_id(key)?;
@@ -455,7 +455,7 @@ impl AwsSession {
     /// Idempotent: repeating the call with the same token and value succeeds and adds
     /// no version (and changes no label of the version that exists). The same token
     /// with another value is [`Error::Conflict`] (`ResourceExistsException`) on AWS;
-    /// moto 5.2.5 instead overwrites a version that is still `AWSPENDING`. `value`
+    /// moto instead overwrites a version that is still `AWSPENDING`. `value`
     /// must be UTF-8 (it is sent as `SecretString`) and `token` 32 to 64 characters,
     /// e.g. a UUID; otherwise [`Error::InvalidConfig`], without a request.
     ///
@@ -608,7 +608,7 @@ impl AwsSession {
                     continue;
                 };
                 if !entry.version_stages().iter().any(|s| s == "AWSCURRENT") {
-                    // AWS answers with the AWSCURRENT version and its labels; moto 5.2.5
+                    // AWS answers with the AWSCURRENT version and its labels; moto
                     // with the secret's first version, whatever is current since a stage
                     // move. Such an entry is read again on its own, by label.
                     stale.push(id);

@@ -576,7 +576,8 @@ mod tests {
 
     use super::*;
 
-    /// Fixtures written by the real kubeseal v0.36.6 (see tests/cmd/migrate.md).
+    /// Fixtures written by the real kubeseal, at the version `tests/env/versions.env`
+    /// pins (see tests/cmd/migrate.md).
     macro_rules! fixture {
         ($name:literal) => {
             include_str!(concat!("../tests/cmd/migrate.in/", $name))

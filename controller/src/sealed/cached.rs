@@ -3,8 +3,7 @@
 //! memory that still serves every reconcile: the values in one boxed slice rather than a
 //! map, and of the status only what a reconcile reads back (the conditions' types,
 //! statuses, reasons and transition times, the key IDs) and a fingerprint of the rest, to
-//! tell whether a status it computes is new. At 10,000 objects this is about half the
-//! memory of the full objects (issue 11).
+//! tell whether a status it computes is new.
 
 use std::borrow::Cow;
 use std::hash::{DefaultHasher, Hash, Hasher};
