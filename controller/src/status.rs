@@ -194,7 +194,7 @@ const EVENT_WINDOW: Duration = Duration::from_millis(500);
 /// Events are best effort, as in client-go: when the queue is full, the newest are
 /// dropped and counted.
 #[derive(Clone)]
-pub struct Events {
+pub(crate) struct Events {
     queue: tokio::sync::mpsc::Sender<(Event, ObjectReference)>,
     arrived: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
@@ -202,7 +202,7 @@ pub struct Events {
 
 impl Events {
     /// Starts the publishing task.
-    pub fn start(client: kube::Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn start(client: kube::Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
         let (queue, mut waiting) = tokio::sync::mpsc::channel(EVENT_QUEUE);
         let arrived = Arc::new(AtomicU64::new(0));
         let counter = arrived.clone();

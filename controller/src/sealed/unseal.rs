@@ -186,7 +186,7 @@ impl Failure {
     }
 
     /// The words for data key `key`, as status, Events and verify give them.
-    pub fn message(&self, key: &str) -> String {
+    pub(crate) fn message(&self, key: &str) -> String {
         format!("key `{key}`: {}", self.detail)
     }
 }

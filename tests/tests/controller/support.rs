@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use sigil_tests::{TestContext, repo_root};
-pub use sigil_tests::{free_addr, http_get};
+pub(crate) use sigil_tests::{free_addr, http_get};
 use sigil_types::SealedSecret;
 
 /// Builds the binaries once per test process (the test binary does not depend on them).
@@ -49,14 +49,14 @@ fn binary(name: &str) -> PathBuf {
 }
 
 /// Installs the CRDs from the chart (idempotent; shared by every test).
-pub async fn install_crds(client: &Client) {
+pub(crate) async fn install_crds(client: &Client) {
     sigil_tests::install_crds(client)
         .await
         .expect("installing the chart's CRDs");
 }
 
 /// Polls `check` until it gives a value, or panics after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -76,7 +76,7 @@ where
 
 /// A server process, killed when dropped; its logs (stderr) and audit lines (stdout)
 /// are kept in files for inspection, and their tail printed when a test fails.
-pub struct Process {
+pub(crate) struct Process {
     child: Child,
     name: &'static str,
     log: PathBuf,
@@ -108,12 +108,12 @@ impl Process {
     }
 
     /// Everything the process logged so far.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The audit lines (stdout) so far, parsed.
-    pub fn audit(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn audit(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.audit)
             .unwrap_or_default()
             .lines()
@@ -122,7 +122,7 @@ impl Process {
     }
 
     /// Waits for the process to exit on its own; its exit code.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let child = &mut self.child;
         eventually(timeout, || {
             let status = child.try_wait().unwrap();
@@ -132,13 +132,13 @@ impl Process {
     }
 
     /// SIGKILL: a crash, with no chance to release the Lease.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// SIGTERM: the way Kubernetes stops a pod.
-    pub fn terminate(&mut self) {
+    pub(crate) fn terminate(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -160,7 +160,7 @@ impl Drop for Process {
 }
 
 /// A `sigil-controller` process, killed when dropped.
-pub struct Controller {
+pub(crate) struct Controller {
     process: Process,
     /// Address of /healthz, /readyz, /metrics and the internal endpoints.
     pub http: SocketAddr,
@@ -183,12 +183,12 @@ impl std::ops::DerefMut for Controller {
 impl Controller {
     /// Starts a controller whose keys, Lease and SealedSecrets all live in the test's
     /// namespace.
-    pub fn start(ctx: &TestContext, identity: &str, extra: &[&str]) -> Self {
+    pub(crate) fn start(ctx: &TestContext, identity: &str, extra: &[&str]) -> Self {
         Self::start_with_env(ctx, identity, extra, &[])
     }
 
     /// Like [`Controller::start`], with extra environment variables (e.g. `FAILPOINTS`).
-    pub fn start_with_env(
+    pub(crate) fn start_with_env(
         ctx: &TestContext,
         identity: &str,
         extra: &[&str],
@@ -199,14 +199,14 @@ impl Controller {
 
     /// A controller that exits (status 86) once a Rotation has recorded `step`, to
     /// stand for a crash right after it.
-    pub fn stopping_after(ctx: &TestContext, identity: &str, step: &str) -> Self {
+    pub(crate) fn stopping_after(ctx: &TestContext, identity: &str, step: &str) -> Self {
         let point = format!("rotation-after-{step}=return");
         Self::start_with_env(ctx, identity, &[], &[("FAILPOINTS", &point)])
     }
 
     /// A controller whose keys and Lease live in `namespace` and which serves the
     /// objects of `watch_namespace`; sigil-api is `sigil-api` of `namespace`.
-    pub fn start_in(
+    pub(crate) fn start_in(
         ctx: &TestContext,
         namespace: &str,
         watch_namespace: &str,
@@ -240,12 +240,12 @@ impl Controller {
     }
 
     /// GET on the internal HTTP server: (status code, body).
-    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+    pub(crate) fn get(&self, path: &str) -> Option<(u16, String)> {
         http_get(self.http, path)
     }
 
     /// Waits until /readyz says ready.
-    pub async fn wait_ready(&self) {
+    pub(crate) async fn wait_ready(&self) {
         eventually(Duration::from_secs(30), || async {
             (self.get("/readyz")?.0 == 200).then_some(())
         })
@@ -254,17 +254,17 @@ impl Controller {
 }
 
 /// The ServiceAccount whose tokens the test controllers take as sigil-api's.
-pub const API_SERVICE_ACCOUNT: &str = "sigil-api";
+pub(crate) const API_SERVICE_ACCOUNT: &str = "sigil-api";
 
 /// A token of the test namespace's `sigil-api` ServiceAccount (made when missing) for
 /// `audience`: what the chart projects into sigil-api's pod for the controller.
-pub async fn api_token(ctx: &TestContext, audience: &str) -> String {
+pub(crate) async fn api_token(ctx: &TestContext, audience: &str) -> String {
     account_token(ctx, API_SERVICE_ACCOUNT, &[audience]).await
 }
 
 /// A token of ServiceAccount `name` of the test's namespace (made when missing) for
 /// `audiences` (none: the API server's own).
-pub async fn account_token(ctx: &TestContext, name: &str, audiences: &[&str]) -> String {
+pub(crate) async fn account_token(ctx: &TestContext, name: &str, audiences: &[&str]) -> String {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
     let accounts = Api::<ServiceAccount>::namespaced(ctx.kube.clone(), &ctx.namespace);
@@ -291,7 +291,7 @@ pub async fn account_token(ctx: &TestContext, name: &str, audiences: &[&str]) ->
 /// A `sigil-api` process on plain HTTP, serving the test's namespace as Sigil's own and
 /// calling `controller`'s internal endpoints with a token of its own ServiceAccount;
 /// killed when dropped.
-pub struct ApiServer {
+pub(crate) struct ApiServer {
     process: Process,
     /// Holds the token file sigil-api sends to the controller.
     _token_dir: Option<tempfile::TempDir>,
@@ -317,7 +317,7 @@ impl std::ops::DerefMut for ApiServer {
 impl ApiServer {
     /// Starts the API on plain HTTP with the admin kubeconfig as its own identity, and
     /// waits until ready.
-    pub async fn start(ctx: &TestContext, controller: &Controller, extra: &[&str]) -> Self {
+    pub(crate) async fn start(ctx: &TestContext, controller: &Controller, extra: &[&str]) -> Self {
         let token_dir = tempfile::tempdir().unwrap();
         let token_file = token_dir.path().join("token");
         std::fs::write(&token_file, api_token(ctx, "sigil-controller").await).unwrap();
@@ -340,7 +340,7 @@ impl ApiServer {
     }
 
     /// Starts the API with `flags` (e.g. `--tls-cert`), without waiting.
-    pub fn spawn(ctx: &TestContext, controller_url: &str, flags: &[&str]) -> Self {
+    pub(crate) fn spawn(ctx: &TestContext, controller_url: &str, flags: &[&str]) -> Self {
         let addr = free_addr();
         let process = Process::spawn(
             "sigil-api",
@@ -365,13 +365,13 @@ impl ApiServer {
     }
 
     /// The port it listens on.
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.addr.port()
     }
 }
 
 /// Runs `sigil` with `stdin`, pointed at the test environment's cluster.
-pub fn sigil(ctx: &TestContext, dir: &Path, args: &[&str], stdin: &str) -> Output {
+pub(crate) fn sigil(ctx: &TestContext, dir: &Path, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(binary("sigil"))
         .args(args)
         .current_dir(dir)
@@ -391,7 +391,7 @@ pub fn sigil(ctx: &TestContext, dir: &Path, args: &[&str], stdin: &str) -> Outpu
 }
 
 /// Like [`sigil`], asserting success; returns stdout.
-pub fn sigil_ok(ctx: &TestContext, dir: &Path, args: &[&str], stdin: &str) -> String {
+pub(crate) fn sigil_ok(ctx: &TestContext, dir: &Path, args: &[&str], stdin: &str) -> String {
     let out = sigil(ctx, dir, args, stdin);
     assert!(
         out.status.success(),
@@ -402,7 +402,7 @@ pub fn sigil_ok(ctx: &TestContext, dir: &Path, args: &[&str], stdin: &str) -> St
 }
 
 /// A Secret manifest with `stringData`.
-pub fn secret_yaml(namespace: &str, name: &str, data: &[(&str, &str)]) -> String {
+pub(crate) fn secret_yaml(namespace: &str, name: &str, data: &[(&str, &str)]) -> String {
     let mut yaml = format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\nstringData:\n"
     );
@@ -413,7 +413,7 @@ pub fn secret_yaml(namespace: &str, name: &str, data: &[(&str, &str)]) -> String
 }
 
 /// Seals with the cluster's published key (no --cert) and returns the SealedSecret.
-pub fn seal_with_cluster_key(ctx: &TestContext, dir: &Path, secret: &str) -> SealedSecret {
+pub(crate) fn seal_with_cluster_key(ctx: &TestContext, dir: &Path, secret: &str) -> SealedSecret {
     let yaml = sigil_ok(
         ctx,
         dir,
@@ -424,7 +424,7 @@ pub fn seal_with_cluster_key(ctx: &TestContext, dir: &Path, secret: &str) -> Sea
 }
 
 /// Creates or replaces a SealedSecret, as `kubectl apply --server-side` would.
-pub async fn apply(ctx: &TestContext, sealed: &SealedSecret) {
+pub(crate) async fn apply(ctx: &TestContext, sealed: &SealedSecret) {
     let api: Api<SealedSecret> = Api::namespaced(ctx.kube.clone(), &ctx.namespace);
     let mut sealed = sealed.clone();
     sealed.metadata.namespace = Some(ctx.namespace.clone());
@@ -438,7 +438,10 @@ pub async fn apply(ctx: &TestContext, sealed: &SealedSecret) {
 }
 
 /// The `Synced` condition of a SealedSecret, once its status describes its generation.
-pub async fn synced_condition(ctx: &TestContext, name: &str) -> Option<(String, String, String)> {
+pub(crate) async fn synced_condition(
+    ctx: &TestContext,
+    name: &str,
+) -> Option<(String, String, String)> {
     let api: Api<SealedSecret> = Api::namespaced(ctx.kube.clone(), &ctx.namespace);
     let obj = api.get(name).await.ok()?;
     let status = obj.status?;
@@ -453,7 +456,7 @@ pub async fn synced_condition(ctx: &TestContext, name: &str) -> Option<(String, 
 }
 
 /// Waits until the `Synced` condition has `reason`; returns its message.
-pub async fn wait_reason(ctx: &TestContext, name: &str, reason: &str) -> String {
+pub(crate) async fn wait_reason(ctx: &TestContext, name: &str, reason: &str) -> String {
     eventually(Duration::from_secs(30), || async {
         let (_, r, message) = synced_condition(ctx, name).await?;
         (r == reason).then_some(message)
@@ -463,7 +466,7 @@ pub async fn wait_reason(ctx: &TestContext, name: &str, reason: &str) -> String 
 
 /// Flips a bit of a sealed value's last byte (its ciphertext's tag): a value altered
 /// after sealing.
-pub fn tamper(sealed: &str) -> String {
+pub(crate) fn tamper(sealed: &str) -> String {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
     let mut bytes = STANDARD.decode(sealed).unwrap();
@@ -474,7 +477,7 @@ pub fn tamper(sealed: &str) -> String {
 
 /// Makes an offline key pair `NAME.key`/`NAME.pub` in `dir` and seals `secret` to it:
 /// a SealedSecret this cluster cannot open until the key is imported.
-pub fn seal_with_offline_key(
+pub(crate) fn seal_with_offline_key(
     ctx: &TestContext,
     dir: &Path,
     name: &str,
@@ -499,7 +502,7 @@ pub fn seal_with_offline_key(
 }
 
 /// `sigil keys import` of `file` into the test's namespace; returns what it printed.
-pub fn import_key(ctx: &TestContext, dir: &Path, file: &str) -> String {
+pub(crate) fn import_key(ctx: &TestContext, dir: &Path, file: &str) -> String {
     sigil_ok(
         ctx,
         dir,
@@ -517,7 +520,7 @@ pub fn import_key(ctx: &TestContext, dir: &Path, file: &str) -> String {
 
 /// The Events of the test's namespace once `check` holds for them: the controller
 /// publishes its Events after it writes status (during a burst, once the burst is over).
-pub async fn events_once(ctx: &TestContext, check: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+pub(crate) async fn events_once(ctx: &TestContext, check: impl Fn(&[Event]) -> bool) -> Vec<Event> {
     eventually(Duration::from_secs(20), || async {
         let events = Api::<Event>::namespaced(ctx.kube.clone(), &ctx.namespace)
             .list(&ListParams::default())

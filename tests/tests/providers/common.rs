@@ -11,13 +11,13 @@ type Report = (Provider, Operation, Result<(), ErrorKind>);
 
 /// Counts every report by operation and outcome.
 #[derive(Debug, Default)]
-pub struct Counter {
+pub(crate) struct Counter {
     seen: Mutex<HashMap<Report, u64>>,
 }
 
 impl Counter {
     /// Reports of `operation` with any outcome.
-    pub fn total(&self, operation: Operation) -> u64 {
+    pub(crate) fn total(&self, operation: Operation) -> u64 {
         self.seen
             .lock()
             .unwrap()
@@ -28,7 +28,7 @@ impl Counter {
     }
 
     /// Reports of `operation` that succeeded.
-    pub fn ok(&self, operation: Operation) -> u64 {
+    pub(crate) fn ok(&self, operation: Operation) -> u64 {
         self.seen
             .lock()
             .unwrap()
@@ -39,7 +39,7 @@ impl Counter {
     }
 
     /// Reports of `operation` that failed with `kind`.
-    pub fn failed(&self, operation: Operation, kind: ErrorKind) -> u64 {
+    pub(crate) fn failed(&self, operation: Operation, kind: ErrorKind) -> u64 {
         self.seen
             .lock()
             .unwrap()
