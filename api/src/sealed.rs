@@ -117,6 +117,23 @@ async fn through_controller(
                 .to_owned(),
         )
     })?;
+    // An empty namespace or name would make the access review cover every namespace or
+    // every SealedSecret of one; the controller refuses both anyway.
+    if !sigil_types::is_dns_label(&namespace) {
+        return Err(ApiError::Invalid(format!(
+            "`metadata.namespace` `{namespace}` is not a namespace name: set the namespace the SealedSecret was sealed for"
+        )));
+    }
+    if !sealed
+        .metadata
+        .name
+        .as_deref()
+        .is_some_and(sigil_types::is_object_name)
+    {
+        return Err(ApiError::Invalid(
+            "`metadata.name` is missing or not an object name: set the name the SealedSecret was sealed for".to_owned(),
+        ));
+    }
     caller
         .authorize(
             state,

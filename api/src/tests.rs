@@ -367,6 +367,31 @@ async fn verify_needs_the_namespace_it_was_sealed_for() {
 }
 
 #[tokio::test]
+async fn verify_refuses_an_empty_namespace_or_name_before_asking_rbac() {
+    for (metadata, field) in [
+        (r#"{"name": "db", "namespace": ""}"#, "metadata.namespace"),
+        (r#"{"namespace": "prod"}"#, "metadata.name"),
+        (r#"{"name": "../x", "namespace": "prod"}"#, "metadata.name"),
+    ] {
+        let sealed = format!(
+            r#"{{"apiVersion": "sigil.dev/v1", "kind": "SealedSecret", "metadata": {metadata}, "spec": {{"encryptedData": {{}}}}}}"#
+        );
+        let request = Request::post("/v1/reseal")
+            .header(header::AUTHORIZATION, "Bearer admin")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(sealed))
+            .unwrap();
+        let (status, body) = call(app(settings()), request).await;
+        assert_eq!(
+            (status, body.code.as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            "{metadata}"
+        );
+        assert!(body.message.contains(field), "{}", body.message);
+    }
+}
+
+#[tokio::test]
 async fn the_served_openapi_document_is_the_checked_in_one() {
     let request = Request::get("/v1/openapi.json")
         .body(Body::empty())
