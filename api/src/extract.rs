@@ -104,8 +104,13 @@ impl Caller {
     }
 }
 
-/// A request body of at most `--max-body-bytes`, which must be JSON unless it is empty.
-pub struct JsonBody(pub Bytes);
+/// A request body of at most `--max-body-bytes` (and at most `MAX` bytes when `MAX` is not
+/// zero), which must be JSON unless it is empty.
+pub struct JsonBody<const MAX: usize = 0>(pub Bytes);
+
+/// The most a Rotation's spec needs (its longest field, `reason`, is 1 KiB): a caller
+/// with a valid token cannot make the API buffer `--max-body-bytes` per request here.
+pub const SPEC_BODY_LIMIT: usize = 16 * 1024;
 
 fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim();
@@ -118,11 +123,14 @@ fn unsupported(content_type: &str) -> ApiError {
     ))
 }
 
-impl FromRequest<AppState> for JsonBody {
+impl<const MAX: usize> FromRequest<AppState> for JsonBody<MAX> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self> {
-        let limit = state.settings.max_body_bytes;
+        let limit = match MAX {
+            0 => state.settings.max_body_bytes,
+            max => max.min(state.settings.max_body_bytes),
+        };
         let content_type = request
             .headers()
             .get(CONTENT_TYPE)

@@ -20,7 +20,7 @@ use sigil_types::{ExternalSecret, Rotation, RotationSpec, SealingKeyTarget};
 use crate::AppState;
 use crate::auth::Access;
 use crate::error::{ApiError, Result};
-use crate::extract::{Caller, JsonBody, parse_strict};
+use crate::extract::{Caller, JsonBody, SPEC_BODY_LIMIT, parse_strict};
 
 use sigil_types::REQUEST_HASH_ANNOTATION;
 /// The request header that makes a create safe to retry.
@@ -118,7 +118,7 @@ pub async fn create(
     query: Result<Query<CreateQuery>, QueryRejection>,
     headers: HeaderMap,
     caller: Caller,
-    JsonBody(body): JsonBody,
+    JsonBody(body): JsonBody<SPEC_BODY_LIMIT>,
 ) -> Result<(StatusCode, Json<Rotation>)> {
     check_namespace(&namespace)?;
     let Query(query) = query.map_err(|err| {
@@ -199,7 +199,7 @@ pub async fn rotate_sealing_key(
     State(state): State<AppState>,
     headers: HeaderMap,
     caller: Caller,
-    JsonBody(body): JsonBody,
+    JsonBody(body): JsonBody<SPEC_BODY_LIMIT>,
 ) -> Result<(StatusCode, Json<Rotation>)> {
     let idempotency_key = idempotency_key(&headers)?;
     let namespace = state.settings.namespace.clone();

@@ -135,6 +135,24 @@ async fn a_valid_token_without_rbac_is_403_naming_the_permission() {
 }
 
 #[tokio::test]
+async fn a_rotation_spec_has_its_own_small_limit_whatever_max_body_bytes_allows() {
+    let app = app(Settings {
+        max_body_bytes: 2 * 1024 * 1024,
+        ..settings()
+    });
+    let large = format!(
+        r#"{{"reason": "{}"}}"#,
+        "x".repeat(extract::SPEC_BODY_LIMIT)
+    );
+    let (status, body) = call(app, create(Some("admin"), JSON, large)).await;
+    assert_eq!(
+        (status, body.code.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+    );
+    assert!(body.message.contains("16384"), "{}", body.message);
+}
+
+#[tokio::test]
 async fn a_body_over_the_limit_is_413() {
     let huge = format!(r#"{{"reason": "{}"}}"#, "x".repeat(4096));
     let (status, body) = call(app(settings()), create(Some("admin"), JSON, huge.clone())).await;
