@@ -100,8 +100,11 @@ fuzz_target!(|data: &[u8]| {
         (status, bytes)
     });
     assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{}", String::from_utf8_lossy(&answer));
+    // A body may spell the plaintext out itself (a key name, say), which the answer may
+    // quote back to its sender; only one that holds it sealed must never reveal it.
+    let holds = |bytes: &[u8]| bytes.windows(PLAINTEXT.len()).any(|w| w == PLAINTEXT);
     assert!(
-        !answer.windows(PLAINTEXT.len()).any(|w| w == PLAINTEXT),
+        holds(body) || !holds(&answer),
         "the answer holds a plaintext: {}",
         String::from_utf8_lossy(&answer)
     );
