@@ -363,16 +363,20 @@ async fn unknown_paths_answer_json() {
     );
 }
 
+/// `POST path` with `body` as JSON, as the admin.
+fn admin_post(path: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(path)
+        .header(header::AUTHORIZATION, "Bearer admin")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
 #[tokio::test]
 async fn verify_needs_the_namespace_it_was_sealed_for() {
     let sealed = r#"{"apiVersion": "sigil.dev/v1", "kind": "SealedSecret", "metadata": {"name": "db"},
         "spec": {"encryptedData": {}}}"#;
-    let request = Request::post("/v1/verify")
-        .header(header::AUTHORIZATION, "Bearer admin")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(sealed))
-        .unwrap();
-    let (status, body) = call(app(settings()), request).await;
+    let (status, body) = call(app(settings()), admin_post("/v1/verify", sealed)).await;
     assert_eq!(
         (status, body.code.as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
@@ -394,12 +398,7 @@ async fn verify_refuses_an_empty_namespace_or_name_before_asking_rbac() {
         let sealed = format!(
             r#"{{"apiVersion": "sigil.dev/v1", "kind": "SealedSecret", "metadata": {metadata}, "spec": {{"encryptedData": {{}}}}}}"#
         );
-        let request = Request::post("/v1/reseal")
-            .header(header::AUTHORIZATION, "Bearer admin")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(sealed))
-            .unwrap();
-        let (status, body) = call(app(settings()), request).await;
+        let (status, body) = call(app(settings()), admin_post("/v1/reseal", sealed)).await;
         assert_eq!(
             (status, body.code.as_str()),
             (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),

@@ -308,15 +308,11 @@ async fn run_step(
             sealing::resolve(obj, ctx)
         }
         StepName::Resolve => remote::resolve(obj, ctx).await,
-        StepName::Stage => {
-            let target = obj.status.as_ref().and_then(|s| s.target.as_ref());
-            lock::acquire(ctx, obj, target).await?;
-            if sealing {
-                sealing::stage(obj, ctx).await
-            } else {
-                remote::stage(obj, ctx).await
-            }
+        StepName::Stage if sealing => {
+            lock::acquire(ctx, obj, None).await?;
+            sealing::stage(obj, ctx).await
         }
+        StepName::Stage => remote::stage(obj, ctx).await,
         StepName::Promote if sealing => sealing::promote(obj, ctx).await,
         StepName::Promote => remote::promote(obj, ctx).await,
         StepName::Propagate => mirrors::propagate(obj, ctx).await,

@@ -86,6 +86,9 @@ pub(super) async fn resolve(obj: &Rotation, ctx: &Arc<RotationContext>) -> Resul
 /// Writes the new value once, on top of the base version, and records its version.
 pub(super) async fn stage(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
     let (target, base, store) = verified(obj, ctx).await?;
+    // The lock is named by the target as recorded (a Rotation recorded before AWS
+    // servers named their account keeps its Lease), and only once it is verified.
+    super::lock::acquire(ctx, obj, status_of(obj).target.as_ref()).await?;
     let session = session_of(ctx, &store).await?;
     let uid = obj.uid().unwrap_or_default();
     let generate = obj.spec.generate.clone().unwrap_or_default();

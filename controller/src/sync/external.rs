@@ -748,7 +748,7 @@ pub(crate) fn reads_current(obj: &ExternalSecret, key: &str) -> bool {
 }
 
 /// Every ExternalSecret that reads `key` at its current version through a store on
-/// `server` (see [`Stores::server_of`]): the Secrets that mirror that remote key.
+/// `server` (see [`crate::sync::stores::Stores::server_of`]): the Secrets that mirror that remote key.
 pub(crate) async fn mirrors(
     ctx: &SyncContext,
     server: &str,
@@ -760,7 +760,12 @@ pub(crate) async fn mirrors(
             continue;
         }
         let namespace = es.namespace().unwrap_or_default();
+        // The account (a session's STS call) is asked only of stores whose region and
+        // endpoint already match: a propagate polls this.
         if let Ok(store) = resolve_store(&es, &namespace, ctx).await?
+            && store
+                .server()
+                .is_ok_and(|base| server.starts_with(base.as_str()))
             && ctx.stores.server_of(&store).await.ok().as_deref() == Some(server)
         {
             found.push(es);

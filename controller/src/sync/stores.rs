@@ -346,16 +346,25 @@ impl Stores {
         session.map_err(|err| StoreProblem::from_provider(&store.store, &err))
     }
 
-    /// The namespace a reference may name: a SecretStore's own, always; a
-    /// ClusterSecretStore's reference must say which.
+    /// The namespace of an object a store names in `field`: a SecretStore's own, always;
+    /// a ClusterSecretStore's reference must say which. Both names go into a URL, so
+    /// they must be names the API server could hold (`a/../b` would address another
+    /// object).
     fn namespace_of(
         store: &StoreObject,
         field: &str,
         namespace: Option<&str>,
+        name: &str,
     ) -> Result<String, StoreProblem> {
         if let Some(ns) = namespace.filter(|ns| !sigil_types::is_dns_label(ns)) {
             return Err(StoreProblem::Config(format!(
                 "{}: {field}.namespace `{ns}` is not a namespace name",
+                store.store
+            )));
+        }
+        if !sigil_types::is_object_name(name) {
+            return Err(StoreProblem::Config(format!(
+                "{}: {field}.name `{name}` is not an object name (lowercase letters, digits, `-` and `.`)",
                 store.store
             )));
         }
@@ -373,26 +382,14 @@ impl Stores {
         }
     }
 
-    /// A name from the store goes into a URL: `a/../b` must not address another object.
-    fn check_name(store: &StoreObject, field: &str, name: &str) -> Result<(), StoreProblem> {
-        if sigil_types::is_object_name(name) {
-            Ok(())
-        } else {
-            Err(StoreProblem::Config(format!(
-                "{}: {field}.name `{name}` is not an object name (lowercase letters, digits, `-` and `.`)",
-                store.store
-            )))
-        }
-    }
-
     async fn secret_value(
         &self,
         store: &StoreObject,
         field: &str,
         selector: &SecretKeySelector,
     ) -> Result<Zeroizing<String>, StoreProblem> {
-        let namespace = Self::namespace_of(store, field, selector.namespace.as_deref())?;
-        Self::check_name(store, field, &selector.name)?;
+        let namespace =
+            Self::namespace_of(store, field, selector.namespace.as_deref(), &selector.name)?;
         let key = selector.key.as_deref().ok_or_else(|| {
             StoreProblem::Config(format!(
                 "{}: {field}.key is not set; name the key of Secret {namespace}/{} to use",
@@ -437,8 +434,8 @@ impl Stores {
         account: &ServiceAccountSelector,
         default_audience: &str,
     ) -> Result<TokenSource, StoreProblem> {
-        let namespace = Self::namespace_of(store, field, account.namespace.as_deref())?;
-        Self::check_name(store, field, &account.name)?;
+        let namespace =
+            Self::namespace_of(store, field, account.namespace.as_deref(), &account.name)?;
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &namespace);
         let name = account.name.clone();
         if self.store_tokens_need_opt_in {
@@ -619,8 +616,12 @@ impl Stores {
             (Some(bundle), _) => Some(bundle.0.clone()),
             (None, Some(provider)) => {
                 let field = "spec.provider.vault.caProvider";
-                let namespace = Self::namespace_of(store, field, provider.namespace.as_deref())?;
-                Self::check_name(store, field, &provider.name)?;
+                let namespace = Self::namespace_of(
+                    store,
+                    field,
+                    provider.namespace.as_deref(),
+                    &provider.name,
+                )?;
                 let missing = || {
                     StoreProblem::Config(format!(
                         "{}: {field} names {:?} {namespace}/{} key `{}`, which does not exist",
@@ -774,8 +775,8 @@ impl Stores {
         field: &str,
         account: &ServiceAccountSelector,
     ) -> Result<String, StoreProblem> {
-        let namespace = Self::namespace_of(store, field, account.namespace.as_deref())?;
-        Self::check_name(store, field, &account.name)?;
+        let namespace =
+            Self::namespace_of(store, field, account.namespace.as_deref(), &account.name)?;
         let sa = Api::<ServiceAccount>::namespaced(self.client.clone(), &namespace)
             .get_opt(&account.name)
             .await

@@ -399,6 +399,16 @@ async fn current_version(ctx: &TestContext, key: &str) -> u64 {
     crate::rotation::kv_meta(ctx, key).await.0
 }
 
+/// A Rotation `name` of ExternalSecret `db`, left with `step` recorded by a controller
+/// that exits right after it.
+async fn rotation_stopped_after(ctx: &TestContext, name: &str, step: &str) {
+    let mut doomed = Controller::stopping_after(ctx, &format!("doomed-{name}"), step);
+    doomed.wait_ready().await;
+    wait_es(ctx, "db", "SecretSynced").await;
+    rotation(ctx, name, json!({"externalSecretRef": {"name": "db"}})).await;
+    assert_eq!(doomed.wait_exit(Duration::from_secs(60)).await, Some(86));
+}
+
 #[tokio::test]
 async fn a_forged_rotation_status_redirects_no_write_and_no_rollout() {
     let ctx = TestContext::new("tenancy-status").await.unwrap();
@@ -411,17 +421,7 @@ async fn a_forged_rotation_status_redirects_no_write_and_no_rollout() {
     crate::rotation::deployment(&ctx, "bystander", "bystander-secret", "env").await;
 
     // The target is rewritten between resolve and stage.
-    let mut doomed = Controller::stopping_after(&ctx, "doomed", "resolve");
-    doomed.wait_ready().await;
-    wait_es(&ctx, "db", "SecretSynced").await;
-    rotation(
-        &ctx,
-        "redirected",
-        json!({"externalSecretRef": {"name": "db"}}),
-    )
-    .await;
-    assert_eq!(doomed.wait_exit(Duration::from_secs(60)).await, Some(86));
-    drop(doomed);
+    rotation_stopped_after(&ctx, "redirected", "resolve").await;
     let recorded = Api::<Rotation>::namespaced(ctx.kube.clone(), &ctx.namespace)
         .get("redirected")
         .await
@@ -446,16 +446,7 @@ async fn a_forged_rotation_status_redirects_no_write_and_no_rollout() {
     drop(controller);
 
     // The Secrets to restart are rewritten between propagate and restart.
-    let mut doomed = Controller::stopping_after(&ctx, "doomed-again", "propagate");
-    doomed.wait_ready().await;
-    rotation(
-        &ctx,
-        "widened",
-        json!({"externalSecretRef": {"name": "db"}}),
-    )
-    .await;
-    assert_eq!(doomed.wait_exit(Duration::from_secs(60)).await, Some(86));
-    drop(doomed);
+    rotation_stopped_after(&ctx, "widened", "propagate").await;
     forge_status(
         &ctx,
         "widened",
