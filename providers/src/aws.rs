@@ -34,6 +34,9 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::primitives::Blob;
 use secrecy::{ExposeSecret, SecretString};
 
+use zeroize::Zeroizing;
+
+use crate::versioned::{Mark, VersionError, Versioned, doing};
 use crate::{Error, ErrorKind, Observer, Operation, Provider, RemoteValue, Result, TokenSource};
 
 const AWS: Provider = Provider::Aws;
@@ -1014,6 +1017,106 @@ where
         },
         other => other,
     }
+}
+
+/// `stage` puts an `AWSPENDING` version whose VersionId is the mark's token (so AWS
+/// itself refuses a second one), `promote` moves `AWSCURRENT` to it from the base
+/// (AWS refuses the move if someone else moved `AWSCURRENT` meanwhile; the base keeps
+/// `AWSPREVIOUS`), and `clear_staged` drops `AWSPENDING`.
+impl Versioned for AwsSession {
+    fn values_are_objects(&self) -> bool {
+        false
+    }
+
+    async fn current_version(&self, key: &str) -> Result<String, VersionError> {
+        let versions = self
+            .versions(key)
+            .await
+            .map_err(doing("list the remote key's versions"))?;
+        holder(&versions, CURRENT).ok_or(VersionError::NoCurrent)
+    }
+
+    async fn read_version(&self, key: &str, version: &str) -> Result<RemoteValue, VersionError> {
+        self.read(key, Some(&format!("uuid/{version}")))
+            .await
+            .map_err(doing("read a version back"))
+    }
+
+    async fn stage<E: Send>(
+        &self,
+        key: &str,
+        base: &str,
+        mark: Mark<'_>,
+        make: impl FnOnce(&[u8]) -> Result<Zeroizing<Vec<u8>>, E> + Send,
+    ) -> Result<String, VersionError<E>> {
+        let versions = self
+            .versions(key)
+            .await
+            .map_err(doing("list the remote key's versions"))?;
+        if !versions.iter().any(|v| v.id == mark.token) {
+            let current = holder(&versions, CURRENT).unwrap_or_default();
+            if current != base {
+                return Err(VersionError::Moved { now: current });
+            }
+            let old = self
+                .read(key, Some(&format!("uuid/{base}")))
+                .await
+                .map_err(doing("read the base version"))?;
+            let value = make(old.bytes()).map_err(VersionError::Value)?;
+            self.put_pending(key, mark.token, &value)
+                .await
+                .map_err(doing("stage the new version as AWSPENDING"))?;
+        }
+        Ok(mark.token.to_owned())
+    }
+
+    async fn promote(&self, key: &str, base: &str, new: &str) -> Result<(), VersionError> {
+        let versions = self
+            .versions(key)
+            .await
+            .map_err(doing("list the remote key's versions"))?;
+        match holder(&versions, CURRENT) {
+            Some(current) if current == new => Ok(()),
+            Some(current) if current == base => self
+                .move_stage(key, CURRENT, Some(new), Some(base))
+                .await
+                .map_err(|error| match error.kind() {
+                    ErrorKind::Conflict => VersionError::Moved {
+                        now: "another version".to_owned(),
+                    },
+                    _ => VersionError::Store {
+                        doing: "move AWSCURRENT to the new version",
+                        error,
+                    },
+                }),
+            other => Err(VersionError::Moved {
+                now: other.unwrap_or_else(|| "none".to_owned()),
+            }),
+        }
+    }
+
+    async fn clear_staged(&self, key: &str, new: &str) -> Result<(), VersionError> {
+        // A label already gone is success (see `move_stage`); one on another version is
+        // someone else's stage, not this one's to clear.
+        match self.move_stage(key, PENDING, None, Some(new)).await {
+            Err(error) if error.kind() != ErrorKind::Conflict => Err(VersionError::Store {
+                doing: "remove AWSPENDING from the new version",
+                error,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+const CURRENT: &str = "AWSCURRENT";
+const PENDING: &str = "AWSPENDING";
+
+/// The version `stage` is attached to.
+fn holder(versions: &[SecretVersion], stage: &str) -> Option<String> {
+    versions
+        .iter()
+        .find(|v| v.stages.iter().any(|s| s == stage))
+        .map(|v| v.id.clone())
 }
 
 #[cfg(test)]

@@ -16,11 +16,15 @@
 //! with check-and-set and marks progress in a secret's `custom_metadata`; AWS writes
 //! an `AWSPENDING` version under a ClientRequestToken (idempotent) and moves staging
 //! labels only from the version the caller names. A write that finds the secret
-//! changed is an [`ErrorKind::Conflict`].
+//! changed is an [`ErrorKind::Conflict`]. [`versioned::Versioned`] is that protocol as
+//! a rotation speaks it, the same for every store; [`Session`] is either store behind
+//! it.
 
 pub mod aws;
 mod error;
+mod session;
 pub mod vault;
+pub mod versioned;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,6 +34,7 @@ use futures::future::BoxFuture;
 use zeroize::Zeroizing;
 
 pub use error::{Error, ErrorKind, Result};
+pub use session::Session;
 
 /// Which provider a session talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

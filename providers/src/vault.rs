@@ -35,6 +35,7 @@ use vaultrs::client::{VaultClient, VaultClientSettings};
 use vaultrs::error::ClientError;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::versioned::{Mark, VersionError, Versioned, doing};
 use crate::{Error, ErrorKind, Observer, Operation, Provider, RemoteValue, Result, TokenSource};
 
 const VAULT: Provider = Provider::Vault;
@@ -1121,6 +1122,101 @@ fn map_status(
 
 fn invalid_owned(field: &'static str, detail: String) -> Error {
     Error::InvalidConfig { field, detail }
+}
+
+/// KV v2 has no staged versions: a write is current at once, so `stage` writes with
+/// check-and-set on the base after claiming the next version in `custom_metadata`,
+/// and `promote` has nothing left to do.
+impl Versioned for VaultSession {
+    fn values_are_objects(&self) -> bool {
+        true
+    }
+
+    async fn current_version(&self, key: &str) -> Result<String, VersionError> {
+        let meta = self
+            .metadata(key)
+            .await
+            .map_err(doing("read the remote key's metadata"))?;
+        Ok(meta.current_version.to_string())
+    }
+
+    async fn read_version(&self, key: &str, version: &str) -> Result<RemoteValue, VersionError> {
+        let number = kv_version(version)?;
+        self.read(key, Some(number))
+            .await
+            .map_err(doing("read a version back"))
+    }
+
+    async fn stage<E: Send>(
+        &self,
+        key: &str,
+        base: &str,
+        mark: Mark<'_>,
+        make: impl FnOnce(&[u8]) -> Result<Zeroizing<Vec<u8>>, E> + Send,
+    ) -> Result<String, VersionError<E>> {
+        let base = kv_version(base)?;
+        let base_text = base.to_string();
+        let meta = self
+            .metadata(key)
+            .await
+            .map_err(doing("read the remote key's metadata"))?;
+        let entry = |name: &str| meta.custom_metadata.get(name).map(String::as_str);
+        let claimed = entry(mark.token_entry) == Some(mark.token)
+            && entry(mark.base_entry) == Some(&base_text);
+        if meta.current_version == base + 1 && claimed {
+            // A write of an earlier attempt whose answer was lost: it is this stage's.
+            return Ok((base + 1).to_string());
+        }
+        if meta.current_version != base {
+            return Err(VersionError::Moved {
+                now: meta.current_version.to_string(),
+            });
+        }
+        if !claimed {
+            self.mark(
+                key,
+                &[
+                    (mark.token_entry, mark.token),
+                    (mark.base_entry, &base_text),
+                ],
+            )
+            .await
+            .map_err(doing("claim the next version in custom_metadata"))?;
+        }
+        let current = self
+            .read(key, Some(base))
+            .await
+            .map_err(doing("read the base version"))?;
+        let value = make(current.bytes()).map_err(VersionError::Value)?;
+        let written = self
+            .write(key, &value, base)
+            .await
+            .map_err(|error| match error.kind() {
+                ErrorKind::Conflict => VersionError::Moved {
+                    now: "a newer one".to_owned(),
+                },
+                _ => VersionError::Store {
+                    doing: "write the new version",
+                    error,
+                },
+            })?;
+        Ok(written.to_string())
+    }
+
+    async fn promote(&self, _key: &str, _base: &str, _new: &str) -> Result<(), VersionError> {
+        Ok(())
+    }
+
+    async fn clear_staged(&self, _key: &str, _new: &str) -> Result<(), VersionError> {
+        Ok(())
+    }
+}
+
+/// A KV v2 version number, from the text a [`Versioned`] caller holds.
+fn kv_version<E>(version: &str) -> Result<u64, VersionError<E>> {
+    version.parse().map_err(|_| VersionError::NotAVersion {
+        version: version.to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use sigil_types::{ExternalSecret, Rotation, RotationPhase, RotationTarget, WorkloadRef};
 
-use super::remote::{describe, verified};
+use super::target::{describe, verified};
 use super::{Outcome, RotationContext, StepName, Stop, display_name, fail, status_of};
 use crate::restart::{Rolled, Workload};
 use crate::sync::external::mirrors;

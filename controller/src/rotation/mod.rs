@@ -13,6 +13,8 @@ pub(crate) mod lock;
 mod mirrors;
 mod remote;
 mod sealing;
+mod target;
+mod value;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,8 +13,8 @@ use futures::future::{BoxFuture, Shared};
 use sigil_providers::{Error as ProviderError, RemoteValue};
 use tokio::time::Instant;
 
-use super::stores::Session;
 use crate::metrics::{CacheLabel, CacheOutcome, Metrics};
+use sigil_providers::Session;
 
 /// The most secret ids `BatchGetSecretValue` takes in one call.
 const BATCH_LIMIT: usize = 20;
@@ -165,22 +165,21 @@ impl ReadCache {
     }
 
     fn start(self: &Arc<Self>, session: &Arc<Session>, key: &CacheKey, bypass: bool) -> SharedRead {
-        match session.as_ref() {
-            Session::Aws(_) if key.version.is_none() && !bypass => self.join_batch(session, key),
-            _ => {
-                let session = session.clone();
-                let key = key.clone();
-                async move {
-                    let result = session
-                        .read(&key.key, key.version.as_deref())
-                        .await
-                        .map(Arc::new)
-                        .map_err(Arc::new);
-                    (result, Instant::now())
-                }
-                .boxed()
-                .shared()
+        if session.reads_in_batches() && key.version.is_none() && !bypass {
+            self.join_batch(session, key)
+        } else {
+            let session = session.clone();
+            let key = key.clone();
+            async move {
+                let result = session
+                    .read(&key.key, key.version.as_deref())
+                    .await
+                    .map(Arc::new)
+                    .map_err(Arc::new);
+                (result, Instant::now())
             }
+            .boxed()
+            .shared()
         }
     }
 
@@ -255,10 +254,7 @@ impl ReadCache {
         };
         let asked = keys.len();
         keys.extend(self.falling_due(&store, &keys, BATCH_LIMIT - asked % BATCH_LIMIT));
-        let results = match session.as_ref() {
-            Session::Aws(aws) => aws.read_batch(&keys).await,
-            Session::Vault(_) => Vec::new(),
-        };
+        let results = session.read_batch(&keys).await;
         let at = Instant::now();
         let mut values = HashMap::with_capacity(results.len());
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());

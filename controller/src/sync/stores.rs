@@ -17,7 +17,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use secrecy::SecretString;
 use sigil_providers::aws::{AwsAuth, AwsConfig, AwsSession};
 use sigil_providers::vault::{VaultAuth, VaultConfig, VaultSession};
-use sigil_providers::{Error as ProviderError, ErrorKind, Observer, RemoteValue, TokenSource};
+use sigil_providers::{Error as ProviderError, ErrorKind, Observer, Session, TokenSource};
 use sigil_types::store::{
     AwsProvider, CaProviderType, ClusterSecretStoreCondition, ProviderRef, SecretKeySelector,
     SecretStoreSpec, SecretStoreStatus, ServiceAccountSelector, VaultAuthMethod, VaultProvider,
@@ -44,48 +44,6 @@ const IRSA_ROLE_ANNOTATION: &str = "eks.amazonaws.com/role-arn";
 const VAULT_AUDIENCE: &str = "vault";
 /// The audience AWS STS expects of a web identity token.
 const STS_AUDIENCE: &str = "sts.amazonaws.com";
-
-/// A provider session, shared by every ExternalSecret of one store.
-pub(crate) enum Session {
-    /// Vault KV v2.
-    Vault(Box<VaultSession>),
-    /// AWS Secrets Manager.
-    Aws(AwsSession),
-}
-
-impl Session {
-    /// Reads one remote key; `version` is a KV v2 version number or an AWS version
-    /// (`uuid/<VersionId>` or a stage).
-    pub(crate) async fn read(
-        &self,
-        key: &str,
-        version: Option<&str>,
-    ) -> Result<RemoteValue, ProviderError> {
-        match self {
-            Session::Vault(vault) => {
-                let version = version
-                    .map(|v| {
-                        v.parse::<u64>().map_err(|_| ProviderError::InvalidConfig {
-                            field: "remoteRef.version",
-                            detail: format!(
-                                "`{v}` is not a KV v2 version number; use a whole number such as \"3\", or leave it out for the current version"
-                            ),
-                        })
-                    })
-                    .transpose()?;
-                vault.read(key, version).await
-            }
-            Session::Aws(aws) => aws.read(key, version).await,
-        }
-    }
-
-    async fn check(&self) -> Result<(), ProviderError> {
-        match self {
-            Session::Vault(vault) => vault.check().await,
-            Session::Aws(aws) => aws.check().await,
-        }
-    }
-}
 
 /// A store as an ExternalSecret refers to it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -315,15 +273,10 @@ impl Stores {
             return Ok(server);
         }
         let (_, session) = self.session(store).await?;
-        match &*session {
-            Session::Aws(aws) => {
-                let account = aws
-                    .account()
-                    .await
-                    .map_err(|err| StoreProblem::from_provider(&store.store, &err))?;
-                Ok(format!("{server} account {account}"))
-            }
-            Session::Vault(_) => Ok(server),
+        match session.account().await {
+            Ok(Some(account)) => Ok(format!("{server} account {account}")),
+            Ok(None) => Ok(server),
+            Err(err) => Err(StoreProblem::from_provider(&store.store, &err)),
         }
     }
 
