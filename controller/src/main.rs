@@ -1,4 +1,4 @@
-//! `sigil-controller` entry point: flags, logging, then `sigil_controller::run`.
+//! `sigil-controller` entry point: flags, logging, then `sigil_controller::run::run`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
     let api_service_account = args
         .api_service_account
         .unwrap_or_else(|| format!("{}/sigil-api", args.namespace));
-    let config = sigil_controller::Config {
+    let config = sigil_controller::common::Config {
         namespace: args.namespace,
         cluster_name: args.cluster_name,
         key_renewal_period: args.key_renewal_period,
@@ -113,9 +113,9 @@ fn main() -> ExitCode {
         api_service_account,
         initial_list: args.streaming_lists.map(|streaming| {
             if streaming {
-                sigil_controller::InitialList::Streaming
+                sigil_controller::common::watch::InitialList::Streaming
             } else {
-                sigil_controller::InitialList::Paginated
+                sigil_controller::common::watch::InitialList::Paginated
             }
         }),
     };
@@ -128,7 +128,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let client = kube::Client::try_default().await?;
-        sigil_controller::run(config, client).await
+        sigil_controller::run::run(config, client).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

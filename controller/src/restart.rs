@@ -29,8 +29,8 @@ use sigil_types::{RELOAD_ANNOTATION, RESTARTED_FOR_ANNOTATION};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::error::{Error, KubeContext, Result};
-use crate::metrics::{Metrics, RolloutLabel};
+use crate::common::error::{Error, KubeContext, Result};
+use crate::common::metrics::{Metrics, RolloutLabel};
 
 /// The field manager of the restarted-for annotation, apart from the controller's own so
 /// that `managedFields` tells who set it.
@@ -746,7 +746,7 @@ fn workload_events<K: Kind>(
         WorkloadEvent::Seen(workload_of(&obj), secrets)
     };
     watcher(
-        crate::scoped_api::<K>(client, namespace),
+        crate::common::watch::scoped_api::<K>(client, namespace),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()

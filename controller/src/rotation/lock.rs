@@ -9,7 +9,7 @@ use kube::{Api, ResourceExt};
 use sigil_types::{Rotation, RotationPhase, RotationTarget};
 
 use super::{RotationContext, Stop, display_name};
-use crate::error::{KubeContext, Result};
+use crate::common::error::{KubeContext, Result};
 
 use sigil_types::ROTATION_LOCK_LABEL;
 /// How often a waiting Rotation looks again.
@@ -38,14 +38,14 @@ pub(super) async fn acquire(
     obj: &Rotation,
     target: Option<&RotationTarget>,
 ) -> Result<(), Stop> {
-    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let name = lease_name(target);
     let me = holder_of(obj);
     loop {
         let existing = api
             .get_opt(&name)
             .await
-            .during(|| format!("read rotation lock Lease {}/{name}", ctx.namespace))?;
+            .during(|| format!("read rotation lock Lease {}/{name}", ctx.config.namespace))?;
         let Some(lease) = existing else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -62,8 +62,11 @@ pub(super) async fn acquire(
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(status)) if status.code == 409 => continue,
                 Err(err) => {
-                    return Err(Stop::Retry(crate::Error::Kube {
-                        action: format!("create rotation lock Lease {}/{name}", ctx.namespace),
+                    return Err(Stop::Retry(crate::common::Error::Kube {
+                        action: format!(
+                            "create rotation lock Lease {}/{name}",
+                            ctx.config.namespace
+                        ),
                         source: err,
                     }));
                 }
@@ -104,8 +107,11 @@ pub(super) async fn acquire(
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {}
             Err(err) => {
-                return Err(Stop::Retry(crate::Error::Kube {
-                    action: format!("release stale rotation lock Lease {}/{name}", ctx.namespace),
+                return Err(Stop::Retry(crate::common::Error::Kube {
+                    action: format!(
+                        "release stale rotation lock Lease {}/{name}",
+                        ctx.config.namespace
+                    ),
                     source: err,
                 }));
             }
@@ -138,12 +144,12 @@ async fn holder_is_active(ctx: &RotationContext, holder: &str) -> Result<bool> {
 
 /// Gives up `obj`'s Lease if it holds it.
 pub(super) async fn release(ctx: &RotationContext, obj: &Rotation) -> Result<()> {
-    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let api: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let name = lease_name(obj.status.as_ref().and_then(|s| s.target.as_ref()));
     let Some(lease) = api
         .get_opt(&name)
         .await
-        .during(|| format!("read rotation lock Lease {}/{name}", ctx.namespace))?
+        .during(|| format!("read rotation lock Lease {}/{name}", ctx.config.namespace))?
     else {
         return Ok(());
     };
@@ -160,8 +166,11 @@ pub(super) async fn release(ctx: &RotationContext, obj: &Rotation) -> Result<()>
     match api.delete(&name, &params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
-        Err(err) => Err(crate::Error::Kube {
-            action: format!("release rotation lock Lease {}/{name}", ctx.namespace),
+        Err(err) => Err(crate::common::Error::Kube {
+            action: format!(
+                "release rotation lock Lease {}/{name}",
+                ctx.config.namespace
+            ),
             source: err,
         }),
     }

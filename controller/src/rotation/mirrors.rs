@@ -98,14 +98,14 @@ pub(super) async fn propagate(obj: &Rotation, ctx: &Arc<RotationContext>) -> Res
         }
         let waited = Timestamp::now().duration_since(started.0);
         let names: Vec<String> = behind.iter().take(5).map(|es| name_of(es)).collect();
-        if waited.unsigned_abs() > ctx.propagation_timeout {
+        if waited.unsigned_abs() > ctx.config.rotation_propagation_timeout {
             return Err(fail(
                 "PropagationTimedOut",
                 format!(
                     "{} ExternalSecret(s) did not pick up version {new} of {} within {}s: {}; see their Ready conditions. The store holds the new version; no workload was restarted",
                     behind.len(),
                     describe(&target),
-                    ctx.propagation_timeout.as_secs(),
+                    ctx.config.rotation_propagation_timeout.as_secs(),
                     names.join(", ")
                 ),
             ));

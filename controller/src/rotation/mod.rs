@@ -24,62 +24,55 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use sigil_types::{Rotation, RotationPhase, RotationStatus, RotationStep};
 
-use crate::backoff::{Backoff, ObjectKey};
-use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::common::Context;
+use crate::common::backoff::{Backoff, ObjectKey};
+use crate::common::error::{Error, Result};
+use crate::common::status::{self, Health};
+use crate::common::watch::{cache_synced, scoped_api, watch_lean};
 use crate::restart::Restarter;
 use crate::sealed::cached::CachedSealedSecret;
 use crate::sealed::keys::Keys;
-use crate::status::{self, Health};
 use crate::sync::SyncContext;
 
 /// How long a failed step waits at most before it is tried again.
 const RETRY_CAP: Duration = Duration::from_secs(60);
 
-/// Shared by every Rotation reconcile.
+/// Shared by every Rotation reconcile; the client, metrics, Events and the
+/// controller's namespace through [`Context`].
 pub struct RotationContext {
-    pub(crate) client: Client,
-    pub(crate) events: status::Events,
-    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shared: Arc<Context>,
     /// Stores, sessions and ExternalSecrets, shared with the sync controllers.
     pub(crate) sync: Arc<SyncContext>,
     pub(crate) restarter: Arc<Restarter>,
     pub(crate) keys: Arc<Keys>,
     /// SealedSecrets as last seen, for the sealing-key report.
     pub(crate) sealed: Store<CachedSealedSecret>,
-    /// The controller's namespace: sealing keys and rotation locks live there.
-    pub(crate) namespace: String,
-    pub(crate) cluster_name: Option<String>,
-    /// How long `propagate` waits for every mirror before the Rotation fails.
-    pub(crate) propagation_timeout: Duration,
     pub(crate) backoff: Backoff,
 }
 
-/// Where and how the Rotation controller runs.
-pub struct RotationConfig {
-    /// Only this namespace's Rotations (all when unset).
-    pub watch_namespace: Option<String>,
-    /// Rotations worked on at once.
-    pub concurrency: u16,
-    /// How the watch of Rotations starts.
-    pub initial_list: crate::InitialList,
+impl std::ops::Deref for RotationContext {
+    type Target = Context;
+
+    fn deref(&self) -> &Context {
+        &self.shared
+    }
 }
 
 /// Runs the Rotation controller until `stop` resolves.
 pub async fn run(
     ctx: Arc<RotationContext>,
-    config: RotationConfig,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (rotations, changes) = crate::watch_lean(
-        crate::scoped_api::<Rotation>(&ctx.client, config.watch_namespace.as_deref()),
-        config.initial_list,
+    let (rotations, changes) = watch_lean(
+        scoped_api::<Rotation>(&ctx.client, ctx.config.watch_namespace.as_deref()),
+        ctx.initial_list,
     );
+    let concurrency = ctx.config.concurrency;
     Controller::for_stream(changes, rotations)
-        .with_config(controller::Config::default().concurrency(config.concurrency))
+        .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -211,7 +204,7 @@ pub async fn reconcile(obj: Arc<Rotation>, ctx: Arc<RotationContext>) -> Result<
     let key = object_key(&obj);
     // A step that looked before the watches listed would miss mirrors and keys.
     ctx.sync.caches_synced().await;
-    crate::cache_synced(&ctx.sealed).await;
+    cache_synced(&ctx.sealed).await;
     let mut obj = (*obj).clone();
     loop {
         let phase = phase_of(&obj);
@@ -293,12 +286,12 @@ async fn run_step(
     // The sealing key is the cluster's: a Rotation of it elsewhere is a tenant's, at
     // every step (its status may have been written to skip `resolve`).
     let namespace = obj.namespace().unwrap_or_default();
-    if sealing && namespace != ctx.namespace {
+    if sealing && namespace != ctx.config.namespace {
         return Err(fail(
             "WrongNamespace",
             format!(
                 "a sealing-key Rotation is carried out only in the controller's namespace `{}`, not `{namespace}`; nothing was made. Use `sigil keys rotate` or create it there",
-                ctx.namespace
+                ctx.config.namespace
             ),
         ));
     }
@@ -526,6 +519,6 @@ async fn announce(
 fn count(ctx: &RotationContext, result: &'static str) {
     ctx.metrics
         .rotations
-        .get_or_create(&crate::metrics::RotationLabel { result })
+        .get_or_create(&crate::common::metrics::RotationLabel { result })
         .inc();
 }

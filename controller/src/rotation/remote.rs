@@ -13,7 +13,7 @@ use sigil_types::{ROTATION_BASE_CLAIM, ROTATION_CLAIM, Rotation, RotationPhase, 
 use super::target::{describe, resolve_target, session_of, verified};
 use super::value::new_value;
 use super::{Outcome, RotationContext, Stop, fail, status_of};
-use crate::error::Error;
+use crate::common::error::Error;
 
 /// Finds the remote key, property and store the ExternalSecret reads, and the version
 /// current now; a dry run also lists what would change, and finishes.

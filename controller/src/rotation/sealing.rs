@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 use sigil_types::{Rotation, RotationPhase, SealingKeyUse};
 
 use super::{Outcome, RotationContext, Stop, fail, status_of};
-use crate::error::KubeContext;
+use crate::common::error::KubeContext;
 use crate::sealed::keys;
 
 use sigil_types::ROTATION_LABEL;
@@ -46,13 +46,13 @@ pub(super) fn resolve(obj: &Rotation, ctx: &RotationContext) -> Result<Outcome, 
 /// Makes the new key, unless an earlier attempt of this Rotation did.
 pub(super) async fn stage(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
     let uid = obj.uid().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let made = api
         .list(
             &ListParams::default().labels(&format!("{}, {ROTATION_LABEL}={uid}", keys::KEY_LABEL)),
         )
         .await
-        .during(|| format!("list sealing key Secrets in {}", ctx.namespace))?;
+        .during(|| format!("list sealing key Secrets in {}", ctx.config.namespace))?;
     let id = match made.items.first() {
         Some(secret) => key_id_of(secret).ok_or_else(|| {
             fail(
@@ -71,8 +71,8 @@ pub(super) async fn stage(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<
             }
             keys::generate(
                 &ctx.client,
-                &ctx.namespace,
-                ctx.cluster_name.as_deref(),
+                &ctx.config.namespace,
+                ctx.config.cluster_name.as_deref(),
                 Some((ROTATION_LABEL, &uid)),
             )
             .await?
@@ -94,7 +94,7 @@ pub(super) async fn promote(obj: &Rotation, ctx: &Arc<RotationContext>) -> Resul
         if active.as_deref() == Some(new.as_str()) {
             let message = format!(
                 "sealing key {new} is active and published in ConfigMap {}/{}",
-                ctx.namespace,
+                ctx.config.namespace,
                 keys::PUBLIC_KEYS_CONFIGMAP
             );
             return Ok(Outcome::new(RotationPhase::Promoted, message, |_| {}));

@@ -11,7 +11,7 @@ use sigil_types::store::ProviderRef;
 use sigil_types::{ExternalSecret, Rotation, RotationTarget, StoreKind};
 
 use super::{RotationContext, Stop, display_name, fail, status_of};
-use crate::error::Error;
+use crate::common::error::Error;
 use crate::sync::external::resolve_store;
 use crate::sync::stores::StoreObject;
 

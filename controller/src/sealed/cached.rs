@@ -15,7 +15,7 @@ use kube::api::ObjectMeta;
 use serde::Deserialize;
 use sigil_types::{Scope, SealedSecret, SealedSecretStatus, SecretTemplate};
 
-use crate::status::CurrentStatus;
+use crate::common::status::CurrentStatus;
 
 /// A SealedSecret's sealed values and scope, whichever form holds them: the reconcile
 /// opens a cached one, verify and re-seal one sent to them.

@@ -13,8 +13,8 @@ use kube::{Api, Client, ResourceExt};
 use sigil_core::keyfile::{self, KeyAttributes, PrivateKeyEntry, PublicKeyEntry};
 use sigil_core::{KeyId, Keyring, PrivateKey};
 
-use crate::MANAGER;
-use crate::error::{Error, KubeContext, Result};
+use crate::common::MANAGER;
+use crate::common::error::{Error, KubeContext, Result};
 
 pub use sigil_types::keys::{
     KEY_DATA, KEY_LABEL, PUBLIC_KEYS_CONFIGMAP, PUBLIC_KEYS_DATA, REVOKED_LABEL, key_secret,

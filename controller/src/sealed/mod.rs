@@ -2,6 +2,7 @@
 //! for the internal HTTP endpoints.
 
 pub mod cached;
+pub(crate) mod key_loop;
 pub mod keys;
 pub mod unseal;
 pub(crate) mod verify;

@@ -12,19 +12,21 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::runtime::controller::Action;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use sigil_core::{Binding, Envelope, Error as SealError, KeyId};
 use sigil_types::SealedSecretStatus;
 use zeroize::Zeroizing;
 
-use crate::MANAGER;
-use crate::backoff::{Backoff, ObjectKey};
-use crate::error::{Error, Result};
-use crate::metrics::{Metrics, ResultLabel};
+use crate::common::Context;
+use crate::common::MANAGER;
+use crate::common::backoff::{Backoff, ObjectKey};
+use crate::common::error::{Error, Result};
+use crate::common::metrics::ResultLabel;
+use crate::common::secret_watch::{OwnedSecrets, SecretVersion};
+use crate::common::secret_writer::{Claim, Mode, Refusal, SecretWriter, Written};
+use crate::common::status::{self, Health};
 use crate::sealed::cached::{CachedSealedSecret, SealedValues};
 use crate::sealed::keys::{KeyState, Keys};
-use crate::secrets::{Claim, Mode, OwnedSecrets, Refusal, SecretVersion, SecretWriter, Written};
-use crate::status::{self, Health};
 
 use sigil_types::SEALED_SECRET_LABEL;
 /// The condition SealedSecrets wrote before `Ready`, kept beside it (same status, reason
@@ -142,14 +144,10 @@ struct Opened {
     key_ids: BTreeSet<KeyId>,
 }
 
-/// Shared by every reconcile.
-pub struct Context {
-    /// The API client.
-    pub client: Client,
-    /// Publishes Events.
-    pub(crate) events: status::Events,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
+/// Shared by every SealedSecret reconcile; the client, metrics and Events through
+/// [`Context`].
+pub struct UnsealContext {
+    pub(crate) shared: Arc<Context>,
     /// The sealing keys.
     pub keys: Arc<Keys>,
     /// Consecutive failures per object, for exponential backoff.
@@ -159,6 +157,14 @@ pub struct Context {
     pub(crate) secrets: Arc<OwnedSecrets>,
     /// Per SealedSecret, what its last reconcile settled.
     pub(crate) settled: SettledObjects,
+}
+
+impl std::ops::Deref for UnsealContext {
+    type Target = Context;
+
+    fn deref(&self) -> &Context {
+        &self.shared
+    }
 }
 
 /// Why one value did not open: a reason from the fixed set, and the error with its fix
@@ -327,7 +333,7 @@ impl SettledObjects {
     }
 }
 
-impl Context {
+impl UnsealContext {
     fn is_settled(&self, obj: &CachedSealedSecret, keys: &Arc<KeyState>) -> bool {
         let settled = self.settled.by_uid();
         let Some(settled) = settled.get(&self.settled.key(obj)) else {
@@ -458,7 +464,7 @@ impl Context {
 /// Reconciles one SealedSecret.
 // No span per reconcile: on a cold start of many objects their bookkeeping is a
 // measurable share of the time; the one line logged here names the object itself.
-pub async fn reconcile(obj: Arc<CachedSealedSecret>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(obj: Arc<CachedSealedSecret>, ctx: Arc<UnsealContext>) -> Result<Action> {
     let started = Instant::now();
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
@@ -481,7 +487,7 @@ pub async fn reconcile(obj: Arc<CachedSealedSecret>, ctx: Arc<Context>) -> Resul
     ctx.metrics
         .unseal_total
         .get_or_create(&ResultLabel {
-            result: outcome.reason,
+            result: outcome.reason.as_str(),
         })
         .inc();
     if outcome.reason != Reason::Unsealed {
@@ -499,7 +505,7 @@ pub async fn reconcile(obj: Arc<CachedSealedSecret>, ctx: Arc<Context>) -> Resul
 }
 
 /// Transient failures (API errors) back off exponentially per object, from 1 s to 5 min.
-pub fn error_policy(obj: Arc<CachedSealedSecret>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(obj: Arc<CachedSealedSecret>, err: &Error, ctx: Arc<UnsealContext>) -> Action {
     let delay = ctx
         .backoff
         .failed(object_key(&obj), Duration::from_secs(300));

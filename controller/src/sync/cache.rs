@@ -13,7 +13,7 @@ use futures::future::{BoxFuture, Shared};
 use sigil_providers::{Error as ProviderError, RemoteValue};
 use tokio::time::Instant;
 
-use crate::metrics::{CacheLabel, CacheOutcome, Metrics};
+use crate::common::metrics::{CacheLabel, CacheOutcome, Metrics};
 use sigil_providers::Session;
 
 /// The most secret ids `BatchGetSecretValue` takes in one call.

@@ -25,11 +25,12 @@ use super::cache::{CacheKey, Fetch};
 use super::stores::{StoreObject, StoreProblem, StoreRef};
 use super::values::{self, Data, ValueError};
 use super::{Held, Scheduled, SyncContext};
-use crate::backoff::ObjectKey;
-use crate::error::{Error, Result};
-use crate::metrics::SyncLabel;
-use crate::secrets::{Claim, Mode, Refusal, SecretVersion, Written};
-use crate::status::{self, Health};
+use crate::common::backoff::ObjectKey;
+use crate::common::error::{Error, Result};
+use crate::common::metrics::SyncLabel;
+use crate::common::secret_watch::SecretVersion;
+use crate::common::secret_writer::{Claim, Mode, Refusal, Written};
+use crate::common::status::{self, Health};
 
 use sigil_types::{EXTERNAL_SECRET_LABEL, FORCE_SYNC_ANNOTATION, OWNED_BY_ANNOTATION};
 /// The field manager prefix of `Merge` writes; the ExternalSecret's UID follows.
@@ -251,7 +252,9 @@ async fn finish_failed(
 fn count(ctx: &SyncContext, reason: SyncReason) {
     ctx.metrics
         .sync_total
-        .get_or_create(&SyncLabel { result: reason })
+        .get_or_create(&SyncLabel {
+            result: reason.as_str(),
+        })
         .inc();
 }
 

@@ -12,14 +12,17 @@ use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use sigil_providers::{ErrorKind, Observer, Operation, Provider};
 use sigil_types::{ClusterSecretStore, ExternalSecret, SecretStore, StoreKind};
 use tokio::time::Instant;
 
-use crate::backoff::{Backoff, ObjectKey};
-use crate::metrics::{Metrics, ProviderLabel, ProviderRequestLabel, ReadyLabel};
-use crate::secrets::{OwnedSecrets, SecretVersion, SecretWriter};
+use crate::common::Context;
+use crate::common::backoff::{Backoff, ObjectKey};
+use crate::common::metrics::{Metrics, ProviderLabel, ProviderRequestLabel, ReadyLabel};
+use crate::common::secret_watch::{OwnedSecrets, SecretVersion};
+use crate::common::secret_writer::SecretWriter;
+use crate::common::watch::{cache_synced, scoped_api, watch_lean};
 
 pub mod cache;
 pub mod external;
@@ -46,11 +49,10 @@ pub(crate) struct Scheduled {
     deleted: bool,
 }
 
-/// Shared by the store and ExternalSecret reconcilers.
+/// Shared by the store and ExternalSecret reconcilers; the client, metrics and Events
+/// through [`Context`].
 pub struct SyncContext {
-    pub(crate) client: Client,
-    pub(crate) events: crate::status::Events,
-    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shared: Arc<Context>,
     pub(crate) stores: stores::Stores,
     pub(crate) cache: Arc<cache::ReadCache>,
     pub(crate) backoff: Backoff,
@@ -71,12 +73,20 @@ pub struct SyncContext {
     in_progress: Mutex<HashMap<ObjectKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+impl std::ops::Deref for SyncContext {
+    type Target = Context;
+
+    fn deref(&self) -> &Context {
+        &self.shared
+    }
+}
+
 impl SyncContext {
     pub(crate) fn writer(&self) -> SecretWriter<'_> {
         SecretWriter {
             client: &self.client,
             secrets: &self.secrets,
-            manager: crate::MANAGER,
+            manager: crate::common::MANAGER,
         }
     }
 
@@ -98,10 +108,10 @@ impl SyncContext {
     /// Waits until the watches of stores and ExternalSecrets have listed once, so that
     /// what is looked up in them is complete.
     pub(crate) async fn caches_synced(&self) {
-        crate::cache_synced(&self.externals).await;
-        crate::cache_synced(&self.secret_stores).await;
+        cache_synced(&self.externals).await;
+        cache_synced(&self.secret_stores).await;
         if let Some(cluster_stores) = &self.cluster_stores {
-            crate::cache_synced(cluster_stores).await;
+            cache_synced(cluster_stores).await;
         }
     }
 
@@ -114,7 +124,7 @@ impl SyncContext {
         self: &Arc<Self>,
         es: Arc<ExternalSecret>,
         read_after: Instant,
-    ) -> crate::Result<()> {
+    ) -> crate::common::Result<()> {
         self.forced
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -184,54 +194,34 @@ impl Observer for MetricsObserver {
     }
 }
 
-/// Where and how the sync controllers run.
-pub struct SyncConfig {
-    /// Only this namespace's stores and ExternalSecrets (all when unset).
-    pub watch_namespace: Option<String>,
-    /// Whether ClusterSecretStores are served.
-    pub cluster_secret_stores: bool,
-    /// ExternalSecrets reconciled at once.
-    pub concurrency: u16,
-    /// How the watches of stores, ExternalSecrets and their Secrets start.
-    pub initial_list: crate::InitialList,
-    /// Whether a ServiceAccount must opt in before stores may mint tokens for it.
-    pub store_tokens_need_opt_in: bool,
-}
-
 /// Sets up the store and ExternalSecret controllers, following the Secrets labelled
 /// for ExternalSecrets through the shared Secret watch: returns their shared context
 /// (for the Rotation engine) and the future that runs them until `stop` resolves.
 pub(crate) fn start(
-    client: Client,
+    shared: Arc<Context>,
     (secrets, owned_changes): (
         Arc<OwnedSecrets>,
         impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
     ),
-    events: crate::status::Events,
-    metrics: Arc<Metrics>,
-    config: SyncConfig,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (
     Arc<SyncContext>,
     impl std::future::Future<Output = ()> + Send,
 ) {
+    let (client, config, metrics) = (&shared.client, &shared.config, &shared.metrics);
     let ns = config.watch_namespace.as_deref();
-    let initial = config.initial_list;
-    let (secret_stores, changes) =
-        crate::watch_lean(crate::scoped_api::<SecretStore>(&client, ns), initial);
+    let initial = shared.initial_list;
+    let (secret_stores, changes) = watch_lean(scoped_api::<SecretStore>(client, ns), initial);
     let store_controller = Controller::for_stream(changes, secret_stores);
     let cluster_controller = config.cluster_secret_stores.then(|| {
         let (cluster_stores, changes) =
-            crate::watch_lean(Api::<ClusterSecretStore>::all(client.clone()), initial);
+            watch_lean(Api::<ClusterSecretStore>::all(client.clone()), initial);
         Controller::for_stream(changes, cluster_stores)
     });
-    let (externals, changes) =
-        crate::watch_lean(crate::scoped_api::<ExternalSecret>(&client, ns), initial);
+    let (externals, changes) = watch_lean(scoped_api::<ExternalSecret>(client, ns), initial);
     let es_controller = Controller::for_stream(changes, externals.clone());
     let context = Arc::new(SyncContext {
-        client: client.clone(),
-        events,
-        metrics: metrics.clone(),
+        shared: shared.clone(),
         stores: stores::Stores::new(
             client.clone(),
             Arc::new(MetricsObserver(metrics.clone())),
@@ -258,7 +248,7 @@ pub(crate) fn start(
             external::targets_of(&by_secret, &secret)
         })
         .watches(
-            crate::scoped_api::<SecretStore>(&client, ns),
+            scoped_api::<SecretStore>(client, ns),
             watcher::Config::default().any_semantic(),
             move |store: SecretStore| {
                 external::users_of(
@@ -343,7 +333,9 @@ async fn housekeeping(ctx: Arc<SyncContext>) {
             let reason = es
                 .status
                 .as_ref()
-                .and_then(|s| crate::status::reason_of(&s.conditions, crate::status::READY))
+                .and_then(|s| {
+                    crate::common::status::reason_of(&s.conditions, crate::common::status::READY)
+                })
                 .and_then(|r| SyncReason::ALL.into_iter().find(|k| k.as_str() == r))
                 .map_or("Pending", SyncReason::as_str);
             *counts.entry(reason).or_default() += 1;

@@ -27,8 +27,8 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, KubeContext, Result};
-use crate::status::{self, Health};
+use crate::common::error::{Error, KubeContext, Result};
+use crate::common::status::{self, Health};
 use crate::sync::SyncContext;
 
 /// How long a provider request may take.

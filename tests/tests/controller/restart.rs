@@ -16,7 +16,7 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use sigil_controller::metrics::Metrics;
+use sigil_controller::common::metrics::Metrics;
 use sigil_controller::restart::{Restarter, Rolled, Workload, WorkloadKind};
 use sigil_tests::TestContext;
 use sigil_types::{RELOAD_ANNOTATION, RESTARTED_FOR_ANNOTATION};

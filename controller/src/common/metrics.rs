@@ -1,5 +1,5 @@
-//! Prometheus metrics. Label values come from fixed sets (enum names) or key IDs, never
-//! from object content.
+//! Prometheus metrics. Label values come from fixed sets (each kind's reasons, as
+//! their `as_str()`) or key IDs, never from object content.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -8,12 +8,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::sealed::unseal::Reason;
-use crate::sync::SyncReason;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ResultLabel {
-    pub(crate) result: Reason,
+    /// A SealedSecret's `Ready` reason.
+    pub(crate) result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,7 +21,8 @@ pub(crate) struct KeyLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SyncLabel {
-    pub(crate) result: SyncReason,
+    /// An ExternalSecret's `Ready` reason.
+    pub(crate) result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,24 +84,6 @@ impl EncodeLabelValue for CacheOutcome {
             CacheOutcome::Coalesced => "coalesced",
         };
         EncodeLabelValue::encode(&text, encoder)
-    }
-}
-
-impl EncodeLabelValue for SyncReason {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-    ) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
-    }
-}
-
-impl EncodeLabelValue for Reason {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-    ) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
     }
 }
 

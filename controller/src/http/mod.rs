@@ -1,7 +1,7 @@
 //! The internal HTTP server: `/healthz` (alive), `/readyz` (caches synced and leading),
 //! `/metrics` (Prometheus), and for `sigil-api`, which holds no private key,
 //! `POST /internal/v1/verify` and `POST /internal/v1/reseal` of a SealedSecret: only
-//! sigil-api's token opens them (see [`crate::caller`]), and their cryptography runs
+//! sigil-api's token opens them (see [`crate::http::caller`]), and their cryptography runs
 //! off the async workers, a few at a time, so a flood slows them and nothing else. No
 //! answer, error or log line of these ever holds a plaintext value.
 
@@ -18,10 +18,12 @@ use axum::{Json, Router};
 use sigil_types::SealedSecret;
 use sigil_types::api::{ErrorBody, VerifyReport};
 
-use crate::caller::{INTERNAL_AUDIENCE, InternalCallers, Refusal};
-use crate::metrics::Metrics;
+pub mod caller;
+
+use crate::common::metrics::Metrics;
 use crate::sealed::keys::{KeyState, Keys};
 use crate::sealed::verify::{self, ResealError};
+use caller::{INTERNAL_AUDIENCE, InternalCallers, Refusal};
 
 /// The largest body verify and re-seal read. A SealedSecret that holds a full Secret
 /// (1 MiB of data, the API server's limit) is about 1.4 MB once sealed and base64-encoded
@@ -401,7 +403,7 @@ mod tests {
     /// Accepts [`API_TOKEN`] as sigil-api's, and nothing else.
     struct OnlyApiToken;
 
-    impl crate::caller::TokenReviewer for OnlyApiToken {
+    impl crate::http::caller::TokenReviewer for OnlyApiToken {
         fn review<'a>(
             &'a self,
             token: &'a str,

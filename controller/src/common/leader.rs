@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kube::Client;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError, LeaseParams};
 
-use crate::error::{Error, Result};
+use super::error::{Error, Result};
 
 /// This replica's hold on the Lease, from [`Leadership::acquire`] until
 /// [`Leadership::release`] or a loss reported by [`Leadership::hold`].

@@ -20,9 +20,9 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::MANAGER;
-use crate::error::{KubeContext, Result};
-use crate::metrics::Metrics;
+use super::MANAGER;
+use super::error::{KubeContext, Result};
+use super::metrics::Metrics;
 
 /// How a reconcile left an object, in the terms GitOps tools read (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,65 @@
+//! What every kind's reconcilers share: the client, the controller's configuration,
+//! its metrics, its Event recorder and how its watches start. Each kind's own context
+//! holds this once and adds only what is its own.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+
+use super::metrics::Metrics;
+use super::status::Events;
+use super::watch::InitialList;
+
+/// How the controller runs; `main` fills it from flags.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Namespace holding the key Secrets, the public key ConfigMap and the Lease.
+    pub namespace: String,
+    /// Cluster name written into the public key lines.
+    pub cluster_name: Option<String>,
+    /// How old the active key may get before a new one is made.
+    pub key_renewal_period: Duration,
+    /// SealedSecrets reconciled at once.
+    pub concurrency: u16,
+    /// Where `/healthz`, `/readyz`, `/metrics` and the internal verify and re-seal are served.
+    pub http_addr: SocketAddr,
+    /// Whether to take a Lease before working (off only for a single local replica).
+    pub leader_election: bool,
+    /// The Lease name.
+    pub lease_name: String,
+    /// How long a Lease lasts without renewal.
+    pub lease_duration: Duration,
+    /// This replica's name in the Lease and in Events.
+    pub identity: String,
+    /// Only this namespace's SealedSecrets (all namespaces when unset).
+    pub watch_namespace: Option<String>,
+    /// Whether ClusterSecretStores are served.
+    pub cluster_secret_stores: bool,
+    /// How long a Rotation waits for every mirror to hold the new version.
+    pub rotation_propagation_timeout: Duration,
+    /// Rollouts started and not yet complete, at most.
+    pub max_concurrent_restarts: usize,
+    /// How long a rollout may hold its slot before the next one starts anyway.
+    pub rollout_deadline: Duration,
+    /// How long a Secret must stay unchanged before opted-in workloads are reloaded.
+    pub reload_debounce: Duration,
+    /// How watches learn what exists; `None`: by the API server's version.
+    pub initial_list: Option<InitialList>,
+    /// Whether a ServiceAccount must opt in before stores may mint tokens for it.
+    pub store_tokens_need_opt_in: bool,
+    /// sigil-api's ServiceAccount (`NAMESPACE/NAME`), the only caller of the internal
+    /// verify and re-seal endpoints.
+    pub api_service_account: String,
+}
+
+/// Shared by every reconciler of every kind.
+pub struct Context {
+    pub(crate) client: Client,
+    pub(crate) config: Config,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) events: Events,
+    /// How watches start: [`Config::initial_list`], or as the API server's version allows.
+    pub(crate) initial_list: InitialList,
+}
