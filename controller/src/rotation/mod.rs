@@ -158,6 +158,19 @@ impl StepName {
         }
     }
 
+    /// The phase recorded once the step is done; `resolve` leaves a Rotation `Pending`
+    /// with its target recorded.
+    fn done_at(self) -> RotationPhase {
+        match self {
+            StepName::Resolve => RotationPhase::Pending,
+            StepName::Stage => RotationPhase::Staged,
+            StepName::Promote => RotationPhase::Promoted,
+            StepName::Propagate => RotationPhase::Propagated,
+            StepName::Restart => RotationPhase::Restarted,
+            StepName::Complete => RotationPhase::Completed,
+        }
+    }
+
     fn event_reason(self) -> &'static str {
         match self {
             StepName::Resolve => "RotationStarted",
@@ -250,22 +263,44 @@ fn object_key(obj: &Rotation) -> ObjectKey {
     )
 }
 
-/// The step that moves `obj` on from `phase`.
+/// The steps `obj` goes through, in order. A credential target (where the leaked value
+/// is checked, e.g. a database) fits as `set` and `test` between `stage` and `promote`,
+/// and `retire` after `restart`: a step name, its phase and a function each.
+fn sequence(obj: &Rotation) -> Vec<StepName> {
+    if obj.spec.sealing_key.is_some() {
+        return vec![
+            StepName::Resolve,
+            StepName::Stage,
+            StepName::Promote,
+            StepName::Complete,
+        ];
+    }
+    let mut steps = vec![
+        StepName::Resolve,
+        StepName::Stage,
+        StepName::Promote,
+        StepName::Propagate,
+    ];
+    if obj.spec.restart_or_default() {
+        steps.push(StepName::Restart);
+    }
+    steps.push(StepName::Complete);
+    steps
+}
+
+/// The step that moves `obj` on from `phase`: the first of its sequence not done yet.
 fn next_step(obj: &Rotation, phase: RotationPhase) -> StepName {
     let resolved = obj
         .status
         .as_ref()
         .is_some_and(|s| s.target.is_some() || s.base_version.is_some());
-    let sealing = obj.spec.sealing_key.is_some();
-    match phase {
-        RotationPhase::Pending if !resolved => StepName::Resolve,
-        RotationPhase::Pending => StepName::Stage,
-        RotationPhase::Staged => StepName::Promote,
-        RotationPhase::Promoted if sealing => StepName::Complete,
-        RotationPhase::Promoted => StepName::Propagate,
-        RotationPhase::Propagated if obj.spec.restart_or_default() => StepName::Restart,
-        _ => StepName::Complete,
-    }
+    sequence(obj)
+        .into_iter()
+        .find(|step| match step.done_at() {
+            RotationPhase::Pending => phase == RotationPhase::Pending && !resolved,
+            done_at => phase < done_at,
+        })
+        .unwrap_or(StepName::Complete)
 }
 
 /// When `step` began: as recorded by an earlier attempt, or now.
@@ -521,4 +556,62 @@ fn count(ctx: &RotationContext, result: &'static str) {
         .rotations
         .get_or_create(&crate::common::metrics::RotationLabel { result })
         .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sigil_types::{RotationSpec, RotationTarget, SealingKeyTarget};
+
+    /// The steps a Rotation takes when every one succeeds, recording what `record` would.
+    fn walk(spec: RotationSpec) -> Vec<StepName> {
+        let mut obj = Rotation::new("r", spec);
+        let mut steps = Vec::new();
+        loop {
+            let phase = phase_of(&obj);
+            if phase.is_final() {
+                return steps;
+            }
+            let step = next_step(&obj, phase);
+            steps.push(step);
+            let status = obj.status.get_or_insert_with(Default::default);
+            if step == StepName::Resolve {
+                status.target = Some(RotationTarget::default());
+            }
+            status.phase = Some(step.done_at());
+        }
+    }
+
+    #[test]
+    fn each_kind_of_rotation_takes_its_steps_in_order() {
+        use StepName::*;
+        assert_eq!(
+            walk(RotationSpec::default()),
+            [Resolve, Stage, Promote, Propagate, Restart, Complete]
+        );
+        assert_eq!(
+            walk(RotationSpec {
+                restart: Some(false),
+                ..RotationSpec::default()
+            }),
+            [Resolve, Stage, Promote, Propagate, Complete]
+        );
+        assert_eq!(
+            walk(RotationSpec {
+                sealing_key: Some(SealingKeyTarget::default()),
+                ..RotationSpec::default()
+            }),
+            [Resolve, Stage, Promote, Complete]
+        );
+    }
+
+    #[test]
+    fn a_status_past_pending_without_a_target_is_never_resolved_again() {
+        let mut obj = Rotation::new("r", RotationSpec::default());
+        obj.status = Some(RotationStatus {
+            phase: Some(RotationPhase::Staged),
+            ..RotationStatus::default()
+        });
+        assert_eq!(next_step(&obj, RotationPhase::Staged), StepName::Promote);
+    }
 }
