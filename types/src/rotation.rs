@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 
 /// Length of a generated value when `generate.length` is unset.
 pub const DEFAULT_LENGTH: u32 = 32;
-/// Symbols a generated value draws from when `generate.symbolCharacters` is unset.
-pub const DEFAULT_SYMBOLS: &str = "~!@#$%^&*()_+-={}[]|:;<>,.?/";
+/// Symbols a generated value draws from when `generate.symbolCharacters` is unset: only
+/// those a URL (RFC 3986 "unreserved"), a shell word, a connection string and a YAML
+/// plain scalar all take as they are, since a rotated password lands in
+/// `postgres://user:<password>@host` templates and `.env` files unquoted.
+pub const DEFAULT_SYMBOLS: &str = "-_.";
 
 /// A request to rotate one credential now.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -100,7 +103,7 @@ pub struct Generate {
     /// Whether to include symbols (unset: true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symbols: Option<bool>,
-    /// The symbols to draw from (unset: `~!@#$%^&*()_+-={}[]|:;<>,.?/`).
+    /// The symbols to draw from (unset: `-_.`, which URLs and shells take unquoted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
     pub symbol_characters: Option<String>,
@@ -303,7 +306,7 @@ mod tests {
     #[test]
     fn alphabet_follows_the_classes_asked_for() {
         let all = Generate::default().alphabet();
-        assert!(all.contains(&'a') && all.contains(&'7') && all.contains(&'#'));
+        assert!(all.contains(&'a') && all.contains(&'7') && all.contains(&'-'));
         let letters = Generate {
             digits: Some(false),
             symbols: Some(false),
@@ -319,6 +322,16 @@ mod tests {
         .alphabet();
         assert_eq!(custom.len(), 54, "repeats and whitespace are dropped");
         assert_eq!(Generate::default().length_or_default(), 32);
+    }
+
+    #[test]
+    fn default_values_need_no_quoting_in_a_url_or_a_shell() {
+        let unreserved = |c: &char| c.is_ascii_alphanumeric() || "-._~".contains(*c);
+        let shell_special = |c: &char| "|&;<>()$`\\\"' \t*?[#~=%!{}".contains(*c);
+        for c in Generate::default().alphabet() {
+            assert!(unreserved(&c), "`{c}` must be percent-encoded in a URL");
+            assert!(!shell_special(&c), "`{c}` means something to a shell");
+        }
     }
 
     #[test]
