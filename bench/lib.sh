@@ -297,7 +297,8 @@ def apply_crds():
     try:
         import yaml
     except ImportError:
-        subprocess.run(["kubectl", "apply", "--server-side", "-f", folder], check=True, stdout=subprocess.DEVNULL)
+        kubectl = os.environ.get("SIGIL_KUBECTL", "kubectl")
+        subprocess.run([kubectl, "apply", "--server-side", "-f", folder], check=True, stdout=subprocess.DEVNULL)
         docs = [{"metadata": {"name": f"{p}.sigil.dev"}} for p in
                 ("sealedsecrets", "secretstores", "clustersecretstores", "externalsecrets", "rotations")]
     else:

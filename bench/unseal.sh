@@ -12,7 +12,7 @@
 #   EXTERNAL: also M ExternalSecrets reading OpenBao
 #   through one SecretStore, created before the controller starts and Ready at the end,
 #   so that peak RSS covers both kinds (issue 11 measures N=10000, EXTERNAL=1000).
-# Release build. Needs the test environment (started here if it is not up) and kubectl.
+# Release build. Needs the test environment (started here if it is not up; its kubectl).
 set -euo pipefail
 n=${1:-4000}
 shift || true
@@ -36,11 +36,12 @@ if ((rounds > 1)); then
   exit 0
 fi
 root=$(cd "$(dirname "$0")/.." && pwd)
-command -v kubectl >/dev/null || { echo "bench: kubectl is needed to load the objects" >&2; exit 1; }
 "$root/scripts/env" status >/dev/null 2>&1 || "$root/scripts/env" up
 # shellcheck disable=SC1091
 source "${SIGIL_ENV_DIR:-$root/.env}/env"
 export KUBECONFIG
+# The environment's own kubectl, at the pinned Kubernetes version, whatever the machine has.
+PATH=$(dirname "$SIGIL_KUBECTL"):$PATH
 cargo build --quiet --release --locked -p sigil-cli -p sigil-controller -p sigil-tests \
   --bin sigil --bin sigil-controller --bin apiserver-limit --manifest-path "$root/Cargo.toml"
 target=${CARGO_TARGET_DIR:-$root/target}/release

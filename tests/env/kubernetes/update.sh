@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates go.mod/go.sum for KUBERNETES_VERSION in ../versions.env: requires
 # k8s.io/kubernetes at that version and replaces every k8s.io/* staging module it
-# lists at v0.0.0 with v0.<minor>.<patch>. One module builds both commands
-# (kube-apiserver/, kube-controller-manager/), so they always share a version.
+# lists at v0.0.0 with v0.<minor>.<patch>. One module builds every command
+# (kube-apiserver/, kube-controller-manager/, kube-scheduler/, kubectl/), so they always
+# share a version.
 # Run after bumping the version.
 set -euo pipefail
 cd "$(dirname "$0")"

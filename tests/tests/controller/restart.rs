@@ -1,8 +1,8 @@
 //! Rolling the workloads that consume a Secret, on the real apiserver: finding them,
 //! idempotent and throttled rollouts (through the library's `Restarter`, as the Rotation
 //! engine calls it), and the reload opt-in (through the controller binary), debounced.
-//! Nothing here needs Pods to run: a rollout that never completes frees its slot at the
-//! deadline.
+//! kwok runs the Pods, so rollouts complete; a Pod whose `nodeSelector` matches no fake
+//! node never starts, which is how a rollout that never completes is made here.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -94,11 +94,16 @@ fn workload(ctx: &TestContext, kind: WorkloadKind, name: &str) -> Workload {
     }
 }
 
+/// Pod-level fields that keep a Pod off every node: its rollout never completes.
+fn unschedulable() -> Value {
+    json!({"nodeSelector": {"sigil.dev/test-node": "none"}})
+}
+
 #[tokio::test]
 async fn consumers_are_found_and_rolled_once_each_within_the_limit() {
     let ctx = TestContext::new("restart-roll").await.unwrap();
     let by_env = json!({"env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]});
-    create::<Deployment>(&ctx, "env", false, pod(by_env, json!({}))).await;
+    create::<Deployment>(&ctx, "env", false, pod(by_env, unschedulable())).await;
     let by_volume = json!({"volumes": [{"name": "s", "secret": {"secretName": "db"}}]});
     create::<StatefulSet>(&ctx, "volume", false, pod(json!({}), by_volume)).await;
     let by_init = json!({"initContainers": [{"name": "init", "image": "example.invalid/init:1", "envFrom": [{"secretRef": {"name": "db"}}]}]});
@@ -118,7 +123,7 @@ async fn consumers_are_found_and_rolled_once_each_within_the_limit() {
     let init = workload(&ctx, WorkloadKind::DaemonSet, "init");
     assert_eq!(found, [env.clone(), volume.clone(), init.clone()]);
 
-    // The first takes the only slot, and keeps it: its Pods never become available here.
+    // The first takes the only slot, and keeps it: its Pods never start.
     let started = Instant::now();
     assert_eq!(restarter.roll(&env, "rot@1").await.unwrap(), Rolled::Rolled);
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -177,6 +182,41 @@ async fn consumers_are_found_and_rolled_once_each_within_the_limit() {
             format!("sigil_rollouts_total{{trigger=\"rotation\",result=\"{result}\"}} {count}");
         assert!(text.contains(&line), "{line} not in\n{text}");
     }
+}
+
+#[tokio::test]
+async fn a_completed_rollout_frees_its_slot_before_the_deadline() {
+    let ctx = TestContext::new("restart-complete").await.unwrap();
+    let by_env = json!({"envFrom": [{"secretRef": {"name": "db"}}]});
+    for name in ["first", "second"] {
+        create::<Deployment>(&ctx, name, false, pod(by_env.clone(), json!({}))).await;
+    }
+    let api = Api::<Deployment>::namespaced(ctx.kube.clone(), &ctx.namespace);
+    for name in ["first", "second"] {
+        eventually(Duration::from_secs(60), || async {
+            let d = api.get(name).await.ok()?;
+            (d.status?.available_replicas? == 1).then_some(())
+        })
+        .await;
+    }
+    // One slot, held up to a minute: only a rollout that completes gives it back sooner.
+    let deadline = Duration::from_secs(60);
+    let restarter = Restarter::new(
+        ctx.kube.clone(),
+        1,
+        deadline,
+        std::sync::Arc::new(Metrics::default()),
+    );
+    let started = Instant::now();
+    for name in ["first", "second"] {
+        let rolled = restarter
+            .roll(&workload(&ctx, WorkloadKind::Deployment, name), "rot@1")
+            .await
+            .unwrap();
+        assert_eq!(rolled, Rolled::Rolled);
+    }
+    let waited = started.elapsed();
+    assert!(waited < deadline / 2, "{waited:?}");
 }
 
 #[tokio::test]
