@@ -58,6 +58,10 @@ struct Args {
     /// How long a rollout may take before the next one starts anyway.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     rollout_deadline: Duration,
+    /// How long a Rotation waits for the rollouts it started to complete before it fails
+    /// (`RolloutTimedOut`).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    rollout_timeout: Duration,
     /// Workloads annotated `sigil.dev/reload: "true"` restart once a Secret they consume
     /// has stayed unchanged this long after a change.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         rotation_propagation_timeout: args.rotation_propagation_timeout,
         max_concurrent_restarts: args.max_concurrent_restarts,
         rollout_deadline: args.rollout_deadline,
+        rollout_timeout: args.rollout_timeout,
         reload_debounce: args.reload_debounce,
         store_tokens_need_opt_in: args.store_tokens_need_opt_in,
         api_service_account,

@@ -169,6 +169,8 @@ pub enum RotationPhase {
     Propagated,
     /// Every consuming workload was rolled.
     Restarted,
+    /// Every rolled workload finished its rollout (as `kubectl rollout status` judges it).
+    RolledOut,
     /// Done.
     Completed,
     /// Stopped; `Ready` says why. Nothing more is written.
@@ -184,6 +186,7 @@ impl RotationPhase {
             RotationPhase::Promoted => "Promoted",
             RotationPhase::Propagated => "Propagated",
             RotationPhase::Restarted => "Restarted",
+            RotationPhase::RolledOut => "RolledOut",
             RotationPhase::Completed => "Completed",
             RotationPhase::Failed => "Failed",
         }
@@ -341,6 +344,8 @@ mod tests {
         assert!(!spec.is_dry_run());
         assert_eq!(spec.requested_by_or_default(), "kubectl");
         assert!(RotationPhase::Staged < RotationPhase::Promoted);
+        assert!(RotationPhase::Restarted < RotationPhase::RolledOut);
+        assert!(RotationPhase::RolledOut < RotationPhase::Completed);
         assert!(RotationPhase::Failed.is_final() && !RotationPhase::Restarted.is_final());
         assert_eq!(
             serde_json::to_value(RotationPhase::Propagated).unwrap(),

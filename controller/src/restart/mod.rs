@@ -170,8 +170,10 @@ pub fn secrets_of(spec: &PodSpec) -> BTreeSet<&str> {
 
 /// How far a rollout is, as `kubectl rollout status` judges it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Progress {
+pub enum Progress {
+    /// Pods of the current template are still being replaced or becoming available.
     Waiting,
+    /// Every replica runs the current template and is available.
     Complete,
     /// It will not complete by itself (a Deployment past its progress deadline).
     Failed,
@@ -413,6 +415,24 @@ impl Restarter {
             rotated.insert(workload.clone(), Instant::now());
         }
         Ok(rolled)
+    }
+
+    /// How far `workload`'s current rollout is; `None` when it is gone.
+    pub async fn progress(&self, workload: &Workload) -> Result<Option<Progress>> {
+        match workload.kind {
+            WorkloadKind::Deployment => self.progress_of::<Deployment>(workload).await,
+            WorkloadKind::StatefulSet => self.progress_of::<StatefulSet>(workload).await,
+            WorkloadKind::DaemonSet => self.progress_of::<DaemonSet>(workload).await,
+        }
+    }
+
+    async fn progress_of<K: Kind>(&self, workload: &Workload) -> Result<Option<Progress>> {
+        let api: Api<K> = Api::namespaced(self.client.clone(), &workload.namespace);
+        let found = api
+            .get_opt(&workload.name)
+            .await
+            .during(|| format!("read {workload}"))?;
+        Ok(found.map(|obj| obj.progress()))
     }
 
     /// Whether a Rotation rolled `workload` after `since`.

@@ -1,6 +1,7 @@
 //! After the store holds the new version: `propagate` refreshes every ExternalSecret
 //! that mirrors the remote key (through any store on the same server) and waits until
-//! each Secret holds it; `restart` rolls the workloads that consume those Secrets.
+//! each Secret holds it; `restart` rolls the workloads that consume those Secrets, and
+//! `await-rollout` waits until their rollouts complete.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use sigil_types::{ExternalSecret, Rotation, RotationPhase, RotationTarget, Workl
 
 use super::target::{describe, verified};
 use super::{Outcome, RotationContext, StepName, Stop, display_name, fail, status_of};
-use crate::restart::{Rolled, Workload};
+use crate::restart::{Progress, Rolled, Workload};
 use crate::sync::external::mirrors;
 
 /// How many ExternalSecrets are refreshed at once.
@@ -22,6 +23,8 @@ const REFRESH_CONCURRENCY: usize = 16;
 const POLL: Duration = Duration::from_millis(100);
 /// How long one reconcile waits for the mirrors before it requeues.
 const WAIT_IN_RECONCILE: Duration = Duration::from_secs(10);
+/// How often `await-rollout` looks at the rollouts.
+const ROLLOUT_POLL: Duration = Duration::from_secs(1);
 
 /// What a Rotation would touch: for a dry run, and the lists `propagate` records.
 pub(super) struct Plan {
@@ -131,10 +134,8 @@ pub(super) async fn propagate(obj: &Rotation, ctx: &Arc<RotationContext>) -> Res
 /// Rolls every workload that consumes a refreshed Secret, once per Rotation. The Secrets
 /// are found again from the mirrors of the verified target, never read from status.
 pub(super) async fn restart(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
-    let (target, _, _) = verified(obj, ctx).await?;
+    let workloads = consumers_of_target(obj, ctx).await?;
     let new = status_of(obj).new_version.unwrap_or_default();
-    let secrets = secrets_of(&mirrors(&ctx.sync, &target.server, &target.key).await?);
-    let workloads = consumers(ctx, &secrets).await?;
     let restarted_for = format!("{}@{new}", display_name(obj));
     let results = futures::future::join_all(
         workloads
@@ -157,6 +158,78 @@ pub(super) async fn restart(obj: &Rotation, ctx: &Arc<RotationContext>) -> Resul
     Ok(Outcome::new(RotationPhase::Restarted, message, move |s| {
         s.workloads = rolled;
     }))
+}
+
+/// Waits until every workload `restart` rolled has finished its rollout, as `kubectl
+/// rollout status` judges it, so that nothing after this step runs while a pod still
+/// holds the old value. The workloads are found again, as `restart` found them; past
+/// `--rollout-timeout` after `restart` (or once a Deployment passed its own progress
+/// deadline) the Rotation fails.
+pub(super) async fn await_rollout(
+    obj: &Rotation,
+    ctx: &Arc<RotationContext>,
+) -> Result<Outcome, Stop> {
+    let workloads = consumers_of_target(obj, ctx).await?;
+    let mut waiting = Vec::new();
+    let mut stuck = Vec::new();
+    let mut done = 0;
+    for workload in &workloads {
+        match ctx.restarter.progress(workload).await? {
+            None => {}
+            Some(Progress::Complete) => done += 1,
+            Some(Progress::Waiting) => waiting.push(workload.to_string()),
+            Some(Progress::Failed) => stuck.push(workload.to_string()),
+        }
+    }
+    let timeout = ctx.config.rollout_timeout;
+    let restarted_at = status_of(obj)
+        .steps
+        .iter()
+        .rev()
+        .find(|s| s.name == StepName::Restart.as_str())
+        .and_then(|s| s.finished_at.clone())
+        .map_or_else(Timestamp::now, |t| t.0);
+    let waited = Timestamp::now().duration_since(restarted_at).unsigned_abs();
+    if !stuck.is_empty() || (!waiting.is_empty() && waited > timeout) {
+        let why = if stuck.is_empty() {
+            format!(
+                "did not complete within {}s (--rollout-timeout)",
+                timeout.as_secs()
+            )
+        } else {
+            "passed its progress deadline".to_owned()
+        };
+        let mut named = stuck;
+        named.extend(waiting);
+        return Err(fail(
+            "RolloutTimedOut",
+            format!(
+                "the rollout of {} {why}; nothing after this step ran. `kubectl rollout status` and the pods' events say why",
+                named.join(", ")
+            ),
+        ));
+    }
+    if !waiting.is_empty() {
+        return Err(Stop::Wait(
+            ROLLOUT_POLL,
+            format!(
+                "waiting for the rollout of {} ({}s of {}s)",
+                waiting.join(", "),
+                waited.as_secs(),
+                timeout.as_secs()
+            ),
+        ));
+    }
+    let message = format!("{done} workload(s) finished their rollout");
+    Ok(Outcome::new(RotationPhase::RolledOut, message, |_| {}))
+}
+
+/// The workloads that consume the Secrets mirroring the verified target: found again at
+/// every step, never read from status.
+async fn consumers_of_target(obj: &Rotation, ctx: &RotationContext) -> Result<Vec<Workload>, Stop> {
+    let (target, _, _) = verified(obj, ctx).await?;
+    let secrets = secrets_of(&mirrors(&ctx.sync, &target.server, &target.key).await?);
+    consumers(ctx, &secrets).await
 }
 
 /// Whether `es` holds version `new` of the target's key (Vault: or a later one).

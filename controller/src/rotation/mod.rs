@@ -1,5 +1,5 @@
 //! The Rotation state machine: `resolve` → `stage` → `promote` → `propagate` →
-//! `restart` → `complete`, one function per step.
+//! `restart` → `await-rollout` → `complete`, one function per step.
 //!
 //! Each step is idempotent and its outcome is written to the Rotation's status (with
 //! optimistic concurrency on `resourceVersion`) before the next step begins, so a
@@ -143,6 +143,7 @@ pub(crate) enum StepName {
     Promote,
     Propagate,
     Restart,
+    AwaitRollout,
     Complete,
 }
 
@@ -154,6 +155,7 @@ impl StepName {
             StepName::Promote => "promote",
             StepName::Propagate => "propagate",
             StepName::Restart => "restart",
+            StepName::AwaitRollout => "await-rollout",
             StepName::Complete => "complete",
         }
     }
@@ -167,6 +169,7 @@ impl StepName {
             StepName::Promote => RotationPhase::Promoted,
             StepName::Propagate => RotationPhase::Propagated,
             StepName::Restart => RotationPhase::Restarted,
+            StepName::AwaitRollout => RotationPhase::RolledOut,
             StepName::Complete => RotationPhase::Completed,
         }
     }
@@ -178,6 +181,7 @@ impl StepName {
             StepName::Promote => "RotationPromoted",
             StepName::Propagate => "SecretsRefreshed",
             StepName::Restart => "WorkloadsRestarted",
+            StepName::AwaitRollout => "WorkloadsRolledOut",
             StepName::Complete => "RotationCompleted",
         }
     }
@@ -265,7 +269,7 @@ fn object_key(obj: &Rotation) -> ObjectKey {
 
 /// The steps `obj` goes through, in order. A credential target (where the leaked value
 /// is checked, e.g. a database) fits as `set` and `test` between `stage` and `promote`,
-/// and `retire` after `restart`: a step name, its phase and a function each.
+/// and `retire` after `await-rollout`: a step name, its phase and a function each.
 fn sequence(obj: &Rotation) -> Vec<StepName> {
     if obj.spec.sealing_key.is_some() {
         return vec![
@@ -282,7 +286,7 @@ fn sequence(obj: &Rotation) -> Vec<StepName> {
         StepName::Propagate,
     ];
     if obj.spec.restart_or_default() {
-        steps.push(StepName::Restart);
+        steps.extend([StepName::Restart, StepName::AwaitRollout]);
     }
     steps.push(StepName::Complete);
     steps
@@ -347,6 +351,7 @@ async fn run_step(
         StepName::Promote => remote::promote(obj, ctx).await,
         StepName::Propagate => mirrors::propagate(obj, ctx).await,
         StepName::Restart => mirrors::restart(obj, ctx).await,
+        StepName::AwaitRollout => mirrors::await_rollout(obj, ctx).await,
         StepName::Complete if sealing => sealing::complete(obj, ctx),
         StepName::Complete => Ok(Outcome::new(
             RotationPhase::Completed,
@@ -587,7 +592,15 @@ mod tests {
         use StepName::*;
         assert_eq!(
             walk(RotationSpec::default()),
-            [Resolve, Stage, Promote, Propagate, Restart, Complete]
+            [
+                Resolve,
+                Stage,
+                Promote,
+                Propagate,
+                Restart,
+                AwaitRollout,
+                Complete
+            ]
         );
         assert_eq!(
             walk(RotationSpec {

@@ -19,8 +19,8 @@ use crate::sync::{
     vault_token_store, wait_es,
 };
 
-/// Flags of every controller here: rollouts never complete without a kubelet, so the
-/// throttle's deadline is short.
+/// Flags of every controller here: a rollout that does not complete holds its slot
+/// briefly.
 const FLAGS: &[&str] = &["--rollout-deadline", "1s"];
 
 /// The CRDs installed and a controller ready, with [`FLAGS`].
@@ -90,6 +90,11 @@ pub(crate) async fn deployment(ctx: &TestContext, name: &str, secret: &str, how:
             pod["containers"][0]["env"] = json!([{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret, "key": "password"}}}])
         }
         "envFrom" => pod["containers"][0]["envFrom"] = json!([{"secretRef": {"name": secret}}]),
+        // Consumes it, but no node matches: the rollout never completes.
+        "unplaceable" => {
+            pod["containers"][0]["envFrom"] = json!([{"secretRef": {"name": secret}}]);
+            pod["nodeSelector"] = json!({"sigil.dev/test-node": "none"});
+        }
         "volume" => pod["volumes"] = json!([{"name": "s", "secret": {"secretName": secret}}]),
         "projected" => {
             pod["volumes"] =
@@ -334,6 +339,16 @@ async fn vault_rotation_refreshes_every_mirror_restarts_consumers_and_keeps_hist
         (replica_sets(&ctx, "worker").await == 2).then_some(())
     })
     .await;
+    // Completed only once every consumer runs the new template: the rollouts were awaited.
+    for name in ["api", "worker"] {
+        let d = get_deployment(&ctx, name).await;
+        let (spec, status) = (d.spec.unwrap(), d.status.unwrap());
+        let wanted = spec.replicas.unwrap_or(1);
+        assert_eq!(status.observed_generation, d.metadata.generation, "{name}");
+        assert_eq!(status.updated_replicas, Some(wanted), "{name}");
+        assert_eq!(status.available_replicas, Some(wanted), "{name}");
+        assert_eq!(status.replicas, Some(wanted), "{name}");
+    }
 
     // Each step has its times; each emitted its Event and audit line.
     let steps: Vec<&str> = status.steps.iter().map(|s| s.name.as_str()).collect();
@@ -345,6 +360,7 @@ async fn vault_rotation_refreshes_every_mirror_restarts_consumers_and_keeps_hist
             "promote",
             "propagate",
             "restart",
+            "await-rollout",
             "complete"
         ]
     );
@@ -368,6 +384,7 @@ async fn vault_rotation_refreshes_every_mirror_restarts_consumers_and_keeps_hist
         "RotationPromoted",
         "SecretsRefreshed",
         "WorkloadsRestarted",
+        "WorkloadsRolledOut",
         "RotationCompleted",
     ] {
         assert!(
@@ -389,6 +406,7 @@ async fn vault_rotation_refreshes_every_mirror_restarts_consumers_and_keeps_hist
             "promote",
             "propagate",
             "restart",
+            "await-rollout",
             "complete"
         ]
     );
@@ -605,6 +623,7 @@ const COMMON_FAIL_POINTS: &[&str] = &[
     "rotation-after-propagate",
     "rotation-after-roll",
     "rotation-after-restart",
+    "rotation-after-await-rollout",
     "rotation-after-complete",
 ];
 
@@ -841,6 +860,38 @@ async fn public_keys(ctx: &TestContext) -> String {
         .unwrap_or_default()
         .remove("sigil.pub")
         .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_rollout_that_never_completes_fails_the_rotation_at_the_timeout() {
+    let ctx = TestContext::new("rot-stuck").await.unwrap();
+    install_crds(&ctx.kube).await;
+    let flags = ["--rollout-deadline", "1s", "--rollout-timeout", "3s"];
+    let controller = Controller::start(&ctx, "a", &flags);
+    controller.wait_ready().await;
+    vault_put(&ctx, "db", json!({"password": "p0"})).await;
+    vault_token_store(&ctx, "vault").await;
+    password_mirror(&ctx, "db", "vault", &format!("{}/db", ctx.vault_prefix)).await;
+    wait_es(&ctx, "db", "SecretSynced").await;
+    deployment(&ctx, "runs", "db", "envFrom").await;
+    deployment(&ctx, "stuck", "db", "unplaceable").await;
+
+    rotation(&ctx, "r", json!({"externalSecretRef": {"name": "db"}})).await;
+    let done = finished(&ctx, "r").await;
+    assert_eq!(phase(&done), RotationPhase::Failed);
+    let (reason, message) = ready_reason(&done);
+    assert_eq!(reason, "RolloutTimedOut", "{message}");
+    let ns = &ctx.namespace;
+    assert!(
+        message.contains(&format!("Deployment {ns}/stuck")) && !message.contains("/runs"),
+        "{message}"
+    );
+    let status = done.status.unwrap();
+    let steps: Vec<&str> = status.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(steps.last(), Some(&"await-rollout"), "{steps:?}");
+    // What was done stays done: the mirror holds the new value.
+    assert_ne!(secret_data(&ctx, "db").await.unwrap()["password"], "p0");
+    drop(controller);
 }
 
 #[tokio::test]
