@@ -156,6 +156,17 @@ pub async fn create(
         ));
     };
     check_name(&target.name)?;
+    if spec.value.is_some() && spec.generate.is_some() {
+        return Err(ApiError::Invalid(
+            "set `generate` or `value`, not both: `value` is the new value itself".to_owned(),
+        ));
+    }
+    if spec.value.is_some() && target.secret_key.is_none() {
+        return Err(ApiError::Invalid(
+            "`value` is sealed for one key of the ExternalSecret: set `externalSecretRef.secretKey` (sigil rotate --key)"
+                .to_owned(),
+        ));
+    }
     if query.dry_run == Some(true) {
         spec.dry_run = Some(true);
     }

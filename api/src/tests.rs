@@ -229,6 +229,27 @@ async fn requested_by_comes_from_the_token_never_the_body() {
 }
 
 #[tokio::test]
+async fn a_supplied_value_needs_its_key_and_no_generate() {
+    for (spec, named) in [
+        (
+            r#"{"externalSecretRef": {"name": "db", "secretKey": "k"}, "value": "SG", "generate": {"length": 20}}"#,
+            "not both",
+        ),
+        (
+            r#"{"externalSecretRef": {"name": "db"}, "value": "SG"}"#,
+            "externalSecretRef.secretKey",
+        ),
+    ] {
+        let (status, body) = call(app(settings()), create(Some("admin"), JSON, spec)).await;
+        assert_eq!(
+            (status, body.code.as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+        );
+        assert!(body.message.contains(named), "{}", body.message);
+    }
+}
+
+#[tokio::test]
 async fn a_missing_target_is_422() {
     let (status, body) = call(
         app(settings()),

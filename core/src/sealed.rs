@@ -72,10 +72,25 @@ impl FromStr for Scope {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Binding {
     scope: Scope,
+    purpose: Purpose,
     namespace: String,
     name: String,
     key: String,
 }
+
+/// What a sealed value is for. A value sealed for one purpose never opens for another,
+/// whatever the names: its AAD names the purpose where a Secret value's names its scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    /// A value of a Secret (a SealedSecret's `encryptedData`).
+    SecretValue,
+    /// The new value of one ExternalSecret key, supplied to a Rotation.
+    Rotation,
+}
+
+/// The AAD field of a rotation value where a Secret value has its scope; no scope is
+/// spelled so.
+const ROTATION_PURPOSE: &str = "rotation";
 
 impl Binding {
     /// A binding; the fields a scope does not bind may be empty.
@@ -101,10 +116,24 @@ impl Binding {
         }
         Ok(Self {
             scope,
+            purpose: Purpose::SecretValue,
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             key: key.to_owned(),
         })
+    }
+
+    /// The binding of a new value supplied to a Rotation of ExternalSecret
+    /// `external_secret` in `namespace`, for its `secretKey` `key`. No SealedSecret value
+    /// opens under it, and no value sealed under it opens as a SealedSecret's, so a
+    /// ciphertext copied from Git cannot be replayed into a store.
+    ///
+    /// # Errors
+    /// As [`Binding::new`] with scope strict.
+    pub fn for_rotation(namespace: &str, external_secret: &str, key: &str) -> Result<Self> {
+        let mut binding = Self::new(Scope::Strict, namespace, external_secret, key)?;
+        binding.purpose = Purpose::Rotation;
+        Ok(binding)
     }
 
     /// The scope.
@@ -123,27 +152,33 @@ impl Binding {
     }
 
     /// The associated data: `sigil.dev/v1\nSCOPE\nNAMESPACE\nNAME\nKEY`, with the
-    /// fields the scope does not bind left empty.
+    /// fields the scope does not bind left empty; a rotation value has `rotation` where a
+    /// Secret value has its scope.
     pub fn aad(&self) -> Vec<u8> {
         let (namespace, name) = match self.scope {
             Scope::Strict => (self.namespace.as_str(), self.name.as_str()),
             Scope::Namespace => (self.namespace.as_str(), ""),
             Scope::Cluster => ("", ""),
         };
-        [
-            "sigil.dev/v1",
-            self.scope.as_str(),
-            namespace,
-            name,
-            &self.key,
-        ]
-        .join("\n")
-        .into_bytes()
+        let second = match self.purpose {
+            Purpose::SecretValue => self.scope.as_str(),
+            Purpose::Rotation => ROTATION_PURPOSE,
+        };
+        ["sigil.dev/v1", second, namespace, name, &self.key]
+            .join("\n")
+            .into_bytes()
     }
 }
 
 impl fmt::Display for Binding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.purpose == Purpose::Rotation {
+            return write!(
+                f,
+                "a Rotation of ExternalSecret {}/{}, key `{}`",
+                self.namespace, self.name, self.key
+            );
+        }
         match self.scope {
             Scope::Strict => write!(
                 f,
@@ -344,8 +379,14 @@ impl Envelope {
 
 /// Why a data key did not open: the same identity under another scope, or not at all.
 fn diagnose(context: &mut Context, wrapped_dek: &[u8], binding: &Binding) -> Error {
-    Scope::ALL
-        .into_iter()
+    // Another scope of a rotation value is no narrower or wider binding: a SealedSecret's.
+    let scopes = match binding.purpose {
+        Purpose::SecretValue => Scope::ALL.as_slice(),
+        Purpose::Rotation => &[],
+    };
+    scopes
+        .iter()
+        .copied()
         .filter(|scope| *scope != binding.scope())
         .filter_map(|scope| binding.with_scope(scope))
         .find(|other| context.open(&other.aad(), wrapped_dek).is_ok())

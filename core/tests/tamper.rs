@@ -49,6 +49,37 @@ fn moved_to_another_namespace_name_or_key_is_refused() {
 }
 
 #[test]
+fn a_rotation_value_and_a_secret_value_never_open_as_each_other() {
+    let rotation = Binding::for_rotation("prod", "db", "password").unwrap();
+    let f = fixture(&rotation);
+    assert_eq!(open_as(&f, &rotation).unwrap(), b"correct horse");
+    for scope in Scope::ALL {
+        let b = Binding::new(scope, "prod", "db", "password").unwrap();
+        assert!(
+            matches!(open_as(&f, &b), Err(Error::WrongBinding { .. })),
+            "{b}"
+        );
+    }
+    // A SealedSecret's value copied from Git, replayed into a Rotation of the same names.
+    let f = fixture(&strict("prod", "db", "password"));
+    match open_as(&f, &rotation) {
+        Err(Error::WrongBinding { binding }) => {
+            assert_eq!(
+                binding,
+                "a Rotation of ExternalSecret prod/db, key `password`"
+            )
+        }
+        other => panic!("expected WrongBinding, got {other:?}"),
+    }
+    let moved = Binding::for_rotation("prod", "db", "username").unwrap();
+    let f = fixture(&rotation);
+    assert!(matches!(
+        open_as(&f, &moved),
+        Err(Error::WrongBinding { .. })
+    ));
+}
+
+#[test]
 fn a_widened_scope_is_refused_and_named() {
     let f = fixture(&strict("prod", "db", "password"));
     for wider in [Scope::Namespace, Scope::Cluster] {

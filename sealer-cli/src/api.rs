@@ -351,6 +351,20 @@ impl Call {
         })
     }
 
+    /// `GET /v1/publickeys`: the cluster's public key lines, which anyone may read.
+    pub(crate) fn public_keys() -> Self {
+        Self {
+            method: Method::GET,
+            path: segments(&["v1", "publickeys"]),
+            body: None,
+            idempotency_key: None,
+            action: "read the cluster's public keys".to_owned(),
+            permission: None,
+            namespace: None,
+            resume: None,
+        }
+    }
+
     pub(crate) fn get_rotation(namespace: &str, name: &str) -> Self {
         Self {
             method: Method::GET,
@@ -499,6 +513,32 @@ impl Api {
     /// nothing, and creates carry the same Idempotency-Key on every attempt, so a retry
     /// of a request that did arrive returns the first answer instead of acting twice.
     pub(crate) async fn send<T: DeserializeOwned>(&self, call: &Call) -> anyhow::Result<Reply<T>> {
+        let Reply { status, body } = self.send_raw(call).await?;
+        let body = serde_json::from_slice(&body).map_err(|err| {
+            Failure::new(format!(
+                "sigil-api at {} answered {} with an unexpected body: {err}",
+                self.base,
+                call.describe()
+            ))
+            .with_hint("check that --server is sigil-api, and that sigil and sigil-api are the same version (`sigil --version`)")
+        })?;
+        Ok(Reply { status, body })
+    }
+
+    /// Sends `call` as [`send`](Self::send) does, for an answer in plain text.
+    pub(crate) async fn text(&self, call: &Call) -> anyhow::Result<String> {
+        let Reply { body, .. } = self.send_raw(call).await?;
+        String::from_utf8(body).map_err(|_| {
+            Failure::new(format!(
+                "sigil-api at {} answered {} with a body that is not UTF-8 text",
+                self.base,
+                call.describe()
+            ))
+            .into()
+        })
+    }
+
+    async fn send_raw(&self, call: &Call) -> anyhow::Result<Reply<Vec<u8>>> {
         let url = self.url(call)?;
         let mut attempt = 1;
         loop {
@@ -541,11 +581,11 @@ impl Api {
         }
     }
 
-    async fn reply<T: DeserializeOwned>(
+    async fn reply(
         &self,
         call: &Call,
         response: reqwest::Response,
-    ) -> anyhow::Result<Reply<T>> {
+    ) -> anyhow::Result<Reply<Vec<u8>>> {
         let status = response.status();
         let bytes = response
             .bytes()
@@ -554,15 +594,10 @@ impl Api {
         if !status.is_success() {
             return Err(api_failure(status, &bytes, call, &self.token.source).into());
         }
-        let body = serde_json::from_slice(&bytes).map_err(|err| {
-            Failure::new(format!(
-                "sigil-api at {} answered {} with an unexpected body: {err}",
-                self.base,
-                call.describe()
-            ))
-            .with_hint("check that --server is sigil-api, and that sigil and sigil-api are the same version (`sigil --version`)")
-        })?;
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            body: bytes.to_vec(),
+        })
     }
 
     fn unreachable(&self, call: &Call, err: reqwest::Error) -> anyhow::Error {

@@ -293,6 +293,12 @@ pub(crate) struct RotateArgs {
     /// reads more than one remote key or property.
     #[arg(long, value_name = "SECRET_KEY")]
     pub(crate) key: Option<String>,
+    /// The new value itself, from FILE (`-`: piped on standard input), instead of a
+    /// generated one, e.g. an API key a vendor re-issued. It is sealed here to the
+    /// cluster's public keys for this ExternalSecret and `--key` only, and only the
+    /// ciphertext is sent; one trailing newline is dropped.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub(crate) value_from_file: Option<std::path::PathBuf>,
     /// Why, for the record (e.g. an incident number): shown in status, Events and the
     /// audit log.
     #[arg(long, value_name = "TEXT")]

@@ -7,12 +7,12 @@
 //!
 //! ```text
 //! Rotation prod/db-3f9a1c2b4d5e6f70: ExternalSecret db, key password
-//!   ✓ resolve     <1s  rotating vault key db (property password), now at version 3
-//!   ✓ stage        1s  wrote version 4 of vault key db (property password)
-//!   ✓ promote     <1s  version 4 of vault key db is current
-//!   ✓ propagate    2s  2 Secret(s) of 1 ExternalSecret(s) hold version 4 of vault key db
-//!   ✓ restart      1s  restarted 1 workload(s) that consume the refreshed Secrets
-//!   ✓ complete    <1s  rotation completed
+//!   ✓ resolve         <1s  rotating vault key db (property password), now at version 3
+//!   ✓ stage            1s  wrote version 4 of vault key db (property password)
+//!   ✓ promote         <1s  version 4 of vault key db is current
+//!   ✓ propagate        2s  2 Secret(s) of 1 ExternalSecret(s) hold version 4 of vault key db
+//!   ✓ restart          1s  restarted 1 workload(s) that consume the refreshed Secrets
+//!   ✓ complete        <1s  rotation completed
 //! Completed in 4s
 //!   version:          3 -> 4
 //!   ExternalSecrets:  1 refreshed: prod/db
@@ -32,11 +32,18 @@ use sigil_types::{
     ExternalSecretRef, Rotation, RotationPhase, RotationSpec, RotationStatus, RotationStep,
 };
 
+use std::path::Path;
+
+use sigil_core::Binding;
+use zeroize::Zeroizing;
+
 use crate::api::{self, Api, Call, Reply};
 use crate::cli::{Format, KeysRotateArgs, ReportFormat, RotateArgs, WaitArgs};
 use crate::cluster;
+use crate::document::{read_input, source_name};
 use crate::failure::{EXIT_TIMEOUT, Failure};
 use crate::output;
+use crate::seal::recipients_in;
 
 /// How often a running Rotation is read again.
 const POLL: Duration = Duration::from_millis(500);
@@ -49,7 +56,12 @@ pub(crate) fn run(args: &RotateArgs) -> anyhow::Result<()> {
         Some(ns) => ns.clone(),
         None => api::default_namespace(&args.api)?,
     };
-    let spec = RotationSpec {
+    let supplied = args
+        .value_from_file
+        .as_deref()
+        .map(read_new_value)
+        .transpose()?;
+    let mut spec = RotationSpec {
         external_secret_ref: Some(ExternalSecretRef {
             name: args.external_secret.clone(),
             secret_key: args.key.clone(),
@@ -63,12 +75,70 @@ pub(crate) fn run(args: &RotateArgs) -> anyhow::Result<()> {
         Some(key) => key.clone(),
         None => api::fresh_idempotency_key()?,
     };
-    let call = Call::create_rotation(&namespace, &key, &spec)?;
     cluster::block_on(async {
         let api = Api::connect(&args.api, base)?;
+        if let Some(value) = &supplied {
+            spec.value = Some(seal_new_value(&api, &namespace, args, value).await?);
+        }
+        let call = Call::create_rotation(&namespace, &key, &spec)?;
         let reply = api.send(&call).await?;
         follow(&api, reply, &args.wait, args.idempotency_key.as_deref()).await
     })
+}
+
+/// The most a supplied value may hold: credentials are short, and the Rotation's spec,
+/// ciphertext included, must stay within sigil-api's body limit.
+const MAX_SUPPLIED_VALUE: usize = 4096;
+
+/// The value of `--value-from-file`, without one trailing newline.
+fn read_new_value(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+    if path == Path::new("-") && io::stdin().is_terminal() {
+        return Err(Failure::new(
+            "--value-from-file is `-` (stdin), and stdin is a terminal: typing the value would show it",
+        )
+        .with_hint("pipe it in (e.g. `vendor-cli new-key | sigil rotate ... --value-from-file -`), or pass a file")
+        .into());
+    }
+    let mut value = read_input(path)?;
+    let name = source_name(path);
+    for ending in ["\r\n", "\n"] {
+        if value.ends_with(ending) {
+            let kept = value.len() - ending.len();
+            value.truncate(kept);
+            break;
+        }
+    }
+    if value.is_empty() {
+        return Err(Failure::new(format!("--value-from-file {name} is empty"))
+            .with_hint("pass the file that holds the new value")
+            .into());
+    }
+    if value.len() > MAX_SUPPLIED_VALUE {
+        return Err(Failure::new(format!(
+            "--value-from-file {name} holds {} bytes; a supplied value is at most {MAX_SUPPLIED_VALUE}",
+            value.len()
+        ))
+        .with_hint("a Rotation carries a credential, not a file: store large values another way")
+        .into());
+    }
+    Ok(value)
+}
+
+/// `value` sealed to the cluster's public keys (as sigil-api serves them) for a Rotation
+/// of this ExternalSecret and key only.
+async fn seal_new_value(
+    api: &Api,
+    namespace: &str,
+    args: &RotateArgs,
+    value: &str,
+) -> anyhow::Result<String> {
+    let text = api.text(&Call::public_keys()).await?;
+    let recipients = recipients_in(vec![("sigil-api /v1/publickeys".to_owned(), text)])?;
+    let key = args.key.as_deref().unwrap_or_default();
+    let binding = Binding::for_rotation(namespace, &args.external_secret, key)
+        .map_err(|err| Failure::new(format!("cannot seal the new value: {err}")))?;
+    sigil_core::seal(&recipients.keys, &binding, value.as_bytes())
+        .map_err(|err| Failure::new(format!("cannot seal the new value: {err}")).into())
 }
 
 pub(crate) fn keys_rotate(args: &KeysRotateArgs) -> anyhow::Result<()> {
@@ -269,12 +339,15 @@ impl Progress {
     }
 }
 
+/// The longest step name, `await-rollout`.
+const STEP_WIDTH: usize = 13;
+
 /// `  ✓ NAME      DURATION  MESSAGE`: name padded to the longest step name, duration
 /// right-aligned in 5 columns.
 fn step_line(mark: char, step: &RotationStep, finished: &Time) -> String {
     let took = human(finished.0.duration_since(step.started_at.0));
     let message = step.message.as_deref().map(one_line).unwrap_or_default();
-    format!("  {mark} {:<9} {took:>5}  {message}", step.name)
+    format!("  {mark} {:<STEP_WIDTH$} {took:>5}  {message}", step.name)
         .trim_end()
         .to_owned()
 }
@@ -618,12 +691,12 @@ mod tests {
         assert_eq!(
             render(&completed_sequence()),
             [
-                "  ✓ resolve     <1s  rotating vault key db, now at version 3",
-                "  ✓ stage        1s  wrote version 4 of vault key db",
-                "  ✓ promote     <1s  version 4 of vault key db is current",
-                "  ✓ propagate 1m14s  1 Secret(s) of 1 ExternalSecret(s) hold version 4",
-                "  ✓ restart      1s  restarted 1 workload(s)",
-                "  ✓ complete    <1s  rotation completed",
+                "  ✓ resolve         <1s  rotating vault key db, now at version 3",
+                "  ✓ stage            1s  wrote version 4 of vault key db",
+                "  ✓ promote         <1s  version 4 of vault key db is current",
+                "  ✓ propagate     1m14s  1 Secret(s) of 1 ExternalSecret(s) hold version 4",
+                "  ✓ restart          1s  restarted 1 workload(s)",
+                "  ✓ complete        <1s  rotation completed",
             ]
         );
     }
@@ -641,8 +714,8 @@ mod tests {
         assert_eq!(
             render(&statuses),
             [
-                "  ✓ resolve     <1s  rotating vault key db",
-                "  ✗ stage        2s  could not write: permission denied",
+                "  ✓ resolve         <1s  rotating vault key db",
+                "  ✗ stage            2s  could not write: permission denied",
             ]
         );
     }

@@ -67,7 +67,7 @@ pub(crate) fn recipients_from_files(certs: &[PathBuf]) -> anyhow::Result<Recipie
 /// The public keys of key files, each given as (name for messages, text): for each
 /// `cluster=` name, the first key listed (the cluster's active key); every key without
 /// a cluster name.
-fn recipients_in(sources: Vec<(String, String)>) -> anyhow::Result<Recipients> {
+pub(crate) fn recipients_in(sources: Vec<(String, String)>) -> anyhow::Result<Recipients> {
     let mut recipients = Vec::new();
     let mut families: Vec<Vec<KeyId>> = Vec::new();
     for (source, text) in sources {

@@ -40,6 +40,10 @@ pub const DEFAULT_SYMBOLS: &str = "-_.";
      "message": "set exactly one target: spec.externalSecretRef (a remote key behind an ExternalSecret) or spec.sealingKey: {}"},
     {"rule": "!has(self.sealingKey) || !has(self.generate)",
      "message": "spec.generate applies to spec.externalSecretRef only: a sealing key is made by the controller"},
+    {"rule": "!has(self.value) || !has(self.generate)",
+     "message": "set spec.generate or spec.value, not both: spec.value is the new value itself"},
+    {"rule": "!has(self.value) || (has(self.externalSecretRef) && has(self.externalSecretRef.secretKey))",
+     "message": "spec.value is sealed for one key of an ExternalSecret: set spec.externalSecretRef.secretKey (sigil rotate --key)"},
     {"rule": "self == oldSelf",
      "message": "a Rotation cannot be changed once created: create a new Rotation instead"}
 ]))]
@@ -54,6 +58,13 @@ pub struct RotationSpec {
     /// How to make the new value (unset: 32 characters of letters, digits and symbols).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generate: Option<Generate>,
+    /// The new value itself, supplied by a person (a re-issued vendor key), sealed to the
+    /// cluster for this namespace, ExternalSecret and `secretKey` as a rotation value
+    /// (`sigil rotate --value-from-file`): only the controller opens it, and no
+    /// SealedSecret ciphertext opens as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 12288))]
+    pub value: Option<String>,
     /// Whether to restart the Deployments, StatefulSets and DaemonSets that consume the
     /// refreshed Secrets (unset: true).
     #[serde(default, skip_serializing_if = "Option::is_none")]

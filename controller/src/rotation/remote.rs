@@ -11,13 +11,16 @@ use sigil_providers::{Error as ProviderError, ErrorKind};
 use sigil_types::{ROTATION_BASE_CLAIM, ROTATION_CLAIM, Rotation, RotationPhase, RotationTarget};
 
 use super::target::{describe, resolve_target, session_of, verified};
-use super::value::new_value;
+use super::value::{fresh_value, new_value};
 use super::{Outcome, RotationContext, Stop, fail, status_of};
 use crate::common::error::Error;
 
 /// Finds the remote key, property and store the ExternalSecret reads, and the version
 /// current now; a dry run also lists what would change, and finishes.
 pub(super) async fn resolve(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
+    // A supplied value that does not open fails before anything is looked up, locked or
+    // written.
+    drop(fresh_value(obj, &ctx.keys)?);
     let (target, store) = resolve_target(obj, ctx).await?;
     let session = session_of(ctx, &store).await?;
     if !obj.spec.is_dry_run() {
@@ -60,7 +63,7 @@ pub(super) async fn stage(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<
     super::lock::acquire(ctx, obj, status_of(obj).target.as_ref()).await?;
     let session = session_of(ctx, &store).await?;
     let uid = obj.uid().unwrap_or_default();
-    let generate = obj.spec.generate.clone().unwrap_or_default();
+    let fresh = fresh_value(obj, &ctx.keys)?;
     let key = target.key.as_str();
     let mark = Mark {
         token: &uid,
@@ -71,7 +74,7 @@ pub(super) async fn stage(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<
     let property = target.property.as_deref();
     let version = session
         .stage(key, &base, mark, |current| -> Result<_, String> {
-            let value = new_value(current, property, &generate, objects)?;
+            let value = new_value(current, property, fresh, objects)?;
             super::crash_point("rotation-before-write");
             Ok(value)
         })

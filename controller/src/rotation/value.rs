@@ -1,20 +1,75 @@
-//! The new remote value a rotation writes: a fresh random value in the property the
-//! ExternalSecret reads, every other property of the old value kept.
+//! The new remote value a rotation writes: a fresh value (generated, or supplied sealed
+//! by a person and opened only for this Rotation's ExternalSecret and key) in the
+//! property the ExternalSecret reads, every other property of the old value kept.
 
+use kube::ResourceExt;
 use rand::Rng;
-use sigil_types::Generate;
+use sigil_core::Binding;
+use sigil_types::{Generate, Rotation};
 use zeroize::Zeroizing;
 
-/// The whole new remote value: `current` with `property` set to a fresh value, every
+use super::{Stop, fail};
+use crate::sealed::keys::Keys;
+
+/// The value this Rotation writes: `spec.value` opened, or a generated one.
+pub(super) fn fresh_value(obj: &Rotation, keys: &Keys) -> Result<Zeroizing<String>, Stop> {
+    match &obj.spec.value {
+        Some(sealed) => supplied_value(obj, sealed, keys),
+        None => Ok(generate_value(
+            &obj.spec.generate.clone().unwrap_or_default(),
+        )),
+    }
+}
+
+/// `spec.value` opened with the cluster's keys, for this Rotation's namespace,
+/// ExternalSecret and `secretKey` only: a SealedSecret's ciphertext, or one sealed for
+/// another ExternalSecret or key, does not open.
+fn supplied_value(obj: &Rotation, sealed: &str, keys: &Keys) -> Result<Zeroizing<String>, Stop> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let reference = obj.spec.external_secret_ref.as_ref();
+    let (Some(name), Some(key)) = (
+        reference.map(|r| r.name.as_str()),
+        reference.and_then(|r| r.secret_key.as_deref()),
+    ) else {
+        return Err(fail(
+            "InvalidSpec",
+            "spec.value is sealed for one key of an ExternalSecret: set spec.externalSecretRef.name and .secretKey (sigil rotate --key)",
+        ));
+    };
+    let binding = Binding::for_rotation(&namespace, name, key)
+        .map_err(|err| fail("InvalidSpec", format!("spec.externalSecretRef: {err}")))?;
+    let opened = sigil_core::open(sealed, &binding, &keys.current().keyring).map_err(|err| {
+        fail(
+            "InvalidValue",
+            format!(
+                "spec.value does not open as {binding}: {err}. Seal it for this ExternalSecret and key with `sigil rotate -n {namespace} {name} --key {key} --value-from-file FILE`; nothing was written"
+            ),
+        )
+    })?;
+    let text = std::str::from_utf8(&opened).map_err(|_| {
+        fail(
+            "InvalidValue",
+            "spec.value is not UTF-8 text; stores hold the new value as a string; nothing was written",
+        )
+    })?;
+    if text.is_empty() {
+        return Err(fail(
+            "InvalidValue",
+            "spec.value opens to an empty value; nothing was written",
+        ));
+    }
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
+/// The whole new remote value: `current` with `property` set to `fresh`, every
 /// other property kept; without a property, the fresh value alone, or, where values
 /// are always JSON objects (`objects`: Vault), the value's only property.
 pub(super) fn new_value(
     current: &[u8],
     property: Option<&str>,
-    generate: &Generate,
+    fresh: Zeroizing<String>,
     objects: bool,
 ) -> Result<Zeroizing<Vec<u8>>, String> {
-    let fresh = generate_value(generate);
     let parsed: Option<serde_json::Map<String, serde_json::Value>> =
         serde_json::from_slice(current).ok();
     let property = match (property, &parsed) {
@@ -73,7 +128,7 @@ fn set_property(
 }
 
 /// A fresh random value with at least one character of each class its alphabet has.
-fn generate_value(generate: &Generate) -> Zeroizing<String> {
+pub(super) fn generate_value(generate: &Generate) -> Zeroizing<String> {
     let alphabet = generate.alphabet();
     let length = generate.length_or_default() as usize;
     let classes: Vec<fn(&char) -> bool> = [
@@ -100,6 +155,10 @@ fn generate_value(generate: &Generate) -> Zeroizing<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fresh() -> Zeroizing<String> {
+        generate_value(&Generate::default())
+    }
 
     #[test]
     fn generated_values_use_only_and_all_asked_classes() {
@@ -132,7 +191,7 @@ mod tests {
         let out = new_value(
             br#"{"user":"app","password":"old","port":5432}"#,
             Some("password"),
-            &Generate::default(),
+            fresh(),
             false,
         )
         .unwrap();
@@ -145,21 +204,19 @@ mod tests {
 
     #[test]
     fn values_without_a_property() {
-        let whole = new_value(b"plain-old", None, &Generate::default(), false).unwrap();
+        let whole = new_value(b"plain-old", None, fresh(), false).unwrap();
         assert_eq!(whole.len(), 32);
-        let only = new_value(br#"{"token":"x"}"#, None, &Generate::default(), true).unwrap();
+        let only = new_value(br#"{"token":"x"}"#, None, fresh(), true).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&only).unwrap();
         assert_ne!(v["token"], "x");
-        let err =
-            new_value(br#"{"a":"1","b":"2"}"#, None, &Generate::default(), false).unwrap_err();
+        let err = new_value(br#"{"a":"1","b":"2"}"#, None, fresh(), false).unwrap_err();
         assert!(err.contains("remoteRef.property"), "{err}");
-        let err =
-            new_value(b"not json", Some("password"), &Generate::default(), false).unwrap_err();
+        let err = new_value(b"not json", Some("password"), fresh(), false).unwrap_err();
         assert!(err.contains("not a JSON object"), "{err}");
         let nested = new_value(
             br#"{"db":{"password":"old","host":"h"},"a.b":"x"}"#,
             Some("db.password"),
-            &Generate::default(),
+            fresh(),
             false,
         )
         .unwrap();
@@ -167,18 +224,12 @@ mod tests {
         assert_eq!(v["db"]["host"], "h");
         assert_ne!(v["db"]["password"], "old");
         assert!(v.get("db.password").is_none());
-        let err = new_value(
-            br#"{"db":{}}"#,
-            Some("db.password"),
-            &Generate::default(),
-            false,
-        )
-        .unwrap_err();
+        let err = new_value(br#"{"db":{}}"#, Some("db.password"), fresh(), false).unwrap_err();
         assert!(err.contains("no property `db.password`"), "{err}");
         let err = new_value(
             br#"{"password":{"nested":1}}"#,
             Some("password"),
-            &Generate::default(),
+            fresh(),
             false,
         )
         .unwrap_err();

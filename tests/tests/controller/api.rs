@@ -582,7 +582,7 @@ fn normalised(ctx: &TestContext, output: &[u8]) -> String {
             };
             // `  ✓ resolve     <1s  message`: the duration has a fixed column.
             if let Some(step) = line.strip_prefix("  ✓ ") {
-                let (name, rest) = step.split_at(9);
+                let (name, rest) = step.split_at(13);
                 let message = rest.get(8..).unwrap_or_default();
                 return format!("  ✓ {name} [dur]  {message}");
             }
@@ -630,7 +630,7 @@ async fn sigil_rotate_through_the_api_golden() {
         normalised(&ctx, &dry.stdout),
         "\
 Rotation NS/db-[hash]: ExternalSecret db (dry run)
-  ✓ resolve   [dur]  dry run: would write a new version of Vault key `PREFIX/db` property `password` on top of version 1, refresh 1 ExternalSecret(s) and 1 Secret(s), and restart 0 workload(s); nothing was changed
+  ✓ resolve       [dur]  dry run: would write a new version of Vault key `PREFIX/db` property `password` on top of version 1, refresh 1 ExternalSecret(s) and 1 Secret(s), and restart 0 workload(s); nothing was changed
 Dry run completed in [dur]: nothing was changed
   version:          1, a new one would replace it
   ExternalSecrets:  1 would be refreshed: NS/db
@@ -649,12 +649,13 @@ Dry run completed in [dur]: nothing was changed
         normalised(&ctx, &done.stdout),
         "\
 Rotation NS/db-[hash]: ExternalSecret db, key password
-  ✓ resolve   [dur]  rotating Vault key `PREFIX/db` property `password`, now at version 1
-  ✓ stage     [dur]  wrote version 2 of Vault key `PREFIX/db` property `password`
-  ✓ promote   [dur]  version 2 of Vault key `PREFIX/db` property `password` is current; version 1 stays readable
-  ✓ propagate [dur]  1 Secret(s) of 1 ExternalSecret(s) hold version 2 of Vault key `PREFIX/db` property `password`
-  ✓ restart   [dur]  restarted 0 workload(s) that consume the refreshed Secrets
-  ✓ complete  [dur]  rotation completed
+  ✓ resolve       [dur]  rotating Vault key `PREFIX/db` property `password`, now at version 1
+  ✓ stage         [dur]  wrote version 2 of Vault key `PREFIX/db` property `password`
+  ✓ promote       [dur]  version 2 of Vault key `PREFIX/db` property `password` is current; version 1 stays readable
+  ✓ propagate     [dur]  1 Secret(s) of 1 ExternalSecret(s) hold version 2 of Vault key `PREFIX/db` property `password`
+  ✓ restart       [dur]  restarted 0 workload(s) that consume the refreshed Secrets
+  ✓ await-rollout [dur]  0 workload(s) finished their rollout
+  ✓ complete      [dur]  rotation completed
 Completed in [dur]
   version:          1 -> 2
   ExternalSecrets:  1 refreshed: NS/db
@@ -812,4 +813,103 @@ async fn a_review_cache_longer_than_five_minutes_is_refused() {
         "{}",
         api.logs()
     );
+}
+
+#[tokio::test]
+async fn a_value_from_a_file_travels_sealed_and_only_for_its_own_key() {
+    const SUPPLIED: &str = "vendor-reissued-Key-7Q";
+    let ctx = TestContext::new("api-value").await.unwrap();
+    let controller = started(&ctx).await;
+    mirrored(&ctx).await;
+    let api = ApiServer::start(&ctx, &controller, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("new.txt");
+    std::fs::write(&file, format!("{SUPPLIED}\n")).unwrap();
+    let ns = ctx.namespace.clone();
+    let args = [
+        "rotate",
+        "-n",
+        &ns,
+        "db",
+        "--key",
+        "password",
+        "--value-from-file",
+        file.to_str().unwrap(),
+        "--server",
+        &api.url,
+    ];
+    let out = sigil(&ctx, dir.path(), &args, "");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The mirror holds the value as supplied, without the file's newline.
+    assert_eq!(
+        crate::sync::secret_data(&ctx, "db").await.unwrap()["password"],
+        SUPPLIED
+    );
+    // Only the ciphertext travelled: not in the Rotation, sigil-api's logs or audit lines.
+    let rotations = Api::<Rotation>::namespaced(ctx.kube.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let sealed = rotations.items[0].spec.value.clone().expect("spec.value");
+    let everything = format!(
+        "{}{}{:?}{}",
+        serde_json::to_string(&rotations.items).unwrap(),
+        api.logs(),
+        api.audit(),
+        controller.logs()
+    );
+    assert!(!everything.contains(SUPPLIED));
+
+    // The same ciphertext for another key, and a SealedSecret's value for this very
+    // one (copied from Git), both fail without writing anything.
+    let version_before = vault_current_version(&ctx).await;
+    let public = reqwest::get(format!("{}/v1/publickeys", api.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let keys: Vec<_> = sigil_core::keyfile::parse_public(&public)
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.key)
+        .collect();
+    let binding =
+        sigil_core::Binding::new(sigil_core::Scope::Strict, &ns, "db", "password").unwrap();
+    let from_git = sigil_core::seal(&keys, &binding, b"replayed").unwrap();
+    for (name, key, value) in [
+        ("other-key", "user", sealed),
+        ("from-git", "password", from_git),
+    ] {
+        crate::rotation::rotation(
+            &ctx,
+            name,
+            json!({"externalSecretRef": {"name": "db", "secretKey": key}, "value": value}),
+        )
+        .await;
+        let done = crate::rotation::finished(&ctx, name).await;
+        let (reason, message) = crate::rotation::ready_reason(&done);
+        assert_eq!(reason, "InvalidValue", "{name}: {message}");
+        assert!(message.contains("does not open"), "{name}: {message}");
+    }
+    assert_eq!(vault_current_version(&ctx).await, version_before);
+    assert_eq!(
+        crate::sync::secret_data(&ctx, "db").await.unwrap()["password"],
+        SUPPLIED
+    );
+}
+
+/// The current KV version of the test's `db` key.
+async fn vault_current_version(ctx: &TestContext) -> u64 {
+    let vault = ctx.env.vault_client(None).unwrap();
+    let path = format!("{}/db", ctx.vault_prefix);
+    vaultrs::kv2::read_metadata(&vault, "secret", &path)
+        .await
+        .unwrap()
+        .current_version
 }
