@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# sigil-api under load (issue 9, point 7): a release-built sigil-api on loopback (plain
+# sigil-api under load: a release-built sigil-api on loopback (plain
 # HTTP), driven by oha (an HTTP load generator from crates.io, built once into the cache),
 # with the admin token of the test environment. Two phases, one after the other:
 #   create  POST /v1/namespaces/NS/rotations, a dry-run Rotation of one ExternalSecret, by

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sigil against Bitnami's sealed-secrets (issue 11, point 3). For each N: the same N
+# Sigil against Bitnami's sealed-secrets. For each N: the same N
 # Secrets x 5 keys, sealed by each tool for a fresh namespace of its own and created
 # there, then one controller started cold on the same apiserver: sigil-controller;
 # Bitnami's controller with its client rate limits off (--kubeclient-qps -1); Bitnami's

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# CPU cost of opening one sealed value against one X25519 operation, in one run (issue 11
-# point 5: open ≤ 1.4 × X25519). Prints a table of
+# CPU cost of opening one sealed value against one X25519 operation, in one run (target:
+# open ≤ 1.4 × X25519). Prints a table of
 #   - OpenSSL's X25519: `openssl speed ecdhx25519`, where one op is one derive (one
 #     variable-base scalar multiplication), timed by the process's CPU time; run before
 #     and after the Rust benches, and averaged;

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Rotation at scale (issue 8, point 10): one remote key mirrored by N ExternalSecrets in N
+# Rotation at scale: one remote key mirrored by N ExternalSecrets in N
 # namespaces (one ClusterSecretStore, as a cluster shares a database password), each
 # Secret consumed by one Deployment (env valueFrom); R Rotations of the key one after
 # another, each created in the next namespace and awaited until Completed. Watches on the
-# mirror Secrets, the ReplicaSets and the Rotations time each one from the moment its
-# create returned (Rotation status has only second precision): until every mirror holds
-# a value other than before, until every Deployment has a ReplicaSet whose pod template
-# carries this Rotation's sigil.dev/restarted-for, and until the phase is Completed.
+# mirror Secrets, the ReplicaSets, the Deployments and the Rotations time each one from
+# the moment its create returned (Rotation status has only second precision): until
+# every mirror holds a value other than before, until every Deployment has a ReplicaSet
+# whose pod template carries this Rotation's sigil.dev/restarted-for, until every such
+# rollout is complete (kubectl rollout status: every replica updated and available, no
+# old one left), and until the phase is Completed (after await-rollout).
 # Prints p50, p95 and max beside the target (mirrors: p50 <= 2 s) and where the time
 # goes. Not a test: it prints and exits 0 whatever the numbers are.
 #
@@ -15,25 +17,24 @@
 #   --rotations R   Rotations, one after another (default 20)
 #   --provider P    vault (default): OpenBao KV v2, mount `secret`, AppRole login;
 #                   aws: moto's Secrets Manager
-#   --replicas K    replicas of every Deployment (default 0). No kubelet runs, so a pod
-#                   never becomes available: with K >= 1 a rollout never completes and
-#                   holds its --max-concurrent-restarts slot (5) for the whole
-#                   --rollout-deadline; with 0 a rollout is complete (kubectl rollout
-#                   status) once the deployment controller has made the new ReplicaSet,
-#                   so "-> new ReplicaSet" is the controller's own pace
+#   --replicas K    replicas of every Deployment (default 2). kwok runs the pods on its
+#                   fake nodes and makes them Ready, so a rollout completes as on a
+#                   cluster whose images start at once: the numbers are Sigil's and the
+#                   control plane's pace, not an application's start-up
 #   --env E         private (default): a throwaway environment of its own (scripts/env up
 #                   with SIGIL_ENV_DIR in a temporary directory, stopped at the end). The
 #                   controller watches every namespace, so in the shared environment it
 #                   would also reconcile (and fight over) other people's test objects.
 #                   shared: the running environment (${SIGIL_ENV_DIR:-.env}, started if
 #                   down).
-# kube-controller-manager must run in the environment (its deployment controller makes
-# the ReplicaSets). The controller (release build) runs with --rollout-deadline 1s unless
-# the extra flags set it. Everything this run made (namespaces and all in them, the
+# kube-controller-manager, kube-scheduler and kwok must run in the environment (the
+# deployment controller makes the ReplicaSets, the scheduler and kwok run their pods).
+# The controller (release build) runs with --rollout-deadline 1s unless the extra flags
+# set it. Everything this run made (namespaces and all in them, the
 # ClusterSecretStore, the remote key, the AppRole role) is removed at the end;
 # BENCH_KEEP=1 keeps the temporary directory (controller log, audit lines) instead.
 set -euo pipefail
-n=50 rotations=20 provider=vault replicas=0 envmode=private
+n=50 rotations=20 provider=vault replicas=2 envmode=private
 while (($#)); do
   case $1 in
     -n) n=$2; shift 2 ;;
@@ -96,7 +97,7 @@ STORE = f"bench-rotate-{RUN}"
 ES = "db"  # the ExternalSecret in every namespace, and the Secret it writes
 APP = "app"  # the Deployment in every namespace
 TARGET = 2.0  # p50 of created -> every mirror updated, seconds
-PHASES = ("Staged", "Promoted", "Propagated", "Restarted", "Completed")
+PHASES = ("Staged", "Promoted", "Propagated", "Restarted", "RolledOut", "Completed")
 
 
 # ---------------------------------------------------------------------------- setup
@@ -229,6 +230,7 @@ class Seen:
         self.replicasets = {}  # uid -> (t, namespace, sigil.dev/restarted-for)
         self.patched = {}  # (namespace, restarted-for) -> t
         self.observed = {}  # (namespace, restarted-for) -> t: status.observedGeneration caught up
+        self.complete = {}  # (namespace, restarted-for) -> t: the rollout complete
         self.phases = {}  # Rotation name -> {phase: t}
         self.status = {}  # Rotation name -> last status
 
@@ -255,8 +257,12 @@ class Seen:
             return
         with self.lock:
             self.patched.setdefault((meta["namespace"], cause), t)
-            if (obj.get("status") or {}).get("observedGeneration", 0) >= meta.get("generation", 0):
+            status = obj.get("status") or {}
+            if status.get("observedGeneration", 0) >= meta.get("generation", 0):
                 self.observed.setdefault((meta["namespace"], cause), t)
+                wanted = (obj.get("spec") or {}).get("replicas", 1)
+                if all(status.get(f, 0) == wanted for f in ("replicas", "updatedReplicas", "availableReplicas")):
+                    self.complete.setdefault((meta["namespace"], cause), t)
 
     def rotation(self, t, obj):
         name, status = obj["metadata"]["name"], obj.get("status") or {}
@@ -336,8 +342,9 @@ def measure(pid):
                         rolled[rs_ns] = min(t, rolled.get(rs_ns, t))
                 patched = {k: t for (k, c), t in seen.patched.items() if c == cause}
                 observed = {k: t for (k, c), t in seen.observed.items() if c == cause}
+                complete = {k: t for (k, c), t in seen.complete.items() if c == cause}
             if (sum(v is not None for v in changed.values()) >= N and len(rolled) >= N
-                    and len(observed) >= N) or time.time() > grace:
+                    and len(observed) >= N and len(complete) >= N) or time.time() > grace:
                 break
             check(f"Rotation {ns}/{name}: mirrors and ReplicaSets", t0)
             time.sleep(0.02)
@@ -352,6 +359,8 @@ def measure(pid):
                "patches": max(patched.values()) - t0 if len(patched) >= N else None,
                "patch_to_rs": [rolled[k] - patched[k] for k in patched if k in rolled],
                "patch_to_observed": [observed[k] - patched[k] for k in patched if k in observed],
+               "rollouts": max(complete.values()) - t0 if len(complete) >= N else None,
+               "patch_to_complete": [complete[k] - patched[k] for k in patched if k in complete],
                "failed": None if "Completed" in phases else
                next((c.get("message") for c in status.get("conditions", []) if c["type"] == "Ready"), "?")}
         rows.append(row)
@@ -386,6 +395,7 @@ def report(rows, m0, m1, load):
     print()
     lines = [("created -> every mirror Secret updated", [r["mirrors"] for r in rows], True),
              ("created -> every Deployment has a new ReplicaSet", [r["replicasets"] for r in rows], False),
+             ("created -> every rollout complete", [r["rollouts"] for r in rows], False),
              ("created -> Rotation phase Completed", [r["phases"].get("Completed") for r in rows], False)]
     print(f"{'metric (seconds)':50}{'p50':>7}{'p95':>7}{'max':>7}  {'target':<10}verdict")
     for label, values, targeted in lines:
@@ -408,6 +418,8 @@ def report(rows, m0, m1, load):
               ("phase Restarted", [r["phases"].get("Restarted") for r in rows]),
               ("first new ReplicaSet", [r["first_rs"] for r in rows]),
               ("every Deployment has a new ReplicaSet", [r["replicasets"] for r in rows]),
+              ("every rollout complete", [r["rollouts"] for r in rows]),
+              ("phase RolledOut", [r["phases"].get("RolledOut") for r in rows]),
               ("phase Completed", [r["phases"].get("Completed") for r in rows]),
               ("(the create request itself)", [r["create"] for r in rows])]
     for label, values in steps:
@@ -415,7 +427,8 @@ def report(rows, m0, m1, load):
         print(f"  {label:48}{fmt(p50):>7}{fmt(p95):>7}{fmt(mx):>7}")
     print(f"Each rollout on its own ({N} x {R}; kube-controller-manager's part):")
     for label, key in (("Deployment patched -> its new ReplicaSet", "patch_to_rs"),
-                       ("Deployment patched -> status.observedGeneration", "patch_to_observed")):
+                       ("Deployment patched -> status.observedGeneration", "patch_to_observed"),
+                       ("Deployment patched -> rollout complete", "patch_to_complete")):
         p50, p95, mx, got = stats([v for r in rows for v in r[key]])
         print(f"  {label:48}{fmt(p50):>7}{fmt(p95):>7}{fmt(mx):>7}  ({got} rollouts)")
     print()

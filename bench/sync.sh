@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ExternalSecret sync at scale (issue 7, point 9): N ExternalSecrets in M namespaces over
+# ExternalSecret sync at scale: N ExternalSecrets in M namespaces over
 # K + K remote keys (OpenBao KV v2 mount `secret`, moto Secrets Manager), created at once.
 # Prints a table: time to the first full sync, provider calls per refresh interval as the
 # servers count them (OpenBao's audit log; moto's request recorder, which keeps the

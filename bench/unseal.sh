@@ -11,7 +11,7 @@
 #   stdout: on a 2-core machine one round's limit varies by half from run to run.
 #   EXTERNAL: also M ExternalSecrets reading OpenBao
 #   through one SecretStore, created before the controller starts and Ready at the end,
-#   so that peak RSS covers both kinds (issue 11 measures N=10000, EXTERNAL=1000).
+#   so that peak RSS covers both kinds (the standing target is for N=10000, EXTERNAL=1000).
 # Release build. Needs the test environment (started here if it is not up; its kubectl).
 set -euo pipefail
 n=${1:-4000}
