@@ -65,3 +65,18 @@ pub struct Context {
     /// How watches start: [`Config::initial_list`], or as the API server's version allows.
     pub(crate) initial_list: InitialList,
 }
+
+/// Lets a kind's own context read the shared [`Context`]'s fields as its own
+/// (`ctx.client`), through its `shared` field.
+macro_rules! shares_context {
+    ($kind:ty) => {
+        impl std::ops::Deref for $kind {
+            type Target = $crate::common::Context;
+
+            fn deref(&self) -> &Self::Target {
+                &self.shared
+            }
+        }
+    };
+}
+pub(crate) use shares_context;

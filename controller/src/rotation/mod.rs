@@ -53,13 +53,7 @@ pub struct RotationContext {
     pub(crate) backoff: Backoff,
 }
 
-impl std::ops::Deref for RotationContext {
-    type Target = Context;
-
-    fn deref(&self) -> &Context {
-        &self.shared
-    }
-}
+crate::common::context::shares_context!(RotationContext);
 
 /// Runs the Rotation controller until `stop` resolves.
 pub async fn run(
@@ -589,32 +583,30 @@ mod tests {
 
     #[test]
     fn each_kind_of_rotation_takes_its_steps_in_order() {
-        use StepName::*;
+        let names = |spec| {
+            walk(spec)
+                .into_iter()
+                .map(StepName::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         assert_eq!(
-            walk(RotationSpec::default()),
-            [
-                Resolve,
-                Stage,
-                Promote,
-                Propagate,
-                Restart,
-                AwaitRollout,
-                Complete
-            ]
+            names(RotationSpec::default()),
+            "resolve stage promote propagate restart await-rollout complete"
         );
         assert_eq!(
-            walk(RotationSpec {
+            names(RotationSpec {
                 restart: Some(false),
                 ..RotationSpec::default()
             }),
-            [Resolve, Stage, Promote, Propagate, Complete]
+            "resolve stage promote propagate complete"
         );
         assert_eq!(
-            walk(RotationSpec {
+            names(RotationSpec {
                 sealing_key: Some(SealingKeyTarget::default()),
                 ..RotationSpec::default()
             }),
-            [Resolve, Stage, Promote, Complete]
+            "resolve stage promote complete"
         );
     }
 

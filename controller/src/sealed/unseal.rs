@@ -159,13 +159,7 @@ pub struct UnsealContext {
     pub(crate) settled: SettledObjects,
 }
 
-impl std::ops::Deref for UnsealContext {
-    type Target = Context;
-
-    fn deref(&self) -> &Context {
-        &self.shared
-    }
-}
+crate::common::context::shares_context!(UnsealContext);
 
 /// Why one value did not open: a reason from the fixed set, and the error with its fix
 /// in words that never hold the value.

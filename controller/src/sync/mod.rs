@@ -73,13 +73,7 @@ pub struct SyncContext {
     in_progress: Mutex<HashMap<ObjectKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl std::ops::Deref for SyncContext {
-    type Target = Context;
-
-    fn deref(&self) -> &Context {
-        &self.shared
-    }
-}
+crate::common::context::shares_context!(SyncContext);
 
 impl SyncContext {
     pub(crate) fn writer(&self) -> SecretWriter<'_> {
