@@ -53,6 +53,29 @@ impl Provider {
             Provider::Aws => "aws",
         }
     }
+
+    /// The provider [`as_str`](Self::as_str) names, e.g. as a Rotation's status recorded it.
+    pub fn named(name: &str) -> Option<Self> {
+        [Provider::Vault, Provider::Aws]
+            .into_iter()
+            .find(|p| p.as_str() == name)
+    }
+
+    /// How messages name the provider's keys: `"Vault"` or `"AWS"`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Provider::Vault => "Vault",
+            Provider::Aws => "AWS",
+        }
+    }
+
+    /// Whether a reader that holds version `held` holds `new` or a version written after
+    /// it: KV v2 versions count up, AWS VersionIds are only the same or not.
+    pub fn holds_at_least(self, held: &str, new: &str) -> bool {
+        held == new
+            || (self == Provider::Vault
+                && matches!((held.parse::<u64>(), new.parse::<u64>()), (Ok(h), Ok(n)) if h >= n))
+    }
 }
 
 impl fmt::Display for Provider {
@@ -234,9 +257,23 @@ mod tests {
     }
 
     #[test]
+    fn versions_held_count_up_on_vault_only() {
+        assert!(Provider::Vault.holds_at_least("7", "7"));
+        assert!(Provider::Vault.holds_at_least("8", "7"));
+        assert!(!Provider::Vault.holds_at_least("6", "7"));
+        assert!(Provider::Aws.holds_at_least("v-1", "v-1"));
+        assert!(!Provider::Aws.holds_at_least("v-2", "v-1"));
+        assert!(!Provider::Aws.holds_at_least("8", "7"));
+    }
+
+    #[test]
     fn stable_names() {
         assert_eq!(Provider::Vault.as_str(), "vault");
         assert_eq!(Provider::Aws.as_str(), "aws");
+        for p in [Provider::Vault, Provider::Aws] {
+            assert_eq!(Provider::named(p.as_str()), Some(p));
+        }
+        assert_eq!(Provider::named("Vault"), None);
         let ops = [
             Operation::Login,
             Operation::Renew,

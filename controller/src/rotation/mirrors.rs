@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
+use sigil_providers::Provider;
 use sigil_types::{ExternalSecret, Rotation, RotationPhase, RotationTarget, WorkloadRef};
 
 use super::target::{describe, verified};
@@ -242,10 +243,9 @@ fn holds(es: &ExternalSecret, target: &RotationTarget, new: &str) -> bool {
         .synced_versions
         .iter()
         .filter(|(key, _)| key.trim_matches('/') == wanted)
-        .any(|(_, version)| {
-            version == new
-                || (target.provider == "vault"
-                    && matches!((version.parse::<u64>(), new.parse::<u64>()), (Ok(v), Ok(n)) if v >= n))
+        .any(|(_, version)| match Provider::named(&target.provider) {
+            Some(provider) => provider.holds_at_least(version, new),
+            None => version == new,
         })
 }
 

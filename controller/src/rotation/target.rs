@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
-use sigil_providers::Session;
-use sigil_types::store::ProviderRef;
+use sigil_providers::{Provider, Session};
 use sigil_types::{ExternalSecret, Rotation, RotationTarget, StoreKind};
 
 use super::{RotationContext, Stop, display_name, fail, status_of};
@@ -42,13 +41,9 @@ pub(super) async fn resolve_target(
         .server_of(&store)
         .await
         .map_err(|problem| fail("StoreNotReady", problem.message().to_owned()))?;
-    let provider = match store.spec.provider.which() {
-        Ok(ProviderRef::Vault(_)) => "vault",
-        Ok(ProviderRef::Aws(_)) => "aws",
-        Err(m) => return Err(fail("StoreNotReady", m)),
-    };
+    let provider = session_of(ctx, &store).await?.provider();
     let target = RotationTarget {
-        provider: provider.to_owned(),
+        provider: provider.as_str().to_owned(),
         store: store_name(&store),
         server,
         key,
@@ -83,11 +78,10 @@ pub(super) async fn verified(
 }
 
 /// Whether the target resolved now is the one `resolve` recorded. A Rotation recorded
-/// before AWS servers named their account resumes: its server is today's without
+/// before servers named their account (AWS) resumes: its server is today's without
 /// ` account <id>`, and everything else must match.
 fn still_the_target(recorded: &RotationTarget, now: &RotationTarget) -> bool {
-    let recorded_before_accounts = recorded.provider == "aws"
-        && !recorded.server.contains(" account ")
+    let recorded_before_accounts = !recorded.server.contains(" account ")
         && now
             .server
             .strip_prefix(recorded.server.as_str())
@@ -221,13 +215,9 @@ fn recorded(obj: &Rotation) -> Result<(RotationTarget, String), Stop> {
     }
 }
 
-/// "vault key `app/db` property `password`": how messages name a target.
+/// "Vault key `app/db` property `password`": how messages name a target.
 pub(super) fn describe(target: &RotationTarget) -> String {
-    let provider = if target.provider == "vault" {
-        "Vault"
-    } else {
-        "AWS"
-    };
+    let provider = Provider::named(&target.provider).map_or("remote", Provider::short_name);
     match &target.property {
         Some(property) => format!("{provider} key `{}` property `{property}`", target.key),
         None => format!("{provider} key `{}`", target.key),
