@@ -54,9 +54,10 @@ async fn rotate(ctx: &TestContext, name: &str, spec: Value) -> Rotation {
     done
 }
 
-/// The Rotation once it reached `Completed` or `Failed`.
+/// The Rotation once it reached `Completed` or `Failed`: a resumed one first waits for
+/// the crashed controller's Lease to expire, then for its rollouts, on a busy machine.
 pub(crate) async fn finished(ctx: &TestContext, name: &str) -> Rotation {
-    eventually(Duration::from_secs(60), || async {
+    eventually(Duration::from_secs(120), || async {
         let obj = Api::<Rotation>::namespaced(ctx.kube.clone(), &ctx.namespace)
             .get(name)
             .await
