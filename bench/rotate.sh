@@ -445,14 +445,10 @@ def report(rows, m0, m1, load):
     slots, deadline = flag("--max-concurrent-restarts", "5"), flag("--rollout-deadline", "5m")
     print(f"Controller flags: {E['BENCH_FLAGS']}; so --max-concurrent-restarts {slots}, --rollout-deadline "
           f"{deadline}, --rotation-propagation-timeout {flag('--rotation-propagation-timeout', '5m')}")
-    if REPLICAS == 0:
-        print("  Deployments have 0 replicas: a rollout is complete (kubectl rollout status) once kube-controller-manager "
-              "has observed the patch (status.observedGeneration), and its restart slot is freed then or at "
-              f"--rollout-deadline, whichever comes first; '-> new ReplicaSet' is the pace of {slots} rollouts in flight")
-    else:
-        print(f"  Deployments have {REPLICAS} replica(s) and no kubelet runs: no rollout ever completes, so each of the "
-              f"{slots} restart slots is held for the whole --rollout-deadline and '-> new ReplicaSet' is at least "
-              f"{math.ceil(N / int(slots)) - 1} x {deadline} after the first patch")
+    print(f"  Deployments have {REPLICAS} replica(s), run by kwok on fake nodes: a restart slot is freed when its "
+          f"rollout completes or at --rollout-deadline ({deadline}), whichever comes first, and the Rotation completes "
+          f"once every rollout has (await-rollout); '-> rollout complete' is the control plane's pace with up to "
+          f"{N} rollouts in flight on {E.get('BENCH_CPUS', '?')} CPUs")
 
 
 # ---------------------------------------------------------------------------- cleanup
