@@ -170,18 +170,7 @@ pub(super) async fn await_rollout(
     obj: &Rotation,
     ctx: &Arc<RotationContext>,
 ) -> Result<Outcome, Stop> {
-    let workloads = consumers_of_target(obj, ctx).await?;
-    let mut waiting = Vec::new();
-    let mut stuck = Vec::new();
-    let mut done = 0;
-    for workload in &workloads {
-        match ctx.restarter.progress(workload).await? {
-            None => {}
-            Some(Progress::Complete) => done += 1,
-            Some(Progress::Waiting) => waiting.push(workload.to_string()),
-            Some(Progress::Failed) => stuck.push(workload.to_string()),
-        }
-    }
+    let mut pending = consumers_of_target(obj, ctx).await?;
     let timeout = ctx.config.rollout_timeout;
     let restarted_at = status_of(obj)
         .steps
@@ -190,36 +179,57 @@ pub(super) async fn await_rollout(
         .find(|s| s.name == StepName::Restart.as_str())
         .and_then(|s| s.finished_at.clone())
         .map_or_else(Timestamp::now, |t| t.0);
-    let waited = Timestamp::now().duration_since(restarted_at).unsigned_abs();
-    if !stuck.is_empty() || (!waiting.is_empty() && waited > timeout) {
-        let why = if stuck.is_empty() {
-            format!(
-                "did not complete within {}s (--rollout-timeout)",
-                timeout.as_secs()
-            )
-        } else {
-            "passed its progress deadline".to_owned()
-        };
-        let mut named = stuck;
-        named.extend(waiting);
-        return Err(fail(
-            "RolloutTimedOut",
-            format!(
-                "the rollout of {} {why}; nothing after this step ran. `kubectl rollout status` and the pods' events say why",
-                named.join(", ")
-            ),
-        ));
-    }
-    if !waiting.is_empty() {
-        return Err(Stop::Wait(
-            ROLLOUT_POLL,
-            format!(
-                "waiting for the rollout of {} ({}s of {}s)",
-                waiting.join(", "),
-                waited.as_secs(),
-                timeout.as_secs()
-            ),
-        ));
+    // The target and its consumers are resolved once per reconcile; in between, only the
+    // rollouts not yet complete are read again.
+    let deadline = tokio::time::Instant::now() + WAIT_IN_RECONCILE;
+    let mut done = 0;
+    loop {
+        let mut waiting = Vec::new();
+        let mut stuck = Vec::new();
+        for workload in pending {
+            match ctx.restarter.progress(&workload).await? {
+                None => {}
+                Some(Progress::Complete) => done += 1,
+                Some(Progress::Waiting) => waiting.push(workload),
+                Some(Progress::Failed) => stuck.push(workload.to_string()),
+            }
+        }
+        let waited = Timestamp::now().duration_since(restarted_at).unsigned_abs();
+        if !stuck.is_empty() || (!waiting.is_empty() && waited > timeout) {
+            let why = if stuck.is_empty() {
+                format!(
+                    "did not complete within {}s (--rollout-timeout)",
+                    timeout.as_secs()
+                )
+            } else {
+                "passed its progress deadline".to_owned()
+            };
+            stuck.extend(waiting.iter().map(ToString::to_string));
+            return Err(fail(
+                "RolloutTimedOut",
+                format!(
+                    "the rollout of {} {why}; nothing after this step ran. `kubectl rollout status` and the pods' events say why",
+                    stuck.join(", ")
+                ),
+            ));
+        }
+        if waiting.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let names: Vec<String> = waiting.iter().map(ToString::to_string).collect();
+            return Err(Stop::Wait(
+                ROLLOUT_POLL,
+                format!(
+                    "waiting for the rollout of {} ({}s of {}s)",
+                    names.join(", "),
+                    waited.as_secs(),
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        pending = waiting;
+        tokio::time::sleep(ROLLOUT_POLL).await;
     }
     let message = format!("{done} workload(s) finished their rollout");
     Ok(Outcome::new(RotationPhase::RolledOut, message, |_| {}))
