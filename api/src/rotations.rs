@@ -256,7 +256,14 @@ impl Planned {
     ) -> Result<Self> {
         let user = &caller.user.username;
         spec.requested_by = Some(user.clone());
-        let encoded = serde_json::to_vec(&spec)
+        // A supplied value is sealed afresh on every attempt (new ephemeral keys), so a
+        // retry of the same request carries another ciphertext: the request is the same
+        // when it supplies a value at all.
+        let hashed = RotationSpec {
+            value: spec.value.as_ref().map(|_| "supplied".to_owned()),
+            ..spec.clone()
+        };
+        let encoded = serde_json::to_vec(&hashed)
             .map_err(|err| ApiError::Internal(format!("cannot encode a Rotation spec: {err}")))?;
         let request_hash = sha256_hex(&[&encoded]);
         let mut rotation = Rotation::new("", spec);

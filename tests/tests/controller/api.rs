@@ -837,14 +837,20 @@ async fn a_value_from_a_file_travels_sealed_and_only_for_its_own_key() {
         file.to_str().unwrap(),
         "--server",
         &api.url,
+        "--idempotency-key",
+        "inc-9-vendor-key",
     ];
-    let out = sigil(&ctx, dir.path(), &args, "");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The same command twice (a runbook retried): each run seals afresh, and the second
+    // follows the Rotation the first made instead of failing or making another.
+    for _ in 0..2 {
+        let out = sigil(&ctx, dir.path(), &args, "");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // The mirror holds the value as supplied, without the file's newline.
     assert_eq!(
         crate::sync::secret_data(&ctx, "db").await.unwrap()["password"],
@@ -855,6 +861,7 @@ async fn a_value_from_a_file_travels_sealed_and_only_for_its_own_key() {
         .list(&ListParams::default())
         .await
         .unwrap();
+    assert_eq!(rotations.items.len(), 1);
     let sealed = rotations.items[0].spec.value.clone().expect("spec.value");
     let everything = format!(
         "{}{}{:?}{}",
