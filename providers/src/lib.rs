@@ -21,6 +21,7 @@
 //! it.
 
 pub mod aws;
+pub mod credential;
 mod error;
 mod session;
 pub mod vault;

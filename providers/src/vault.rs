@@ -913,7 +913,11 @@ fn parse_server(server: &str) -> Result<Url> {
     Ok(url)
 }
 
-fn http_client(address: &Url, ca_pem: Option<&[u8]>, timeout: Duration) -> Result<reqwest::Client> {
+pub(crate) fn http_client(
+    address: &Url,
+    ca_pem: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .tls_backend_rustls()
         .timeout(timeout)

@@ -7,6 +7,7 @@ pub mod api;
 pub mod external;
 pub mod keys;
 pub mod names;
+pub mod policy;
 pub mod rotation;
 pub mod store;
 
@@ -16,9 +17,13 @@ pub use external::{
     ExtractRef, RemoteRef, SecretBinding, SecretStoreRef, StoreKind,
 };
 pub use names::*;
+pub use policy::{
+    LocalSecretRef, PolicyTarget, PostgresTarget, RotationPolicy, RotationPolicySpec,
+    RotationPolicyStatus, Schedule, SecretKeyRef, SslMode, Strategy, WebhookTarget,
+};
 pub use rotation::{
-    ExternalSecretRef, Generate, Rotation, RotationPhase, RotationSpec, RotationStatus,
-    RotationStep, RotationTarget, SealingKeyTarget, SealingKeyUse, WorkloadRef,
+    CredentialStatus, ExternalSecretRef, Generate, Rotation, RotationPhase, RotationSpec,
+    RotationStatus, RotationStep, RotationTarget, SealingKeyTarget, SealingKeyUse, WorkloadRef,
 };
 pub use store::{
     AwsAuth, AwsAuthSecretRef, AwsJwtAuth, AwsProvider, AwsService, CaProvider, CaProviderType,
@@ -209,6 +214,7 @@ pub fn crd_yaml() -> String {
         ClusterSecretStore::crd(),
         ExternalSecret::crd(),
         Rotation::crd(),
+        RotationPolicy::crd(),
     ];
     let documents: Vec<String> = crds
         .iter()
@@ -233,6 +239,7 @@ mod tests {
             crate::SealedSecret::crd(),
             crate::SecretStore::crd(),
             crate::ClusterSecretStore::crd(),
+            crate::RotationPolicy::crd(),
             crate::ExternalSecret::crd(),
             crate::Rotation::crd(),
         ]

@@ -172,8 +172,12 @@ pub enum RotationPhase {
     #[default]
     Pending,
     /// The new value is written to the store, not yet current (AWS: `AWSPENDING`;
-    /// Vault: a new KV version).
+    /// Vault: a new KV version, which Sigil's mirrors do not read until `promote`).
     Staged,
+    /// The policy's target (a database role, a webhook) accepts the new credential.
+    Set,
+    /// The new credential logged in.
+    Tested,
     /// The new value is the current one (AWS: `AWSCURRENT`).
     Promoted,
     /// Every Secret that mirrors the remote key holds the new version.
@@ -182,6 +186,8 @@ pub enum RotationPhase {
     Restarted,
     /// Every rolled workload finished its rollout (as `kubectl rollout status` judges it).
     RolledOut,
+    /// The leaked credential no longer works and its sessions are ended.
+    Retired,
     /// Done.
     Completed,
     /// Stopped; `Ready` says why. Nothing more is written.
@@ -194,10 +200,13 @@ impl RotationPhase {
         match self {
             RotationPhase::Pending => "Pending",
             RotationPhase::Staged => "Staged",
+            RotationPhase::Set => "Set",
+            RotationPhase::Tested => "Tested",
             RotationPhase::Promoted => "Promoted",
             RotationPhase::Propagated => "Propagated",
             RotationPhase::Restarted => "Restarted",
             RotationPhase::RolledOut => "RolledOut",
+            RotationPhase::Retired => "Retired",
             RotationPhase::Completed => "Completed",
             RotationPhase::Failed => "Failed",
         }
@@ -224,6 +233,12 @@ pub struct RotationStatus {
     /// The remote key, resolved from the ExternalSecret when the Rotation started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<RotationTarget>,
+    /// The RotationPolicy followed (`set`, `test` and `retire` are its target's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// What was set, tested and retired where the credential is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialStatus>,
     /// The version current before the rotation (KV version, AWS VersionId, or the
     /// active sealing key ID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -269,13 +284,50 @@ pub struct RotationTarget {
     /// The JSON property written, keeping every other property.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub property: Option<String>,
+    /// With a policy: the JSON property holding the role name, written in the same
+    /// version as the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_property: Option<String>,
+}
+
+/// Where the credential is checked, and what this Rotation did there. Never holds a
+/// password.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialStatus {
+    /// `postgres host:port/database` or the webhook's URL.
+    pub target: String,
+    /// `AlternatingUsers` or `SingleUser` (PostgreSQL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// The role in use before the Rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_username: Option<String>,
+    /// The role the new version names, whose password `set` changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// When `set` changed the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_at: Option<Time>,
+    /// SingleUser: how long mirrors held the refused old password (from `set` until
+    /// every mirror held the new one), e.g. `1.2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirrors_refused_for: Option<String>,
+    /// What `retire` made useless, e.g. `password of role app replaced by one nobody
+    /// holds`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
+    /// Sessions of the retired credential that `retire` ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_terminated: Option<u32>,
 }
 
 /// One step of a Rotation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationStep {
-    /// `resolve`, `stage`, `promote`, `propagate`, `restart` or `complete`.
+    /// `resolve`, `stage`, `set`, `test`, `promote`, `propagate`, `restart`,
+    /// `await-rollout`, `retire` or `complete`.
     pub name: String,
     /// When it began.
     pub started_at: Time,
