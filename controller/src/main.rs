@@ -62,6 +62,10 @@ struct Args {
     /// (`RolloutTimedOut`).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     rollout_timeout: Duration,
+    /// The shortest `schedule.every` a RotationPolicy may ask for; a shorter one is
+    /// refused (`InvalidSpec`).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    min_rotation_interval: Duration,
     /// Workloads annotated `sigil.dev/reload: "true"` restart once a Secret they consume
     /// has stayed unchanged this long after a change.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
         max_concurrent_restarts: args.max_concurrent_restarts,
         rollout_deadline: args.rollout_deadline,
         rollout_timeout: args.rollout_timeout,
+        min_rotation_interval: args.min_rotation_interval,
         reload_debounce: args.reload_debounce,
         store_tokens_need_opt_in: args.store_tokens_need_opt_in,
         api_service_account,

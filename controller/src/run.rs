@@ -143,9 +143,11 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
                 tracing::debug!(error = %err, "controller event");
             }
         });
+    let rotations = rotation::watch(&client, watch_namespace, initial_list);
     let (sync_context, sync_run) = sync::start(
         shared.clone(),
         secret_watch.owned(sigil_types::EXTERNAL_SECRET_LABEL),
+        rotations.0.clone(),
         stopped(),
     );
     let restarter = restart::Restarter::new(
@@ -171,15 +173,21 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
             }
         }
     };
+    let (policies, policy_changes) =
+        rotation::policy::watch(&client, watch_namespace, initial_list);
     let rotation_context = Arc::new(rotation::RotationContext {
         shared,
         sync: sync_context,
         restarter,
         keys,
         sealed: store,
+        policies,
         backoff: Default::default(),
     });
-    let rotation_run = rotation::run(rotation_context, stopped());
+    let rotation_run = futures::future::join(
+        rotation::run(rotation_context.clone(), rotations, stopped()),
+        rotation::policy::run(rotation_context, policy_changes, stopped()),
+    );
     let run = futures::future::join5(
         unseal_run,
         sync_run,

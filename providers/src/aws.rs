@@ -1106,6 +1106,19 @@ impl Versioned for AwsSession {
             _ => Ok(()),
         }
     }
+
+    async fn withdraw(
+        &self,
+        key: &str,
+        _base: &str,
+        new: &str,
+        _mark: Mark<'_>,
+    ) -> Result<String, VersionError> {
+        self.clear_staged(key, new).await?;
+        Ok(format!(
+            "version {new} was never made current and no longer holds AWSPENDING"
+        ))
+    }
 }
 
 const CURRENT: &str = "AWSCURRENT";

@@ -83,14 +83,6 @@ impl CredentialTarget {
         }
     }
 
-    /// The username the new version holds, given the one in use.
-    pub fn next_username(&self, current: &str) -> String {
-        match self {
-            CredentialTarget::Postgres(p) => p.next_username(current),
-            CredentialTarget::Webhook(_) => current.to_owned(),
-        }
-    }
-
     /// Makes the new login work; the previous one keeps working unless only one role
     /// holds the credential.
     pub async fn set(&self, change: Change<'_>) -> Result<(), TargetError> {

@@ -127,4 +127,17 @@ impl Versioned for Session {
             Session::Aws(aws) => aws.clear_staged(key, new).await,
         }
     }
+
+    async fn withdraw(
+        &self,
+        key: &str,
+        base: &str,
+        new: &str,
+        mark: Mark<'_>,
+    ) -> Result<String, VersionError> {
+        match self {
+            Session::Vault(vault) => vault.withdraw(key, base, new, mark).await,
+            Session::Aws(aws) => aws.withdraw(key, base, new, mark).await,
+        }
+    }
 }

@@ -1214,6 +1214,30 @@ impl Versioned for VaultSession {
     async fn clear_staged(&self, _key: &str, _new: &str) -> Result<(), VersionError> {
         Ok(())
     }
+
+    async fn withdraw(
+        &self,
+        key: &str,
+        base: &str,
+        new: &str,
+        mark: Mark<'_>,
+    ) -> Result<String, VersionError> {
+        let old = self.read_version(key, base).await?;
+        let bytes = Zeroizing::new(old.bytes().to_vec());
+        let written = self
+            .stage(key, new, mark, |_| Ok::<_, std::convert::Infallible>(bytes))
+            .await
+            .map_err(|e| match e {
+                VersionError::Moved { now } => VersionError::Moved { now },
+                VersionError::NoCurrent => VersionError::NoCurrent,
+                VersionError::NotAVersion { version } => VersionError::NotAVersion { version },
+                VersionError::Store { doing, error } => VersionError::Store { doing, error },
+                VersionError::Value(never) => match never {},
+            })?;
+        Ok(format!(
+            "version {written} holds version {base}'s data again, written with check-and-set on version {new}"
+        ))
+    }
 }
 
 /// A KV v2 version number, from the text a [`Versioned`] caller holds.

@@ -107,4 +107,17 @@ pub trait Versioned: Send + Sync {
         key: &str,
         new: &str,
     ) -> impl Future<Output = Result<(), VersionError>> + Send;
+
+    /// Takes back `new`, staged on `base` and never promoted, so that the current value
+    /// is `base`'s again; returns what was done, in words. AWS removes `AWSPENDING`
+    /// (the current version never moved); Vault, where the write became current, writes
+    /// `base`'s data again on top of `new` with check-and-set, marked by `mark` (so a
+    /// retry finds it).
+    fn withdraw(
+        &self,
+        key: &str,
+        base: &str,
+        new: &str,
+        mark: Mark<'_>,
+    ) -> impl Future<Output = Result<String, VersionError>> + Send;
 }

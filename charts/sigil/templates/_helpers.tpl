@@ -81,11 +81,16 @@ SecretStores and Rotations, the Secrets it writes and reads, and its Events.
 */}}
 {{- define "sigil.unsealRules" -}}
 - apiGroups: ["sigil.dev"]
-  resources: ["sealedsecrets", "externalsecrets", "secretstores", "rotations"]
+  resources: ["sealedsecrets", "externalsecrets", "secretstores", "rotations", "rotationpolicies"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["sigil.dev"]
-  resources: ["sealedsecrets/status", "externalsecrets/status", "secretstores/status", "rotations/status"]
+  resources: ["sealedsecrets/status", "externalsecrets/status", "secretstores/status", "rotations/status", "rotationpolicies/status"]
   verbs: ["get", "patch", "update"]
+# A RotationPolicy's schedule: the controller creates its Rotations (requestedBy
+# schedule/<policy>).
+- apiGroups: ["sigil.dev"]
+  resources: ["rotations"]
+  verbs: ["create"]
 # The Secrets it writes (unsealed, or synced from a store): written by server-side
 # apply, watched by label to restore them when edited or deleted by hand, deleted when
 # no longer wanted. Also the Secrets a store's credentials are read from.

@@ -43,8 +43,11 @@ pub struct Config {
     pub max_concurrent_restarts: usize,
     /// How long a rollout may hold its slot before the next one starts anyway.
     pub rollout_deadline: Duration,
-    /// How long a Rotation waits for the rollouts it started to complete.
+    /// How long a Rotation waits for the rollouts it started to complete (unless its
+    /// policy says).
     pub rollout_timeout: Duration,
+    /// The shortest `schedule.every` a RotationPolicy may ask for.
+    pub min_rotation_interval: Duration,
     /// How long a Secret must stay unchanged before opted-in workloads are reloaded.
     pub reload_debounce: Duration,
     /// How watches learn what exists; `None`: by the API server's version.

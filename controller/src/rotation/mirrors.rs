@@ -171,7 +171,8 @@ pub(super) async fn await_rollout(
     ctx: &Arc<RotationContext>,
 ) -> Result<Outcome, Stop> {
     let mut pending = consumers_of_target(obj, ctx).await?;
-    let timeout = ctx.config.rollout_timeout;
+    let timeout =
+        super::policy::rollout_timeout(ctx, super::policy::policy_of(obj, ctx)?.as_deref());
     let restarted_at = status_of(obj)
         .steps
         .iter()

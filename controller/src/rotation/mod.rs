@@ -1,5 +1,6 @@
-//! The Rotation state machine: `resolve` → `stage` → `promote` → `propagate` →
-//! `restart` → `await-rollout` → `complete`, one function per step.
+//! The Rotation state machine: `resolve` → `stage` → (`set` → `test`) → `promote` →
+//! `propagate` → `restart` → `await-rollout` → (`retire`) → `complete`, one function
+//! per step; the steps in brackets are a RotationPolicy target's.
 //!
 //! Each step is idempotent and its outcome is written to the Rotation's status (with
 //! optimistic concurrency on `resourceVersion`) before the next step begins, so a
@@ -9,8 +10,10 @@
 //! check-and-set. A Lease per remote key keeps two Rotations of one key from
 //! interleaving. Every step emits an Event and one JSON line on the `audit` target.
 
+mod credential;
 pub(crate) mod lock;
 mod mirrors;
+pub mod policy;
 mod remote;
 mod sealing;
 mod target;
@@ -50,20 +53,35 @@ pub struct RotationContext {
     pub(crate) keys: Arc<Keys>,
     /// SealedSecrets as last seen, for the sealing-key report.
     pub(crate) sealed: Store<CachedSealedSecret>,
+    /// RotationPolicies as last seen: which one governs a Rotation.
+    pub(crate) policies: Store<sigil_types::RotationPolicy>,
     pub(crate) backoff: Backoff,
 }
 
 crate::common::context::shares_context!(RotationContext);
 
+/// The Rotations' watch, shared with sync (which pins Vault keys a Rotation staged)
+/// and the Rotation controller.
+pub fn watch(
+    client: &kube::Client,
+    watch_namespace: Option<&str>,
+    initial_list: crate::common::watch::InitialList,
+) -> (
+    Store<Rotation>,
+    impl futures::Stream<Item = kube::runtime::watcher::Result<Rotation>> + Send + 'static,
+) {
+    watch_lean(scoped_api::<Rotation>(client, watch_namespace), initial_list)
+}
+
 /// Runs the Rotation controller until `stop` resolves.
 pub async fn run(
     ctx: Arc<RotationContext>,
+    (rotations, changes): (
+        Store<Rotation>,
+        impl futures::Stream<Item = kube::runtime::watcher::Result<Rotation>> + Send + 'static,
+    ),
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (rotations, changes) = watch_lean(
-        scoped_api::<Rotation>(&ctx.client, ctx.config.watch_namespace.as_deref()),
-        ctx.initial_list,
-    );
     let concurrency = ctx.config.concurrency;
     Controller::for_stream(changes, rotations)
         .with_config(controller::Config::default().concurrency(concurrency))
@@ -134,10 +152,13 @@ impl Outcome {
 pub(crate) enum StepName {
     Resolve,
     Stage,
+    Set,
+    Test,
     Promote,
     Propagate,
     Restart,
     AwaitRollout,
+    Retire,
     Complete,
 }
 
@@ -146,10 +167,13 @@ impl StepName {
         match self {
             StepName::Resolve => "resolve",
             StepName::Stage => "stage",
+            StepName::Set => "set",
+            StepName::Test => "test",
             StepName::Promote => "promote",
             StepName::Propagate => "propagate",
             StepName::Restart => "restart",
             StepName::AwaitRollout => "await-rollout",
+            StepName::Retire => "retire",
             StepName::Complete => "complete",
         }
     }
@@ -160,10 +184,13 @@ impl StepName {
         match self {
             StepName::Resolve => RotationPhase::Pending,
             StepName::Stage => RotationPhase::Staged,
+            StepName::Set => RotationPhase::Set,
+            StepName::Test => RotationPhase::Tested,
             StepName::Promote => RotationPhase::Promoted,
             StepName::Propagate => RotationPhase::Propagated,
             StepName::Restart => RotationPhase::Restarted,
             StepName::AwaitRollout => RotationPhase::RolledOut,
+            StepName::Retire => RotationPhase::Retired,
             StepName::Complete => RotationPhase::Completed,
         }
     }
@@ -172,10 +199,13 @@ impl StepName {
         match self {
             StepName::Resolve => "RotationStarted",
             StepName::Stage => "RotationStaged",
+            StepName::Set => "CredentialSet",
+            StepName::Test => "CredentialTested",
             StepName::Promote => "RotationPromoted",
             StepName::Propagate => "SecretsRefreshed",
             StepName::Restart => "WorkloadsRestarted",
             StepName::AwaitRollout => "WorkloadsRolledOut",
+            StepName::Retire => "CredentialRetired",
             StepName::Complete => "RotationCompleted",
         }
     }
@@ -261,9 +291,10 @@ fn object_key(obj: &Rotation) -> ObjectKey {
     )
 }
 
-/// The steps `obj` goes through, in order. A credential target (where the leaked value
-/// is checked, e.g. a database) fits as `set` and `test` between `stage` and `promote`,
-/// and `retire` after `await-rollout`: a step name, its phase and a function each.
+/// The steps `obj` goes through, in order. With a policy's credential target (where
+/// the leaked value is checked, e.g. a database), `set` and `test` run between `stage`
+/// and `promote` (no mirror reads the staged version before it is promoted, on any
+/// store), and `retire` only after every rollout completed.
 fn sequence(obj: &Rotation) -> Vec<StepName> {
     if obj.spec.sealing_key.is_some() {
         return vec![
@@ -273,14 +304,17 @@ fn sequence(obj: &Rotation) -> Vec<StepName> {
             StepName::Complete,
         ];
     }
-    let mut steps = vec![
-        StepName::Resolve,
-        StepName::Stage,
-        StepName::Promote,
-        StepName::Propagate,
-    ];
+    let checked = obj.status.as_ref().is_some_and(|s| s.policy.is_some());
+    let mut steps = vec![StepName::Resolve, StepName::Stage];
+    if checked {
+        steps.extend([StepName::Set, StepName::Test]);
+    }
+    steps.extend([StepName::Promote, StepName::Propagate]);
     if obj.spec.restart_or_default() {
         steps.extend([StepName::Restart, StepName::AwaitRollout]);
+    }
+    if checked {
+        steps.push(StepName::Retire);
     }
     steps.push(StepName::Complete);
     steps
@@ -341,6 +375,9 @@ async fn run_step(
             sealing::stage(obj, ctx).await
         }
         StepName::Stage => remote::stage(obj, ctx).await,
+        StepName::Set => credential::set(obj, ctx).await,
+        StepName::Test => credential::test(obj, ctx).await,
+        StepName::Retire => credential::retire(obj, ctx).await,
         StepName::Promote if sealing => sealing::promote(obj, ctx).await,
         StepName::Promote => remote::promote(obj, ctx).await,
         StepName::Propagate => mirrors::propagate(obj, ctx).await,
@@ -392,6 +429,9 @@ async fn record(
     let mut status = status_of(obj);
     (outcome.change)(&mut status);
     let finished = Time(Timestamp::now());
+    if step == StepName::Propagate {
+        credential::note_propagated(&mut status, finished.0);
+    }
     set_step(&mut status, step, started, Some(finished), &outcome.message);
     status.phase = Some(outcome.phase);
     status.observed_generation = obj.metadata.generation;
@@ -607,6 +647,26 @@ mod tests {
                 ..RotationSpec::default()
             }),
             "resolve stage promote complete"
+        );
+    }
+
+    #[test]
+    fn a_policy_sets_and_tests_before_promote_and_retires_only_after_the_rollouts() {
+        let mut obj = Rotation::new("r", RotationSpec::default());
+        obj.status = Some(RotationStatus {
+            target: Some(RotationTarget::default()),
+            policy: Some("app-db".to_owned()),
+            ..RotationStatus::default()
+        });
+        let mut steps = Vec::new();
+        while !phase_of(&obj).is_final() {
+            let step = next_step(&obj, phase_of(&obj));
+            steps.push(step.as_str());
+            obj.status.as_mut().unwrap().phase = Some(step.done_at());
+        }
+        assert_eq!(
+            steps.join(" "),
+            "stage set test promote propagate restart await-rollout retire complete"
         );
     }
 

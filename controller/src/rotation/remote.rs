@@ -10,6 +10,7 @@ use sigil_providers::versioned::{Mark, VersionError, Versioned};
 use sigil_providers::{Error as ProviderError, ErrorKind};
 use sigil_types::{ROTATION_BASE_CLAIM, ROTATION_CLAIM, Rotation, RotationPhase, RotationTarget};
 
+use super::policy::{credential_target, policy_of};
 use super::target::{describe, resolve_target, session_of, verified};
 use super::value::{fresh_value, new_value};
 use super::{Outcome, RotationContext, Stop, fail, status_of};
@@ -18,9 +19,16 @@ use crate::common::error::Error;
 /// Finds the remote key, property and store the ExternalSecret reads, and the version
 /// current now; a dry run also lists what would change, and finishes.
 pub(super) async fn resolve(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
+    let policy = policy_of(obj, ctx)?;
     // A supplied value that does not open fails before anything is looked up, locked or
-    // written.
-    drop(fresh_value(obj, &ctx.keys)?);
+    // written; so does a policy whose target's Secrets are missing.
+    drop(fresh_value(obj, policy.as_deref(), &ctx.keys)?);
+    let checked = match &policy {
+        Some(policy) => credential_target(ctx, policy)
+            .await?
+            .map(|credential| (policy.clone(), credential.describe())),
+        None => None,
+    };
     let (target, store) = resolve_target(obj, ctx).await?;
     let session = session_of(ctx, &store).await?;
     if !obj.spec.is_dry_run() {
@@ -47,10 +55,19 @@ pub(super) async fn resolve(obj: &Rotation, ctx: &Arc<RotationContext>) -> Resul
             s.workloads = plan.workloads;
         }));
     }
-    let message = format!("rotating {described}, now at version {base}");
+    let message = match &checked {
+        Some((policy, checked_at)) => format!(
+            "rotating {described}, now at version {base}, checked at {checked_at} (RotationPolicy {})",
+            policy.name_any()
+        ),
+        None => format!("rotating {described}, now at version {base}"),
+    };
     Ok(Outcome::new(RotationPhase::Pending, message, move |s| {
         s.target = Some(target);
         s.base_version = Some(base);
+        if let Some((policy, checked_at)) = checked {
+            super::credential::record_policy(s, &policy, checked_at);
+        }
     }))
 }
 
@@ -63,7 +80,12 @@ pub(super) async fn stage(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<
     super::lock::acquire(ctx, obj, status_of(obj).target.as_ref()).await?;
     let session = session_of(ctx, &store).await?;
     let uid = obj.uid().unwrap_or_default();
-    let fresh = fresh_value(obj, &ctx.keys)?;
+    let policy = policy_of(obj, ctx)?;
+    let fresh = fresh_value(obj, policy.as_deref(), &ctx.keys)?;
+    let strategy = policy
+        .as_deref()
+        .and_then(|p| p.spec.postgres.as_ref())
+        .map(|pg| super::policy::strategy_of(pg.strategy));
     let key = target.key.as_str();
     let mark = Mark {
         token: &uid,
@@ -72,9 +94,20 @@ pub(super) async fn stage(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<
     };
     let objects = session.values_are_objects();
     let property = target.property.as_deref();
+    let username_property = target.username_property.as_deref();
     let version = session
         .stage(key, &base, mark, |current| -> Result<_, String> {
-            let value = new_value(current, property, fresh, objects)?;
+            let username = match (username_property, strategy) {
+                (Some(p), Some(strategy)) => {
+                    let in_use = crate::sync::values::property(key, current, Some(p))
+                        .map_err(|_| format!("the current value has no string property `{p}` naming the role in use; add it to the store (usernameProperty)"))?;
+                    let in_use = std::str::from_utf8(&in_use)
+                        .map_err(|_| format!("property `{p}` is not UTF-8 text"))?;
+                    Some((p, sigil_providers::credential::postgres::next_username(strategy, in_use)))
+                }
+                _ => None,
+            };
+            let value = new_value(current, property, fresh, objects, username)?;
             super::crash_point("rotation-before-write");
             Ok(value)
         })
@@ -129,7 +162,7 @@ pub(super) async fn promote(obj: &Rotation, ctx: &Arc<RotationContext>) -> Resul
 }
 
 /// How a refusal of the store's versioned protocol affects the Rotation.
-fn version_stop<E: std::fmt::Display>(
+pub(super) fn version_stop<E: std::fmt::Display>(
     target: &RotationTarget,
     base: &str,
     err: VersionError<E>,

@@ -42,12 +42,22 @@ pub(super) async fn resolve_target(
         .await
         .map_err(|problem| fail("StoreNotReady", problem.message().to_owned()))?;
     let provider = session_of(ctx, &store).await?.provider();
+    // A policy's PostgreSQL credential is one JSON value holding both the role name and
+    // its password, whichever of them the ExternalSecret reads.
+    let (property, username_property) = match super::policy::policy_of(obj, ctx)?
+        .as_deref()
+        .and_then(super::credential::properties)
+    {
+        Some((password, username)) => (Some(password), Some(username)),
+        None => (property, None),
+    };
     let target = RotationTarget {
         provider: provider.as_str().to_owned(),
         store: store_name(&store),
         server,
         key,
         property,
+        username_property,
     };
     Ok((target, store))
 }
@@ -237,6 +247,7 @@ mod tests {
             server: "aws us-east-1 endpoint default account 111111111111".to_owned(),
             key: "app/db".to_owned(),
             property: Some("password".to_owned()),
+            username_property: None,
         };
         let legacy = RotationTarget {
             server: "aws us-east-1 endpoint default".to_owned(),

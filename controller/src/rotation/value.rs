@@ -5,18 +5,27 @@
 use kube::ResourceExt;
 use rand::Rng;
 use sigil_core::Binding;
-use sigil_types::{Generate, Rotation};
+use sigil_types::{Generate, Rotation, RotationPolicy};
 use zeroize::Zeroizing;
 
 use super::{Stop, fail};
 use crate::sealed::keys::Keys;
 
-/// The value this Rotation writes: `spec.value` opened, or a generated one.
-pub(super) fn fresh_value(obj: &Rotation, keys: &Keys) -> Result<Zeroizing<String>, Stop> {
+/// The value this Rotation writes: `spec.value` opened, or one generated as the
+/// Rotation, else its policy, asks.
+pub(super) fn fresh_value(
+    obj: &Rotation,
+    policy: Option<&RotationPolicy>,
+    keys: &Keys,
+) -> Result<Zeroizing<String>, Stop> {
     match &obj.spec.value {
         Some(sealed) => supplied_value(obj, sealed, keys),
         None => Ok(generate_value(
-            &obj.spec.generate.clone().unwrap_or_default(),
+            &obj.spec
+                .generate
+                .clone()
+                .or_else(|| policy.and_then(|p| p.spec.generate.clone()))
+                .unwrap_or_default(),
         )),
     }
 }
@@ -61,14 +70,16 @@ fn supplied_value(obj: &Rotation, sealed: &str, keys: &Keys) -> Result<Zeroizing
     Ok(Zeroizing::new(text.to_owned()))
 }
 
-/// The whole new remote value: `current` with `property` set to `fresh`, every
-/// other property kept; without a property, the fresh value alone, or, where values
-/// are always JSON objects (`objects`: Vault), the value's only property.
+/// The whole new remote value: `current` with `property` set to `fresh` (and, with a
+/// policy, the `username` property pair set too), every other property kept; without a
+/// property, the fresh value alone, or, where values are always JSON objects
+/// (`objects`: Vault), the value's only property.
 pub(super) fn new_value(
     current: &[u8],
     property: Option<&str>,
     fresh: Zeroizing<String>,
     objects: bool,
+    username: Option<(&str, String)>,
 ) -> Result<Zeroizing<Vec<u8>>, String> {
     let parsed: Option<serde_json::Map<String, serde_json::Value>> =
         serde_json::from_slice(current).ok();
@@ -88,6 +99,9 @@ pub(super) fn new_value(
         format!("the value is not a JSON object, so it has no property `{property}`; remove remoteRef.property to rotate the whole value")
     })?;
     set_property(&mut map, &property, fresh.to_string())?;
+    if let Some((username_property, username)) = username {
+        set_property(&mut map, username_property, username)?;
+    }
     let bytes =
         serde_json::to_vec(&map).map_err(|e| format!("cannot serialize the new value: {e}"))?;
     // serde_json's tree is not zeroizable; its strings are dropped here, and what
@@ -193,6 +207,7 @@ mod tests {
             Some("password"),
             fresh(),
             false,
+            None,
         )
         .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -203,34 +218,52 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_writes_the_role_and_its_password_in_one_version() {
+        let out = new_value(
+            br#"{"username":"app","password":"old","host":"db"}"#,
+            Some("password"),
+            fresh(),
+            true,
+            Some(("username", "app_clone".to_owned())),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["username"], "app_clone");
+        assert_eq!(v["host"], "db");
+        assert_ne!(v["password"], "old");
+    }
+
+    #[test]
     fn values_without_a_property() {
-        let whole = new_value(b"plain-old", None, fresh(), false).unwrap();
+        let whole = new_value(b"plain-old", None, fresh(), false, None).unwrap();
         assert_eq!(whole.len(), 32);
-        let only = new_value(br#"{"token":"x"}"#, None, fresh(), true).unwrap();
+        let only = new_value(br#"{"token":"x"}"#, None, fresh(), true, None).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&only).unwrap();
         assert_ne!(v["token"], "x");
-        let err = new_value(br#"{"a":"1","b":"2"}"#, None, fresh(), false).unwrap_err();
+        let err = new_value(br#"{"a":"1","b":"2"}"#, None, fresh(), false, None).unwrap_err();
         assert!(err.contains("remoteRef.property"), "{err}");
-        let err = new_value(b"not json", Some("password"), fresh(), false).unwrap_err();
+        let err = new_value(b"not json", Some("password"), fresh(), false, None).unwrap_err();
         assert!(err.contains("not a JSON object"), "{err}");
         let nested = new_value(
             br#"{"db":{"password":"old","host":"h"},"a.b":"x"}"#,
             Some("db.password"),
             fresh(),
             false,
+            None,
         )
         .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&nested).unwrap();
         assert_eq!(v["db"]["host"], "h");
         assert_ne!(v["db"]["password"], "old");
         assert!(v.get("db.password").is_none());
-        let err = new_value(br#"{"db":{}}"#, Some("db.password"), fresh(), false).unwrap_err();
+        let err = new_value(br#"{"db":{}}"#, Some("db.password"), fresh(), false, None).unwrap_err();
         assert!(err.contains("no property `db.password`"), "{err}");
         let err = new_value(
             br#"{"password":{"nested":1}}"#,
             Some("password"),
             fresh(),
             false,
+            None,
         )
         .unwrap_err();
         assert!(err.contains("not a string"), "{err}");

@@ -346,6 +346,7 @@ async fn sync(
             "spec.data and spec.dataFrom are both empty: list the remote keys to copy",
         )));
     }
+    let wanted = ctx.held_at_base(&store, wanted).await;
     let reads = futures::future::join_all(wanted.iter().map(|(key, version)| {
         let cache_key = CacheKey {
             store: identity.clone(),

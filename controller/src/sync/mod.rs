@@ -2,7 +2,7 @@
 //! per store, one read per remote key (the shared [`cache`]), each ExternalSecret on
 //! its own jittered interval, and the Secret kept as it was whenever a read fails.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use sigil_providers::{ErrorKind, Observer, Operation, Provider};
-use sigil_types::{ClusterSecretStore, ExternalSecret, SecretStore, StoreKind};
+use sigil_types::{
+    ClusterSecretStore, ExternalSecret, Rotation, RotationPhase, SecretStore, StoreKind,
+};
 use tokio::time::Instant;
 
 use crate::common::Context;
@@ -71,6 +73,9 @@ pub struct SyncContext {
     /// One refresh of an ExternalSecret at a time: a forced refresh runs beside the
     /// controller's own, and a read from before a rotation must not land after it.
     in_progress: Mutex<HashMap<ObjectKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Rotations as last seen: a Vault key whose Rotation has staged but not promoted
+    /// is read at its base version.
+    rotations: Store<Rotation>,
 }
 
 crate::common::context::shares_context!(SyncContext);
@@ -101,6 +106,56 @@ impl SyncContext {
 
     /// Waits until the watches of stores and ExternalSecrets have listed once, so that
     /// what is looked up in them is complete.
+    /// `wanted` (remote key, version) with each current read of a Vault key that a
+    /// Rotation has staged and not yet promoted pinned to the Rotation's base version.
+    /// KV v2 makes a write current at once; pinned, no mirror receives a new credential
+    /// before its policy's target accepted it (`set`, `test`), and a refused one that is
+    /// written back never reaches a mirror. Status is the record: a controller that
+    /// restarts mid-rotation pins again before its first read.
+    pub(crate) async fn held_at_base(
+        &self,
+        store: &stores::StoreObject,
+        wanted: BTreeSet<(String, Option<String>)>,
+    ) -> BTreeSet<(String, Option<String>)> {
+        let vault = matches!(
+            store.spec.provider.which(),
+            Ok(sigil_types::ProviderRef::Vault(_))
+        );
+        let Ok(server) = store.server() else {
+            return wanted;
+        };
+        if !vault {
+            return wanted;
+        }
+        cache_synced(&self.rotations).await;
+        let held: Vec<(String, String)> = self
+            .rotations
+            .state()
+            .iter()
+            .filter_map(|r| {
+                let status = r.status.as_ref()?;
+                let phase = status.phase.unwrap_or_default();
+                let staging = phase < RotationPhase::Promoted && !r.spec.is_dry_run();
+                let target = status.target.as_ref()?;
+                let base = status.base_version.clone()?;
+                (staging && target.server == server).then(|| (target.key.clone(), base))
+            })
+            .collect();
+        if held.is_empty() {
+            return wanted;
+        }
+        wanted
+            .into_iter()
+            .map(|(key, version)| {
+                let pinned = held.iter().find(|(k, _)| *k == key).map(|(_, base)| base.clone());
+                match (version, pinned) {
+                    (None, Some(base)) => (key, Some(base)),
+                    (version, _) => (key, version),
+                }
+            })
+            .collect()
+    }
+
     pub(crate) async fn caches_synced(&self) {
         cache_synced(&self.externals).await;
         cache_synced(&self.secret_stores).await;
@@ -197,6 +252,7 @@ pub(crate) fn start(
         Arc<OwnedSecrets>,
         impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
     ),
+    rotations: Store<Rotation>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> (
     Arc<SyncContext>,
@@ -233,6 +289,7 @@ pub(crate) fn start(
         externals: externals.clone(),
         forced: Mutex::default(),
         in_progress: Mutex::default(),
+        rotations,
     });
 
     let by_secret = externals.clone();

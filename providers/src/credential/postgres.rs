@@ -100,16 +100,6 @@ impl Postgres {
         format!("postgres {}:{}/{}", self.host, self.port, self.database)
     }
 
-    pub(super) fn next_username(&self, current: &str) -> String {
-        match self.strategy {
-            Strategy::SingleUser => current.to_owned(),
-            Strategy::AlternatingUsers => match current.strip_suffix(CLONE_SUFFIX) {
-                Some(first) if !first.is_empty() => first.to_owned(),
-                _ => format!("{current}{CLONE_SUFFIX}"),
-            },
-        }
-    }
-
     async fn connect(&self, login: Login<'_>) -> Result<Client, tokio_postgres::Error> {
         let mut config = tokio_postgres::Config::new();
         config
@@ -329,6 +319,18 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// The role the next version names, given the one in use: AlternatingUsers takes
+/// turns between `<user>` and `<user>_clone`.
+pub fn next_username(strategy: Strategy, current: &str) -> String {
+    match strategy {
+        Strategy::SingleUser => current.to_owned(),
+        Strategy::AlternatingUsers => match current.strip_suffix(CLONE_SUFFIX) {
+            Some(first) if !first.is_empty() => first.to_owned(),
+            _ => format!("{current}{CLONE_SUFFIX}"),
+        },
+    }
+}
+
 /// An identifier, quoted as PostgreSQL quotes them.
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -434,30 +436,13 @@ impl ServerCertVerifier for AnyCertificate {
 mod tests {
     use super::*;
 
-    fn target(strategy: Strategy) -> Postgres {
-        Postgres::new(&PostgresConfig {
-            host: "db",
-            port: 5432,
-            database: "app",
-            tls: Tls::Disable,
-            ca_pem: None,
-            admin: Login {
-                username: "admin",
-                password: b"x",
-            },
-            strategy,
-            terminate_sessions: true,
-        })
-        .unwrap()
-    }
-
     #[test]
     fn alternating_users_take_turns_and_a_single_user_stays() {
-        let alternating = target(Strategy::AlternatingUsers);
-        assert_eq!(alternating.next_username("app"), "app_clone");
-        assert_eq!(alternating.next_username("app_clone"), "app");
-        assert_eq!(alternating.next_username("_clone"), "_clone_clone");
-        assert_eq!(target(Strategy::SingleUser).next_username("app"), "app");
+        let alternating = |u| next_username(Strategy::AlternatingUsers, u);
+        assert_eq!(alternating("app"), "app_clone");
+        assert_eq!(alternating("app_clone"), "app");
+        assert_eq!(alternating("_clone"), "_clone_clone");
+        assert_eq!(next_username(Strategy::SingleUser, "app"), "app");
     }
 
     #[test]
