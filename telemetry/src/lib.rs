@@ -12,7 +12,13 @@ pub fn init_logging(json: bool) {
 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let not_audit = filter_fn(|meta| meta.target() != "audit");
+    // tokio-postgres logs each statement's text at DEBUG: a rotation's `ALTER ROLE`
+    // carries a password verifier, which is never logged, whatever RUST_LOG says.
+    let not_audit = filter_fn(|meta| {
+        meta.target() != "audit"
+            && !(meta.target().starts_with("tokio_postgres")
+                && *meta.level() > tracing::Level::INFO)
+    });
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = if json {
         logs.json().with_filter(not_audit).boxed()

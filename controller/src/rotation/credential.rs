@@ -16,9 +16,10 @@ use kube::ResourceExt;
 use sigil_providers::Session;
 use sigil_providers::credential::{Change, CredentialTarget, Login, TargetError};
 use sigil_providers::versioned::{Mark, Versioned};
+use sigil_types::policy::DEFAULT_USERNAME_PROPERTY;
 use sigil_types::{
-    CredentialStatus, ROTATION_BASE_CLAIM, ROTATION_CLAIM, Rotation, RotationPhase,
-    RotationPolicy, RotationStatus, RotationTarget, Strategy,
+    CredentialStatus, ROTATION_BASE_CLAIM, ROTATION_CLAIM, Rotation, RotationPhase, RotationPolicy,
+    RotationStatus, RotationTarget, Strategy,
 };
 use zeroize::Zeroizing;
 
@@ -99,15 +100,25 @@ async fn prepared(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Prepared
     let login = |bytes: &[u8], which: &str| -> Result<(String, Zeroizing<Vec<u8>>), Stop> {
         let password = property(&target.key, bytes, target.property.as_deref())
             .map_err(|e| fail("InvalidTarget", format!("{which} version: {e:?}")))?;
-        let username = match &target.username_property {
-            Some(p) => {
-                let name = property(&target.key, bytes, Some(p))
-                    .map_err(|e| fail("InvalidTarget", format!("{which} version: {e:?}; the policy needs the role name in the store")))?;
-                String::from_utf8(name.to_vec())
-                    .map_err(|_| fail("InvalidTarget", format!("{which} version: property `{p}` is not UTF-8 text")))?
+        // A PostgreSQL policy names the role's property, which must be there; a webhook
+        // receives the value's `username` when it has one.
+        let name = match &target.username_property {
+            Some(p) => property(&target.key, bytes, Some(p)).map_err(|e| {
+                fail(
+                    "InvalidTarget",
+                    format!("{which} version: {e:?}; the policy needs the role name in the store"),
+                )
+            })?,
+            None => {
+                property(&target.key, bytes, Some(DEFAULT_USERNAME_PROPERTY)).unwrap_or_default()
             }
-            None => String::new(),
         };
+        let username = String::from_utf8(name.to_vec()).map_err(|_| {
+            fail(
+                "InvalidTarget",
+                format!("{which} version: the role name is not UTF-8 text"),
+            )
+        })?;
         Ok((username, password))
     };
     let (previous_username, previous_password) = login(before.bytes(), "the base")?;
@@ -143,13 +154,18 @@ fn target_stop(
         .duration_since(step_started(obj, step).0)
         .unsigned_abs();
     match err {
-        TargetError::Unavailable(message) if waited <= timeout => Stop::Retry(Error::CredentialTarget {
-            action: format!("{} ({})", step.as_str(), message),
-            source: TargetError::Unavailable(message),
-        }),
+        TargetError::Unavailable(message) if waited <= timeout => {
+            Stop::Retry(Error::CredentialTarget {
+                action: format!("{} ({})", step.as_str(), message),
+                source: TargetError::Unavailable(message),
+            })
+        }
         TargetError::Unavailable(message) => fail(
             reason,
-            format!("{message}; retried for {}s (the policy's rolloutTimeout)", timeout.as_secs()),
+            format!(
+                "{message}; retried for {}s (the policy's rolloutTimeout)",
+                timeout.as_secs()
+            ),
         ),
         TargetError::Refused(message) | TargetError::Invalid(message) => fail(reason, message),
     }
@@ -176,7 +192,10 @@ pub(super) async fn set(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Ou
         p.logins.new_username,
         p.credential.describe()
     );
-    let (previous, username) = (p.logins.previous_username.clone(), p.logins.new_username.clone());
+    let (previous, username) = (
+        p.logins.previous_username.clone(),
+        p.logins.new_username.clone(),
+    );
     Ok(Outcome::new(RotationPhase::Set, message, move |s| {
         let credential = s.credential.get_or_insert_with(CredentialStatus::default);
         credential.previous_username = Some(previous);
@@ -201,7 +220,14 @@ pub(super) async fn test(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<O
             return Ok(Outcome::new(RotationPhase::Tested, message, |_| {}));
         }
         Err(TargetError::Unavailable(message)) => {
-            match target_stop(obj, ctx, &p.policy, StepName::Test, "TestFailed", TargetError::Unavailable(message.clone())) {
+            match target_stop(
+                obj,
+                ctx,
+                &p.policy,
+                StepName::Test,
+                "TestFailed",
+                TargetError::Unavailable(message.clone()),
+            ) {
                 Stop::Fail(failure) => failure.message,
                 other => return Err(other),
             }
@@ -246,7 +272,11 @@ pub(super) async fn retire(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result
         .retire(p.logins.change(&uid), set_at)
         .await
         .map_err(|e| target_stop(obj, ctx, &p.policy, StepName::Retire, "RetireFailed", e))?;
-    let message = format!("retired on {}: {}", p.credential.describe(), retired.what.join("; "));
+    let message = format!(
+        "retired on {}: {}",
+        p.credential.describe(),
+        retired.what.join("; ")
+    );
     Ok(Outcome::new(RotationPhase::Retired, message, move |s| {
         let credential = s.credential.get_or_insert_with(CredentialStatus::default);
         credential.retired = retired.what;
@@ -254,16 +284,16 @@ pub(super) async fn retire(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result
     }))
 }
 
-/// What `resolve` records of the policy: its name, where the credential is checked,
-/// and (PostgreSQL) the two properties the new version holds.
+/// What `resolve` records of the policy: its name and, when it names one, where the
+/// credential is checked (which adds `set`, `test` and `retire`).
 pub(super) fn record_policy(
     status: &mut RotationStatus,
     policy: &RotationPolicy,
-    described: String,
+    checked_at: Option<String>,
 ) {
     status.policy = Some(policy.name_any());
-    status.credential = Some(CredentialStatus {
-        target: described,
+    status.credential = checked_at.map(|target| CredentialStatus {
+        target,
         strategy: policy
             .spec
             .postgres

@@ -70,7 +70,10 @@ pub fn watch(
     Store<Rotation>,
     impl futures::Stream<Item = kube::runtime::watcher::Result<Rotation>> + Send + 'static,
 ) {
-    watch_lean(scoped_api::<Rotation>(client, watch_namespace), initial_list)
+    watch_lean(
+        scoped_api::<Rotation>(client, watch_namespace),
+        initial_list,
+    )
 }
 
 /// Runs the Rotation controller until `stop` resolves.
@@ -304,7 +307,7 @@ fn sequence(obj: &Rotation) -> Vec<StepName> {
             StepName::Complete,
         ];
     }
-    let checked = obj.status.as_ref().is_some_and(|s| s.policy.is_some());
+    let checked = obj.status.as_ref().is_some_and(|s| s.credential.is_some());
     let mut steps = vec![StepName::Resolve, StepName::Stage];
     if checked {
         steps.extend([StepName::Set, StepName::Test]);
@@ -656,6 +659,7 @@ mod tests {
         obj.status = Some(RotationStatus {
             target: Some(RotationTarget::default()),
             policy: Some("app-db".to_owned()),
+            credential: Some(sigil_types::CredentialStatus::default()),
             ..RotationStatus::default()
         });
         let mut steps = Vec::new();

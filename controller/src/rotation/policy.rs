@@ -94,14 +94,31 @@ pub(super) async fn credential_target(
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let invalid = |m: String| fail("InvalidPolicy", format!("{owner}: {m}"));
     if let Some(pg) = &policy.spec.postgres {
-        let admin_user = secret_key(&secrets, &owner, "postgres.adminSecretRef", &pg.admin_secret_ref.name, "username").await?;
-        let admin_password = secret_key(&secrets, &owner, "postgres.adminSecretRef", &pg.admin_secret_ref.name, "password").await?;
+        let admin_user = secret_key(
+            &secrets,
+            &owner,
+            "postgres.adminSecretRef",
+            &pg.admin_secret_ref.name,
+            "username",
+        )
+        .await?;
+        let admin_password = secret_key(
+            &secrets,
+            &owner,
+            "postgres.adminSecretRef",
+            &pg.admin_secret_ref.name,
+            "password",
+        )
+        .await?;
         let ca = match &pg.ca_secret_ref {
-            Some(r) => Some(secret_key(&secrets, &owner, "postgres.caSecretRef", &r.name, &r.key).await?),
+            Some(r) => {
+                Some(secret_key(&secrets, &owner, "postgres.caSecretRef", &r.name, &r.key).await?)
+            }
             None => None,
         };
-        let admin_user = String::from_utf8(admin_user.to_vec())
-            .map_err(|_| invalid("postgres.adminSecretRef key `username` is not UTF-8 text".into()))?;
+        let admin_user = String::from_utf8(admin_user.to_vec()).map_err(|_| {
+            invalid("postgres.adminSecretRef key `username` is not UTF-8 text".into())
+        })?;
         let target = Postgres::new(&PostgresConfig {
             host: &pg.host,
             port: pg.port_or_default(),
@@ -125,15 +142,20 @@ pub(super) async fn credential_target(
     if let Some(hook) = &policy.spec.webhook {
         let token = match &hook.token_secret_ref {
             Some(r) => {
-                let bytes = secret_key(&secrets, &owner, "webhook.tokenSecretRef", &r.name, &r.key).await?;
+                let bytes =
+                    secret_key(&secrets, &owner, "webhook.tokenSecretRef", &r.name, &r.key).await?;
                 let text = std::str::from_utf8(&bytes)
                     .map_err(|_| invalid("webhook.tokenSecretRef is not UTF-8 text".into()))?;
                 Some(SecretString::from(text.trim().to_owned()))
             }
             None => None,
         };
-        let target = Webhook::new(&hook.url, hook.ca_bundle.as_deref().map(str::as_bytes), token)
-            .map_err(|e| invalid(e.to_string()))?;
+        let target = Webhook::new(
+            &hook.url,
+            hook.ca_bundle.as_deref().map(str::as_bytes),
+            token,
+        )
+        .map_err(|e| invalid(e.to_string()))?;
         return Ok(Some(CredentialTarget::Webhook(target)));
     }
     Ok(None)
@@ -187,7 +209,9 @@ pub(super) fn rollout_timeout(ctx: &RotationContext, policy: Option<&RotationPol
 /// Runs the RotationPolicy controller (conditions and schedules) until `stop` resolves.
 pub async fn run(
     ctx: Arc<RotationContext>,
-    changes: impl futures::Stream<Item = kube::runtime::watcher::Result<RotationPolicy>> + Send + 'static,
+    changes: impl futures::Stream<Item = kube::runtime::watcher::Result<RotationPolicy>>
+    + Send
+    + 'static,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let concurrency = ctx.config.concurrency;
@@ -213,7 +237,10 @@ pub fn watch(
     Store<RotationPolicy>,
     impl futures::Stream<Item = kube::runtime::watcher::Result<RotationPolicy>> + Send + 'static,
 ) {
-    watch_lean(scoped_api::<RotationPolicy>(client, watch_namespace), initial_list)
+    watch_lean(
+        scoped_api::<RotationPolicy>(client, watch_namespace),
+        initial_list,
+    )
 }
 
 fn error_policy(_: Arc<RotationPolicy>, err: &Error, _: Arc<RotationContext>) -> Action {
@@ -245,7 +272,12 @@ async fn reconcile(policy: Arc<RotationPolicy>, ctx: Arc<RotationContext>) -> Re
             ),
             None,
         ),
-        (_, Some(Err(why))) => (Health::Failed, "InvalidSpec", format!("spec.schedule.every: {why}"), None),
+        (_, Some(Err(why))) => (
+            Health::Failed,
+            "InvalidSpec",
+            format!("spec.schedule.every: {why}"),
+            None,
+        ),
         (_, Some(Ok(every))) if every < ctx.config.min_rotation_interval => (
             Health::Failed,
             "InvalidSpec",
@@ -261,7 +293,10 @@ async fn reconcile(policy: Arc<RotationPolicy>, ctx: Arc<RotationContext>) -> Re
             (
                 Health::Ready,
                 "Ready",
-                format!("Rotations of ExternalSecret {es} follow this policy, every {}", humantime::format_duration(every)),
+                format!(
+                    "Rotations of ExternalSecret {es} follow this policy, every {}",
+                    humantime::format_duration(every)
+                ),
                 Some(wait),
             )
         }
@@ -319,11 +354,20 @@ async fn schedule(
         .items
         .into_iter()
         .any(|r| {
-            r.spec.external_secret_ref.as_ref().is_some_and(|t| &t.name == es)
-                && !r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_final())
+            r.spec
+                .external_secret_ref
+                .as_ref()
+                .is_some_and(|t| &t.name == es)
+                && !r
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(|p| p.is_final())
         });
     if under_way {
-        return Ok(Duration::from_secs(1).max(every / 10).min(Duration::from_secs(30)));
+        return Ok(Duration::from_secs(1)
+            .max(every / 10)
+            .min(Duration::from_secs(30)));
     }
     let rotation = Rotation {
         metadata: ObjectMeta {
@@ -345,7 +389,12 @@ async fn schedule(
     let made = rotations
         .create(&PostParams::default(), &rotation)
         .await
-        .during(|| format!("create the scheduled Rotation of RotationPolicy {namespace}/{}", policy.name_any()))?;
+        .during(|| {
+            format!(
+                "create the scheduled Rotation of RotationPolicy {namespace}/{}",
+                policy.name_any()
+            )
+        })?;
     tracing::info!(policy = %policy.name_any(), namespace, rotation = %made.name_any(), "scheduled rotation created");
     status.last_rotation = Some(made.name_any());
     status.last_scheduled = Some(Time(now));

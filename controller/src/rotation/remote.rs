@@ -24,9 +24,12 @@ pub(super) async fn resolve(obj: &Rotation, ctx: &Arc<RotationContext>) -> Resul
     // written; so does a policy whose target's Secrets are missing.
     drop(fresh_value(obj, policy.as_deref(), &ctx.keys)?);
     let checked = match &policy {
-        Some(policy) => credential_target(ctx, policy)
-            .await?
-            .map(|credential| (policy.clone(), credential.describe())),
+        Some(policy) => Some((
+            policy.clone(),
+            credential_target(ctx, policy)
+                .await?
+                .map(|credential| credential.describe()),
+        )),
         None => None,
     };
     let (target, store) = resolve_target(obj, ctx).await?;
@@ -56,8 +59,12 @@ pub(super) async fn resolve(obj: &Rotation, ctx: &Arc<RotationContext>) -> Resul
         }));
     }
     let message = match &checked {
-        Some((policy, checked_at)) => format!(
+        Some((policy, Some(checked_at))) => format!(
             "rotating {described}, now at version {base}, checked at {checked_at} (RotationPolicy {})",
+            policy.name_any()
+        ),
+        Some((policy, None)) => format!(
+            "rotating {described}, now at version {base} (RotationPolicy {})",
             policy.name_any()
         ),
         None => format!("rotating {described}, now at version {base}"),

@@ -256,7 +256,8 @@ mod tests {
         assert_eq!(v["db"]["host"], "h");
         assert_ne!(v["db"]["password"], "old");
         assert!(v.get("db.password").is_none());
-        let err = new_value(br#"{"db":{}}"#, Some("db.password"), fresh(), false, None).unwrap_err();
+        let err =
+            new_value(br#"{"db":{}}"#, Some("db.password"), fresh(), false, None).unwrap_err();
         assert!(err.contains("no property `db.password`"), "{err}");
         let err = new_value(
             br#"{"password":{"nested":1}}"#,

@@ -346,12 +346,12 @@ async fn sync(
             "spec.data and spec.dataFrom are both empty: list the remote keys to copy",
         )));
     }
-    let wanted = ctx.held_at_base(&store, wanted).await;
+    let pinned = ctx.pinned_at_base(&store).await;
     let reads = futures::future::join_all(wanted.iter().map(|(key, version)| {
         let cache_key = CacheKey {
             store: identity.clone(),
             key: key.clone(),
-            version: version.clone(),
+            version: version.clone().or_else(|| pinned.get(key).cloned()),
         };
         let held_at = held
             .and_then(|h| h.get(&(key.clone(), version.clone())).copied())

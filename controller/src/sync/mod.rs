@@ -2,7 +2,7 @@
 //! per store, one read per remote key (the shared [`cache`]), each ExternalSecret on
 //! its own jittered interval, and the Secret kept as it was whenever a read fails.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,30 +106,28 @@ impl SyncContext {
 
     /// Waits until the watches of stores and ExternalSecrets have listed once, so that
     /// what is looked up in them is complete.
-    /// `wanted` (remote key, version) with each current read of a Vault key that a
-    /// Rotation has staged and not yet promoted pinned to the Rotation's base version.
-    /// KV v2 makes a write current at once; pinned, no mirror receives a new credential
-    /// before its policy's target accepted it (`set`, `test`), and a refused one that is
-    /// written back never reaches a mirror. Status is the record: a controller that
-    /// restarts mid-rotation pins again before its first read.
-    pub(crate) async fn held_at_base(
+    /// The Vault keys of `store`'s server that a Rotation has staged and not yet
+    /// promoted, each with the Rotation's base version: what a read of the current
+    /// version reads instead. KV v2 makes a write current at once; pinned, no mirror
+    /// receives a new credential before its policy's target accepted it (`set`, `test`),
+    /// and a refused one that is written back never reaches a mirror. Status is the
+    /// record: a controller that restarts mid-rotation pins again before its first read.
+    pub(crate) async fn pinned_at_base(
         &self,
         store: &stores::StoreObject,
-        wanted: BTreeSet<(String, Option<String>)>,
-    ) -> BTreeSet<(String, Option<String>)> {
+    ) -> HashMap<String, String> {
         let vault = matches!(
             store.spec.provider.which(),
             Ok(sigil_types::ProviderRef::Vault(_))
         );
         let Ok(server) = store.server() else {
-            return wanted;
+            return HashMap::new();
         };
         if !vault {
-            return wanted;
+            return HashMap::new();
         }
         cache_synced(&self.rotations).await;
-        let held: Vec<(String, String)> = self
-            .rotations
+        self.rotations
             .state()
             .iter()
             .filter_map(|r| {
@@ -139,19 +137,6 @@ impl SyncContext {
                 let target = status.target.as_ref()?;
                 let base = status.base_version.clone()?;
                 (staging && target.server == server).then(|| (target.key.clone(), base))
-            })
-            .collect();
-        if held.is_empty() {
-            return wanted;
-        }
-        wanted
-            .into_iter()
-            .map(|(key, version)| {
-                let pinned = held.iter().find(|(k, _)| *k == key).map(|(_, base)| base.clone());
-                match (version, pinned) {
-                    (None, Some(base)) => (key, Some(base)),
-                    (version, _) => (key, version),
-                }
             })
             .collect()
     }

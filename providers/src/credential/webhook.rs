@@ -29,6 +29,7 @@ pub struct Webhook {
 struct Call<'a> {
     phase: &'a str,
     rotation: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
     username: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     password: Option<&'a str>,

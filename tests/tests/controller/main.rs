@@ -3,6 +3,7 @@
 
 mod api;
 mod cluster;
+mod credential;
 mod flood;
 mod ha;
 mod health;

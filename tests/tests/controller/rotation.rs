@@ -159,7 +159,7 @@ pub(crate) async fn kv_meta(ctx: &TestContext, key: &str) -> (u64, BTreeMap<Stri
     (meta.current_version, custom)
 }
 
-async fn kv_version(ctx: &TestContext, key: &str, version: u64) -> Value {
+pub(crate) async fn kv_version(ctx: &TestContext, key: &str, version: u64) -> Value {
     let vault = ctx.env.vault_client(None).unwrap();
     vaultrs::kv2::read_version(
         &vault,
@@ -172,7 +172,7 @@ async fn kv_version(ctx: &TestContext, key: &str, version: u64) -> Value {
 }
 
 /// Every version of an AWS secret: VersionId → staging labels.
-async fn aws_versions(ctx: &TestContext, key: &str) -> BTreeMap<String, Vec<String>> {
+pub(crate) async fn aws_versions(ctx: &TestContext, key: &str) -> BTreeMap<String, Vec<String>> {
     let sm = ctx.env.secretsmanager().unwrap();
     let out = sm
         .list_secret_version_ids()
@@ -192,7 +192,7 @@ async fn aws_versions(ctx: &TestContext, key: &str) -> BTreeMap<String, Vec<Stri
         .collect()
 }
 
-async fn aws_value(ctx: &TestContext, key: &str, stage: &str) -> (String, String) {
+pub(crate) async fn aws_value(ctx: &TestContext, key: &str, stage: &str) -> (String, String) {
     let sm = ctx.env.secretsmanager().unwrap();
     let out = sm
         .get_secret_value()
