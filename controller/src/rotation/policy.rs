@@ -400,3 +400,53 @@ async fn schedule(
     status.last_scheduled = Some(Time(now));
     Ok(every)
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+    use sigil_types::{PolicyTarget, RotationPolicySpec};
+
+    use super::*;
+
+    fn policy(namespace: &str, name: &str, external_secret: &str, created: i64) -> RotationPolicy {
+        let mut p = RotationPolicy::new(
+            name,
+            RotationPolicySpec {
+                external_secret_ref: PolicyTarget {
+                    name: external_secret.to_owned(),
+                    secret_key: None,
+                },
+                ..RotationPolicySpec::default()
+            },
+        );
+        p.metadata.namespace = Some(namespace.to_owned());
+        p.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(1_700_000_000 + created).unwrap(),
+        ));
+        p
+    }
+
+    #[test]
+    fn the_oldest_policy_of_the_namespace_governs_and_no_other_namespace_does() {
+        let (store, mut writer) = reflector::store::<RotationPolicy>();
+        for p in [
+            policy("team-b", "borrowed", "app", 0),
+            policy("team-a", "late", "app", 20),
+            policy("team-a", "first", "app", 10),
+            policy("team-a", "other", "billing", 5),
+        ] {
+            writer.apply_watcher_event(&Event::Apply(p));
+        }
+        let name = |ns: &str, es: &str| governing(&store, ns, es).map(|p| p.name_any());
+        assert_eq!(name("team-a", "app").as_deref(), Some("first"));
+        assert_eq!(name("team-b", "app").as_deref(), Some("borrowed"));
+        assert_eq!(
+            name("team-c", "app"),
+            None,
+            "a policy governs its namespace only"
+        );
+        assert_eq!(name("team-a", "billing").as_deref(), Some("other"));
+    }
+}
