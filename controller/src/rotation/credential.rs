@@ -263,10 +263,13 @@ pub(super) async fn test(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<O
 pub(super) async fn retire(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
     let p = prepared(obj, ctx).await?;
     let uid = obj.uid().unwrap_or_default();
+    // Status keeps whole seconds: a session that began in the second of `set` may hold
+    // the leaked password, so the cutoff is the next second.
     let set_at = status_of(obj)
         .credential
         .and_then(|c| c.set_at)
-        .map_or_else(Timestamp::now, |t| t.0);
+        .map_or_else(Timestamp::now, |t| t.0)
+        + jiff::SignedDuration::from_secs(1);
     let retired = p
         .credential
         .retire(p.logins.change(&uid), set_at)

@@ -444,6 +444,9 @@ async fn record(
     };
     status.conditions = conditions_of(obj, &status, outcome.phase, reason, &outcome.message);
     let written = status::record_status_at(api_of(ctx, obj), obj, &status).await?;
+    if outcome.phase >= RotationPhase::Promoted {
+        ctx.sync.release(&obj.uid().unwrap_or_default());
+    }
     let event_reason = if outcome.phase == RotationPhase::Completed {
         StepName::Complete.event_reason()
     } else {
@@ -488,6 +491,7 @@ async fn record_failed(
         &failure.message,
     );
     let written = status::record_status_at(api_of(ctx, obj), obj, &status).await?;
+    ctx.sync.release(&obj.uid().unwrap_or_default());
     announce(
         ctx,
         &written,

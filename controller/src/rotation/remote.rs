@@ -100,6 +100,9 @@ pub(super) async fn stage(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<
         base_entry: ROTATION_BASE_CLAIM,
     };
     let objects = session.values_are_objects();
+    if session.provider() == sigil_providers::Provider::Vault {
+        ctx.sync.pin(&uid, &target.server, key, &base);
+    }
     let property = target.property.as_deref();
     let username_property = target.username_property.as_deref();
     let version = session

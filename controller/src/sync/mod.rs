@@ -73,9 +73,22 @@ pub struct SyncContext {
     /// One refresh of an ExternalSecret at a time: a forced refresh runs beside the
     /// controller's own, and a read from before a rotation must not land after it.
     in_progress: Mutex<HashMap<ObjectKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// Rotations as last seen: a Vault key whose Rotation has staged but not promoted
-    /// is read at its base version.
+    /// Rotations as last seen: a Vault key whose Rotation has staged but not yet
+    /// promoted is read at its base version.
     rotations: Store<Rotation>,
+    /// What the Rotation controller pinned or released itself, ahead of the watch.
+    pins: Mutex<Pins>,
+}
+
+/// Pins the Rotation controller made known before its watch shows them: a key pinned
+/// just before the write, and Rotations released just after recording `Promoted` (or
+/// failing), so that neither waits for the watch event.
+#[derive(Default)]
+struct Pins {
+    /// Rotation UID → (server, key, base version).
+    pinned: HashMap<String, (String, String, String)>,
+    /// Rotation UIDs whose pins no longer hold.
+    released: std::collections::HashSet<String>,
 }
 
 crate::common::context::shares_context!(SyncContext);
@@ -127,18 +140,53 @@ impl SyncContext {
             return HashMap::new();
         }
         cache_synced(&self.rotations).await;
-        self.rotations
-            .state()
-            .iter()
-            .filter_map(|r| {
-                let status = r.status.as_ref()?;
-                let phase = status.phase.unwrap_or_default();
-                let staging = phase < RotationPhase::Promoted && !r.spec.is_dry_run();
-                let target = status.target.as_ref()?;
-                let base = status.base_version.clone()?;
-                (staging && target.server == server).then(|| (target.key.clone(), base))
+        let rotations = self.rotations.state();
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget what the watch has caught up with.
+        let staging_now = |uid: &str| {
+            rotations.iter().any(|r| {
+                r.uid().as_deref() == Some(uid)
+                    && r.status.as_ref().and_then(|s| s.phase).unwrap_or_default()
+                        < RotationPhase::Promoted
             })
-            .collect()
+        };
+        let Pins { pinned, released } = &mut *pins;
+        released.retain(|uid| staging_now(uid));
+        pinned.retain(|uid, _| !released.contains(uid));
+        let from_status = rotations.iter().filter_map(|r| {
+            let uid = r.uid()?;
+            let status = r.status.as_ref()?;
+            let phase = status.phase.unwrap_or_default();
+            let staging = phase < RotationPhase::Promoted && !r.spec.is_dry_run();
+            let target = status.target.as_ref()?;
+            let base = status.base_version.clone()?;
+            (staging && target.server == server && !released.contains(&uid))
+                .then(|| (target.key.clone(), base))
+        });
+        let from_controller = pinned
+            .values()
+            .filter(|(pinned_server, _, _)| *pinned_server == server)
+            .map(|(_, key, base)| (key.clone(), base.clone()));
+        from_status.chain(from_controller).collect()
+    }
+
+    /// Pins `key` of `server` at `base` for Rotation `uid` before it writes there.
+    pub(crate) fn pin(&self, uid: &str, server: &str, key: &str, base: &str) {
+        self.pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pinned
+            .insert(
+                uid.to_owned(),
+                (server.to_owned(), key.to_owned(), base.to_owned()),
+            );
+    }
+
+    /// Lifts Rotation `uid`'s pin once it recorded `Promoted`, or failed.
+    pub(crate) fn release(&self, uid: &str) {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        pins.pinned.remove(uid);
+        pins.released.insert(uid.to_owned());
     }
 
     pub(crate) async fn caches_synced(&self) {
@@ -275,6 +323,7 @@ pub(crate) fn start(
         forced: Mutex::default(),
         in_progress: Mutex::default(),
         rotations,
+        pins: Mutex::default(),
     });
 
     let by_secret = externals.clone();

@@ -191,23 +191,13 @@ fn kubectl_rotate(ctx: &TestContext, name: &str) {
         "apiVersion: sigil.dev/v1\nkind: Rotation\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{externalSecretRef: {{name: app}}, reason: INC-42}}\n",
         ns = ctx.namespace
     );
-    let mut child = std::process::Command::new(ctx.env.var("SIGIL_KUBECTL").unwrap())
-        .arg("--kubeconfig")
-        .arg(ctx.env.kubeconfig_path())
-        .args(["--context", "sigil", "apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        std::process::Command::new(ctx.env.var("SIGIL_KUBECTL").unwrap())
+            .arg("--kubeconfig")
+            .arg(ctx.env.kubeconfig_path())
+            .args(["--context", "sigil", "apply", "-f", "-"]),
+        &manifest,
+    );
     assert!(
         out.status.success(),
         "kubectl apply: {}",

@@ -372,10 +372,18 @@ impl ApiServer {
 
 /// Runs `sigil` with `stdin`, pointed at the test environment's cluster.
 pub(crate) fn sigil(ctx: &TestContext, dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(binary("sigil"))
-        .args(args)
-        .current_dir(dir)
-        .env("KUBECONFIG", ctx.env.kubeconfig_path())
+    run_with_stdin(
+        Command::new(binary("sigil"))
+            .args(args)
+            .current_dir(dir)
+            .env("KUBECONFIG", ctx.env.kubeconfig_path()),
+        stdin,
+    )
+}
+
+/// Runs `command` to its end with `stdin`, its output captured.
+pub(crate) fn run_with_stdin(command: &mut Command, stdin: &str) -> Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
