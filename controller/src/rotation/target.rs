@@ -29,8 +29,15 @@ pub(super) async fn resolve_target(
         )
     })?;
     let es = external_secret(ctx, &namespace, &reference.name).await?;
-    let (key, property) = remote_key_of(&es, reference.secret_key.as_deref())
-        .map_err(|m| fail("InvalidTarget", m))?;
+    let policy = super::policy::policy_of(obj, ctx)?;
+    // A runbook names only the ExternalSecret: its policy may say which entry.
+    let secret_key = reference.secret_key.clone().or_else(|| {
+        policy
+            .as_ref()
+            .and_then(|p| p.spec.external_secret_ref.secret_key.clone())
+    });
+    let (key, property) =
+        remote_key_of(&es, secret_key.as_deref()).map_err(|m| fail("InvalidTarget", m))?;
     let store = match resolve_store(&es, &namespace, &ctx.sync).await? {
         Ok(store) => store,
         Err(failure) => return Err(fail("StoreNotReady", failure.message)),
@@ -44,13 +51,11 @@ pub(super) async fn resolve_target(
     let provider = session_of(ctx, &store).await?.provider();
     // A policy's PostgreSQL credential is one JSON value holding both the role name and
     // its password, whichever of them the ExternalSecret reads.
-    let (property, username_property) = match super::policy::policy_of(obj, ctx)?
-        .as_deref()
-        .and_then(super::credential::properties)
-    {
-        Some((password, username)) => (Some(password), Some(username)),
-        None => (property, None),
-    };
+    let (property, username_property) =
+        match policy.as_deref().and_then(super::credential::properties) {
+            Some((password, username)) => (Some(password), Some(username)),
+            None => (property, None),
+        };
     let target = RotationTarget {
         provider: provider.as_str().to_owned(),
         store: store_name(&store),
