@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 pub mod api;
+pub mod cluster_external;
 pub mod external;
 pub mod keys;
 pub mod names;
@@ -11,6 +12,10 @@ pub mod policy;
 pub mod rotation;
 pub mod store;
 
+pub use cluster_external::{
+    ClusterExternalSecret, ClusterExternalSecretNamespaceFailure, ClusterExternalSecretSpec,
+    ClusterExternalSecretStatus, ExternalSecretMetadata,
+};
 pub use external::{
     CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretData, ExternalSecretDataFrom,
     ExternalSecretSpec, ExternalSecretStatus, ExternalSecretTarget, ExternalSecretTemplate,
@@ -213,6 +218,7 @@ pub fn crd_yaml() -> String {
         SecretStore::crd(),
         ClusterSecretStore::crd(),
         ExternalSecret::crd(),
+        ClusterExternalSecret::crd(),
         Rotation::crd(),
         RotationPolicy::crd(),
     ];
@@ -241,6 +247,7 @@ mod tests {
             crate::ClusterSecretStore::crd(),
             crate::RotationPolicy::crd(),
             crate::ExternalSecret::crd(),
+            crate::ClusterExternalSecret::crd(),
             crate::Rotation::crd(),
         ]
         .iter()

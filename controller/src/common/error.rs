@@ -22,15 +22,6 @@ pub enum Error {
         #[source]
         source: sigil_providers::Error,
     },
-    /// Where a rotated credential is checked (a database, a webhook) was unavailable.
-    #[error("could not {action}")]
-    CredentialTarget {
-        /// What the controller was doing.
-        action: String,
-        /// The target's error (never holds a password).
-        #[source]
-        source: sigil_providers::credential::TargetError,
-    },
     /// An object could not be serialized for the API server.
     #[error("cannot serialize {0}")]
     Serialize(&'static str, #[source] serde_json::Error),

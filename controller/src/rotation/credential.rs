@@ -9,6 +9,7 @@
 //! holds.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -27,7 +28,6 @@ use super::policy::{credential_target, policy_of, rollout_timeout};
 use super::remote::version_stop;
 use super::target::{describe, session_of, verified};
 use super::{Outcome, RotationContext, StepName, Stop, fail, status_of, step_started};
-use crate::common::error::Error;
 use crate::sync::values::property;
 
 /// The login in use before the Rotation and the one its staged version holds.
@@ -154,12 +154,12 @@ fn target_stop(
         .duration_since(step_started(obj, step).0)
         .unsigned_abs();
     match err {
-        TargetError::Unavailable(message) if waited <= timeout => {
-            Stop::Retry(Error::CredentialTarget {
-                action: format!("{} ({})", step.as_str(), message),
-                source: TargetError::Unavailable(message),
-            })
-        }
+        // Recorded as the step's message (so its start, which the timeout counts from,
+        // is kept across attempts); the wait grows with the time waited.
+        TargetError::Unavailable(message) if waited <= timeout => Stop::Wait(
+            (waited / 4).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+            format!("retrying: {message}"),
+        ),
         TargetError::Unavailable(message) => fail(
             reason,
             format!(

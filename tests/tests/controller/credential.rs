@@ -702,9 +702,9 @@ async fn a_policy_rotation_on_aws_survives_a_crash_at_every_new_step() {
 type Calls = Arc<std::sync::Mutex<Vec<(Value, Option<String>)>>>;
 
 /// An HTTPS server on loopback with a fresh self-signed certificate: answers the first
-/// `set` with 503, `retire` with 409 and the rest with 204. Returns its URL, CA and
-/// what it received.
-async fn webhook_server() -> (String, String, Calls) {
+/// `set` with 503, `retire` with 409, every call of phase `broken` with 500 and the
+/// rest with 204. Returns its URL, CA and what it received.
+async fn webhook_server(broken: &'static str) -> (String, String, Calls) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let cert_pem = certified.cert.pem();
@@ -726,7 +726,9 @@ async fn webhook_server() -> (String, String, Calls) {
                         body["phase"] == "set" && !calls.iter().any(|(c, _)| c["phase"] == "set");
                     let phase = body["phase"].clone();
                     calls.push((body, token));
-                    if first_set {
+                    if phase == broken {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else if first_set {
                         axum::http::StatusCode::SERVICE_UNAVAILABLE
                     } else if phase == "retire" {
                         axum::http::StatusCode::CONFLICT
@@ -768,7 +770,7 @@ async fn a_webhook_sets_tests_and_retires_idempotently_with_retries() {
                "data": [{"secretKey": "token", "remoteRef": {"key": format!("{}/svc", ctx.vault_prefix), "property": "password"}}]}),
     )
     .await;
-    let (url, ca, calls) = webhook_server().await;
+    let (url, ca, calls) = webhook_server("").await;
     put_secret(&ctx, "hook-token", &[("token", "hook-secret")], &[]).await;
     apply_policy(
         &ctx,
@@ -958,4 +960,110 @@ async fn a_policy_reads_its_secrets_only_from_its_own_namespace() {
         "nothing was written"
     );
     assert!(logs_in(&ctx, &user, "pw-tenant").await);
+}
+
+#[tokio::test]
+async fn bad_policies_are_refused_with_a_message_that_says_how_to_fix() {
+    let ctx = TestContext::new("pg-cel").await.unwrap();
+    install_crds(&ctx.kube).await;
+    let api = Api::<kube::core::DynamicObject>::namespaced_with(
+        ctx.kube.clone(),
+        &ctx.namespace,
+        &kube::discovery::ApiResource::erase::<RotationPolicy>(&()),
+    );
+    let postgres = json!({"host": "db", "database": "app", "adminSecretRef": {"name": "pg-admin"},
+                          "strategy": "SingleUser"});
+    let cases = [
+        (
+            json!({"postgres": postgres, "webhook": {"url": "https://hooks.example/rotate"}}),
+            "set one of spec.postgres or spec.webhook",
+        ),
+        (
+            json!({"webhook": {"url": "http://hooks.example/rotate"}}),
+            "webhook.url must start with https://",
+        ),
+        (
+            json!({"schedule": {"every": "0"}}),
+            "Go duration above zero",
+        ),
+        (
+            json!({"rolloutTimeout": "ten minutes"}),
+            "Go duration above zero",
+        ),
+        (
+            json!({"postgres": {"host": "db", "database": "app", "adminSecretRef": {"name": "pg-admin"},
+                                "strategy": "SingleUser", "sslMode": "require",
+                                "caSecretRef": {"name": "ca", "key": "ca.crt"}}}),
+            "caSecretRef is used only with sslMode: verify-full",
+        ),
+        (
+            json!({"postgres": {"host": "db", "database": "app", "adminSecretRef": {"name": "pg-admin"},
+                                "strategy": "BothUsers"}}),
+            "AlternatingUsers",
+        ),
+    ];
+    for (i, (extra, expected)) in cases.into_iter().enumerate() {
+        let mut spec = json!({"externalSecretRef": {"name": "app"}});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        // Sent as raw JSON: the client type could not hold every bad value.
+        let obj: kube::core::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "sigil.dev/v1", "kind": "RotationPolicy",
+            "metadata": {"name": format!("bad-{i}")}, "spec": spec}))
+        .unwrap();
+        let refused = api.create(&PostParams::default(), &obj).await.unwrap_err();
+        let message = refused.to_string();
+        assert!(message.contains(expected), "case {i}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_that_keeps_failing_fails_the_rotation_at_the_timeout_and_keeps_the_value() {
+    let ctx = TestContext::new("pg-webhook-down").await.unwrap();
+    install_crds(&ctx.kube).await;
+    vault_put(&ctx, "db", json!({"password": "still-good"})).await;
+    vault_token_store(&ctx, "store").await;
+    crate::rotation::password_mirror(&ctx, "app", "store", &format!("{}/db", ctx.vault_prefix))
+        .await;
+    let (url, ca, calls) = webhook_server("test").await;
+    apply_policy(
+        &ctx,
+        "vendor",
+        json!({"externalSecretRef": {"name": "app"}, "rolloutTimeout": "3s",
+               "webhook": {"url": url, "caBundle": ca}}),
+    )
+    .await;
+    let _controller = Controller::start(&ctx, "a", FLAGS);
+    wait_es(&ctx, "app", "SecretSynced").await;
+    let before = store_versions(&ctx, "vault").await;
+    kubectl_rotate(&ctx, "vendor-key");
+    let done = finished(&ctx, "vendor-key").await;
+    let (reason, message) = ready_reason(&done);
+    assert_eq!(reason, "TestFailed", "{message}");
+    assert!(
+        message.contains("500") && message.contains("rolloutTimeout"),
+        "{message}"
+    );
+    let tests = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(c, _)| c["phase"] == "test")
+        .count();
+    assert!(tests >= 2, "the failing test was retried ({tests} calls)");
+    assert_eq!(
+        current_value(&ctx, "vault").await["password"],
+        "still-good",
+        "the store's current value is the old one again"
+    );
+    assert_eq!(
+        store_versions(&ctx, "vault").await,
+        before + 2,
+        "staged, then written back"
+    );
+    assert_eq!(
+        secret_data(&ctx, "app").await.unwrap()["password"],
+        "still-good"
+    );
 }
