@@ -2,6 +2,7 @@
 //! Vault and AWS Secrets Manager, carries out Rotations and reloads workloads.
 //! docs/design.md ("Code map") says which folder owns what.
 
+pub mod cluster_external;
 pub mod common;
 pub mod http;
 pub mod restart;

@@ -48,6 +48,11 @@ struct Args {
     /// Serve ClusterSecretStores (needs cluster-wide read of them and of Namespaces).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     cluster_secret_stores: bool,
+    /// ClusterExternalSecrets: `auto` serves them without --watch-namespace and reports
+    /// them `NotServed` with it; `serve` writes their ExternalSecrets into every namespace
+    /// they choose even with --watch-namespace; `off` does not watch them.
+    #[arg(long, value_enum, default_value_t = ClusterExternalSecretsArg::Auto)]
+    cluster_external_secrets: ClusterExternalSecretsArg,
     /// How long a Rotation waits for every mirror Secret to hold the new version before
     /// it fails (the store keeps the new value).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
@@ -88,6 +93,24 @@ struct Args {
     log_json: bool,
 }
 
+/// `--cluster-external-secrets`, as [`sigil_controller::common::ClusterExternalSecrets`].
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ClusterExternalSecretsArg {
+    Auto,
+    Serve,
+    Off,
+}
+
+impl From<ClusterExternalSecretsArg> for sigil_controller::common::ClusterExternalSecrets {
+    fn from(arg: ClusterExternalSecretsArg) -> Self {
+        match arg {
+            ClusterExternalSecretsArg::Auto => Self::Auto,
+            ClusterExternalSecretsArg::Serve => Self::Serve,
+            ClusterExternalSecretsArg::Off => Self::Off,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     sigil_telemetry::init_logging(args.log_json);
@@ -113,6 +136,7 @@ fn main() -> ExitCode {
         identity,
         watch_namespace: args.watch_namespace,
         cluster_secret_stores: args.cluster_secret_stores,
+        cluster_external_secrets: args.cluster_external_secrets.into(),
         rotation_propagation_timeout: args.rotation_propagation_timeout,
         max_concurrent_restarts: args.max_concurrent_restarts,
         rollout_deadline: args.rollout_deadline,

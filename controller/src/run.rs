@@ -17,7 +17,7 @@ use crate::common::{Config, Context, MANAGER, leader, metrics, status};
 use crate::http::{self, caller};
 use crate::sealed::cached::CachedSealedSecret;
 use crate::sealed::{key_loop, keys, unseal};
-use crate::{restart, rotation, sync};
+use crate::{cluster_external, restart, rotation, sync};
 
 /// Runs until SIGTERM/SIGINT, or until leadership is lost (an error: the process should
 /// restart and stand by).
@@ -150,6 +150,7 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         rotations.0.clone(),
         stopped(),
     );
+    let cluster_external_run = cluster_external::run(shared.clone(), stopped());
     let restarter = restart::Restarter::new(
         client.clone(),
         config.max_concurrent_restarts,
@@ -188,12 +189,15 @@ pub async fn run(config: Config, client: Client) -> anyhow::Result<()> {
         rotation::run(rotation_context.clone(), rotations, stopped()),
         rotation::policy::run(rotation_context, policy_changes, stopped()),
     );
-    let run = futures::future::join5(
-        unseal_run,
-        sync_run,
-        rotation_run,
-        reload_run,
-        secret_watch_run,
+    let run = futures::future::join(
+        futures::future::join5(
+            unseal_run,
+            sync_run,
+            rotation_run,
+            reload_run,
+            secret_watch_run,
+        ),
+        cluster_external_run,
     );
     tokio::pin!(run);
     let result = tokio::select! {

@@ -468,7 +468,8 @@ fn unique_id(test: &str) -> String {
 /// controller is left to remove, then the namespace (kube-controller-manager's namespace
 /// controller deletes the rest of its content; the harness does not wait), every CRD
 /// registered with [`TestContext::track_crd`], every ClusterSecretStore registered with
-/// [`TestContext::track_cluster_store`], every KV v2 secret under
+/// [`TestContext::track_cluster_store`], every ClusterExternalSecret registered with
+/// [`TestContext::track_cluster_external_secret`], every KV v2 secret under
 /// [`TestContext::vault_prefix`] and every AWS secret whose name starts with
 /// [`TestContext::aws_prefix`].
 pub struct TestContext {
@@ -486,6 +487,7 @@ pub struct TestContext {
     pub kube: Client,
     crds: Mutex<Vec<String>>,
     cluster_stores: Mutex<Vec<String>>,
+    cluster_external_secrets: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for TestContext {
@@ -532,6 +534,7 @@ impl TestContext {
             kube,
             crds: Mutex::new(Vec::new()),
             cluster_stores: Mutex::new(Vec::new()),
+            cluster_external_secrets: Mutex::new(Vec::new()),
         })
     }
 
@@ -546,6 +549,15 @@ impl TestContext {
     /// Registers a ClusterSecretStore (by name) to delete when the context drops.
     pub fn track_cluster_store(&self, name: &str) {
         self.cluster_stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.to_owned());
+    }
+
+    /// Registers a ClusterExternalSecret (by name) to delete when the context drops; the
+    /// garbage collector then deletes the ExternalSecrets it owns.
+    pub fn track_cluster_external_secret(&self, name: &str) {
+        self.cluster_external_secrets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(name.to_owned());
@@ -613,6 +625,7 @@ impl TestContext {
         aws_prefix: &str,
         crds: &[String],
         cluster_stores: &[String],
+        cluster_external_secrets: &[String],
     ) {
         let warn = |what: &str, e: &dyn std::error::Error| {
             eprintln!("sigil-tests cleanup: {what}: {}", Report(e));
@@ -637,6 +650,13 @@ impl TestContext {
                     let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
                     if let Err(e) = delete_all(&api, cluster_stores).await {
                         warn("deleting ClusterSecretStores", &e);
+                    }
+                }
+                if !cluster_external_secrets.is_empty() {
+                    let resource = ApiResource::erase::<sigil_types::ClusterExternalSecret>(&());
+                    let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+                    if let Err(e) = delete_all(&api, cluster_external_secrets).await {
+                        warn("deleting ClusterExternalSecrets", &e);
                     }
                 }
                 // The namespace controller empties the namespace, then removes it.
@@ -765,6 +785,12 @@ impl Drop for TestContext {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
+        let cluster_external_secrets = std::mem::take(
+            &mut *self
+                .cluster_external_secrets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         // Drop cannot await, and the test's runtime may be single-threaded or shutting
         // down: clean up on a thread with a runtime of its own, and wait for it.
         let joined = std::thread::spawn(move || {
@@ -779,6 +805,7 @@ impl Drop for TestContext {
                 &aws_prefix,
                 &crds,
                 &cluster_stores,
+                &cluster_external_secrets,
             ));
         })
         .join();

@@ -15,6 +15,9 @@ pub const OWNED_BY_ANNOTATION: &str = "sigil.dev/owned-by";
 /// ExternalSecret annotation whose every new value refreshes at once, bypassing the read
 /// cache.
 pub const FORCE_SYNC_ANNOTATION: &str = "sigil.dev/force-sync";
+/// Label on every ExternalSecret a ClusterExternalSecret writes: the ClusterExternalSecret's
+/// UID, so that the controller's watch sees only those (its owner reference decides).
+pub const CLUSTER_EXTERNAL_SECRET_LABEL: &str = "sigil.dev/cluster-external-secret";
 
 /// Label on every Secret that holds a sealing key.
 pub const KEY_LABEL: &str = "sigil.dev/sealing-key";

@@ -132,19 +132,26 @@ SecretStores and Rotations, the Secrets it writes and reads, and its Events.
 
 {{/*
 Rules that only a ClusterRole can grant, rendered only when the controller serves every
-namespace: ClusterSecretStores, and the Namespaces whose labels their `conditions`
-select. With watchNamespace set, only namespaced SecretStores are served.
+namespace: ClusterSecretStores and ClusterExternalSecrets, and the Namespaces whose
+labels their `conditions` and selectors choose. With watchNamespace set, only
+namespaced SecretStores are served, and ClusterExternalSecrets are not watched.
 */}}
 {{- define "sigil.clusterRules" -}}
 - apiGroups: ["sigil.dev"]
-  resources: ["clustersecretstores"]
+  resources: ["clustersecretstores", "clusterexternalsecrets"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["sigil.dev"]
-  resources: ["clustersecretstores/status"]
+  resources: ["clustersecretstores/status", "clusterexternalsecrets/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get", "list", "watch"]
+# The ExternalSecret of a ClusterExternalSecret in each namespace it chooses: written by
+# server-side apply, deleted when the namespace stops matching or the name changes.
+# Only ExternalSecrets it owns are changed; one that is not its own is left alone.
+- apiGroups: ["sigil.dev"]
+  resources: ["externalsecrets"]
+  verbs: ["create", "patch", "delete"]
 {{- end }}
 
 {{/*

@@ -37,6 +37,8 @@ pub struct Config {
     pub watch_namespace: Option<String>,
     /// Whether ClusterSecretStores are served.
     pub cluster_secret_stores: bool,
+    /// Whether ClusterExternalSecrets are served, reported as not served, or not watched.
+    pub cluster_external_secrets: ClusterExternalSecrets,
     /// How long a Rotation waits for every mirror to hold the new version.
     pub rotation_propagation_timeout: Duration,
     /// Rollouts started and not yet complete, at most.
@@ -57,6 +59,20 @@ pub struct Config {
     /// sigil-api's ServiceAccount (`NAMESPACE/NAME`), the only caller of the internal
     /// verify and re-seal endpoints.
     pub api_service_account: String,
+}
+
+/// What the controller does with ClusterExternalSecrets (`--cluster-external-secrets`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterExternalSecrets {
+    /// Serve them unless `--watch-namespace` is set; with it, say in their status that
+    /// they are not served (needs cluster-wide read of them and `patch` of their status).
+    #[default]
+    Auto,
+    /// Serve them, writing ExternalSecrets into every namespace they choose, even with
+    /// `--watch-namespace` (other controllers then sync those ExternalSecrets).
+    Serve,
+    /// Do not watch them (a namespaced install has no permission to).
+    Off,
 }
 
 /// Shared by every reconciler of every kind.

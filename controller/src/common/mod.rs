@@ -13,7 +13,7 @@ pub(crate) mod secret_writer;
 pub(crate) mod status;
 pub mod watch;
 
-pub use context::{Config, Context};
+pub use context::{ClusterExternalSecrets, Config, Context};
 pub use error::{Error, Result};
 
 /// The field manager of every write.

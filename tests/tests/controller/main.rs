@@ -3,6 +3,7 @@
 
 mod api;
 mod cluster;
+mod cluster_external;
 mod credential;
 mod flood;
 mod ha;
