@@ -60,6 +60,31 @@ pub struct ExternalSecretSpec {
     /// Whole remote secrets: every property of each becomes a Secret key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data_from: Vec<ExternalSecretDataFrom>,
+    /// When the store is read again: `Periodic` (every `refreshInterval`, the default),
+    /// `OnChange` (when the spec changes or on `sigil.dev/force-sync`) or `CreatedOnce`
+    /// (once; later hand edits of the Secret stay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_policy: Option<RefreshPolicy>,
+}
+
+/// When an ExternalSecret reads its store again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = crate::drop_description)]
+pub enum RefreshPolicy {
+    /// Every `refreshInterval`, and whenever the spec or `sigil.dev/force-sync` changes.
+    #[default]
+    Periodic,
+    /// Only when the spec or `sigil.dev/force-sync` changes.
+    OnChange,
+    /// Once: the Secret written is left as it is afterwards, edits included.
+    CreatedOnce,
+}
+
+impl ExternalSecretSpec {
+    /// The refresh policy; `Periodic` when unset.
+    pub fn refresh_policy_or_default(&self) -> RefreshPolicy {
+        self.refresh_policy.unwrap_or_default()
+    }
 }
 
 /// A Secret's name as the API server accepts it, refused at apply time with a message
@@ -336,6 +361,91 @@ pub struct ExternalSecretTemplate {
     /// are written (the values read are the templates' input).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    /// Templates kept in a ConfigMap or Secret of the ExternalSecret's namespace, or
+    /// given literally; `data` wins on equal keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub template_from: Vec<TemplateFrom>,
+    /// `Replace` (the default): only the templates' keys are written; `Merge`: the values
+    /// read are written too, the templates' keys winning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_policy: Option<TemplateMergePolicy>,
+}
+
+/// Whether the values read are written beside the templates' keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = crate::drop_description)]
+pub enum TemplateMergePolicy {
+    /// Only the templates' keys.
+    #[default]
+    Replace,
+    /// The values read, then the templates' keys over them.
+    Merge,
+}
+
+/// Templates from a ConfigMap, a Secret or a literal.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateFrom {
+    /// A ConfigMap of the ExternalSecret's namespace and the keys of it that are templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<TemplateSource>,
+    /// A Secret of the ExternalSecret's namespace and the keys of it that are templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<TemplateSource>,
+    /// A template whose output is YAML `key: value` lines, each a Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub literal: Option<String>,
+    /// Where the output goes: `Data` (the default), `Labels` or `Annotations`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TemplateTarget>,
+}
+
+/// An object holding templates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TemplateSource {
+    /// Its name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The keys that are templates.
+    #[schemars(length(min = 1))]
+    pub items: Vec<TemplateItem>,
+}
+
+/// One template key of a ConfigMap or Secret.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateItem {
+    /// The key.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+    /// `Values` (the default): the output is the value of a Secret key of this name;
+    /// `KeysAndValues`: the output is YAML `key: value` lines, each a Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_as: Option<TemplateScope>,
+}
+
+/// What a template's output is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = crate::drop_description)]
+pub enum TemplateScope {
+    /// One value.
+    #[default]
+    Values,
+    /// YAML `key: value` lines.
+    KeysAndValues,
+}
+
+/// Where a template's output goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = crate::drop_description)]
+pub enum TemplateTarget {
+    /// The Secret's data.
+    #[default]
+    Data,
+    /// The Secret's labels.
+    Labels,
+    /// The Secret's annotations.
+    Annotations,
 }
 
 fn engine_version_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -373,21 +483,133 @@ pub struct RemoteRef {
     /// such as `AWSPREVIOUS`); the current version when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// How the value is decoded (unset: as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding_strategy: Option<DecodingStrategy>,
 }
 
-/// A whole remote secret, every property of which becomes a Secret key.
+/// Remote secrets copied whole: one (`extract`), or every one a `find` matches; their
+/// keys renamed by `rewrite`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "has(self.extract)",
-        "message": "each dataFrom entry needs `extract` with the remote `key` to copy (ESO's `find` and `sourceRef` are not supported)"
+        "rule": "has(self.extract) != has(self.find)",
+        "message": "each dataFrom entry needs exactly one of `extract` (one remote key) or `find` (every key a path, name or tags match); ESO's `sourceRef` generators are not supported"
     }
 ]))]
 pub struct ExternalSecretDataFrom {
-    /// The remote secret to copy; required.
+    /// One remote secret, every property of which becomes a Secret key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extract: Option<ExtractRef>,
+    /// Every remote secret whose name (and tags) match: each becomes one Secret key, its
+    /// name the remote key's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub find: Option<FindRef>,
+    /// Renames of the keys this entry yields, applied in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewrite: Vec<Rewrite>,
+}
+
+/// Which remote secrets a `find` copies. `name` and `tags` together must both match
+/// (ESO v0.20 lets `name` win and ignores `tags`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.name) || has(self.tags) || has(self.path)",
+        "message": "find needs `name.regexp`, `tags` or `path`: a find of everything in the store is refused"
+    }
+]))]
+pub struct FindRef {
+    /// Only remote keys under this path (Vault: below the mount; AWS: a name prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: Option<String>,
+    /// A regular expression (RE2 syntax, unanchored) the remote key must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<FindName>,
+    /// Tags every found secret must carry with these values (Vault: `custom_metadata`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// How key names become Secret keys: `Default` replaces every character a Secret
+    /// key cannot hold with `_`; `Unicode` with `_U<hex>_`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion_strategy: Option<ConversionStrategy>,
+    /// How the values are decoded (`None`, `Base64`, `Base64URL`, `Auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding_strategy: Option<DecodingStrategy>,
+}
+
+/// The regular expression of a `find`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FindName {
+    /// RE2 syntax; matched anywhere in the remote key unless anchored.
+    #[schemars(length(min = 1, max = 1024))]
+    pub regexp: String,
+}
+
+/// How remote key names become Secret keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = crate::drop_description)]
+pub enum ConversionStrategy {
+    /// Every character but letters, digits, `-`, `.` and `_` becomes `_`.
+    #[default]
+    Default,
+    /// Every such character becomes `_U<4 lowercase hex digits>_`.
+    Unicode,
+}
+
+/// How values are decoded before they are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = crate::drop_description)]
+pub enum DecodingStrategy {
+    /// As they are.
+    #[default]
+    None,
+    /// Standard base64 (padded).
+    Base64,
+    /// URL-safe base64 (padded).
+    #[serde(rename = "Base64URL")]
+    Base64Url,
+    /// Base64, else URL-safe base64, else as they are.
+    Auto,
+}
+
+/// One rename of the keys a `dataFrom` entry yields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.regexp) != has(self.transform)",
+        "message": "each rewrite needs exactly one of `regexp` or `transform` (ESO's `merge` is not supported)"
+    }
+]))]
+pub struct Rewrite {
+    /// Replace what `source` matches in each key with `target` (`$1`, `${name}` expand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regexp: Option<RewriteRegexp>,
+    /// A Go template over `.value`, the key, whose output is the new key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<RewriteTransform>,
+}
+
+/// A regular-expression rename.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RewriteRegexp {
+    /// RE2 syntax.
+    #[schemars(length(min = 1, max = 1024))]
+    pub source: String,
+    /// The replacement; `$1` or `${name}` stand for groups.
+    pub target: String,
+}
+
+/// A template rename.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RewriteTransform {
+    /// A Go template, e.g. `{{ .value | upper }}`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub template: String,
 }
 
 /// A whole remote secret to copy.
@@ -403,6 +625,12 @@ pub struct ExtractRef {
     /// A property holding a JSON object to copy instead of the whole secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub property: Option<String>,
+    /// How the property names become Secret keys (unset: as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion_strategy: Option<ConversionStrategy>,
+    /// How the values are decoded (unset: as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding_strategy: Option<DecodingStrategy>,
 }
 
 /// What the controller last did with an ExternalSecret.
@@ -424,6 +652,11 @@ pub struct ExternalSecretStatus {
     /// ESO compatibility: the Secret written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<SecretBinding>,
+    /// What the last sync acted on: `<generation>/<sigil.dev/force-sync value>`. An
+    /// `OnChange` or `CreatedOnce` ExternalSecret that finds it current (after a restart)
+    /// reads nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_resource_version: Option<String>,
     /// Conditions: `Ready` says whether the Secret holds what the store holds;
     /// `Stalled` is present (True) while syncing fails (a failed read is retried), and
     /// `Reconciling` while the store it names does not exist yet.

@@ -17,9 +17,11 @@ pub use cluster_external::{
     ClusterExternalSecretStatus, ExternalSecretMetadata,
 };
 pub use external::{
-    CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretData, ExternalSecretDataFrom,
-    ExternalSecretSpec, ExternalSecretStatus, ExternalSecretTarget, ExternalSecretTemplate,
-    ExtractRef, RemoteRef, SecretBinding, SecretStoreRef, StoreKind,
+    ConversionStrategy, CreationPolicy, DecodingStrategy, DeletionPolicy, ExternalSecret,
+    ExternalSecretData, ExternalSecretDataFrom, ExternalSecretSpec, ExternalSecretStatus,
+    ExternalSecretTarget, ExternalSecretTemplate, ExtractRef, FindName, FindRef, RefreshPolicy,
+    RemoteRef, Rewrite, RewriteRegexp, RewriteTransform, SecretBinding, SecretStoreRef, StoreKind,
+    TemplateFrom, TemplateItem, TemplateMergePolicy, TemplateScope, TemplateSource, TemplateTarget,
 };
 pub use names::*;
 pub use policy::{

@@ -290,6 +290,7 @@ mod tests {
                             key: (*key).to_owned(),
                             property: property.map(str::to_owned),
                             version: version.map(str::to_owned),
+                            decoding_strategy: None,
                         },
                     })
                     .collect(),

@@ -17,7 +17,8 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use sigil_providers::{Error as ProviderError, ErrorKind};
 use sigil_types::{
-    CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretStatus, SecretBinding, StoreKind,
+    CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretStatus, RefreshPolicy,
+    SecretBinding, StoreKind,
 };
 use tokio::time::Instant;
 
@@ -26,7 +27,7 @@ use super::stores::{StoreObject, StoreProblem, StoreRef};
 use super::values::{self, Data, ValueError};
 use super::{Held, Scheduled, SyncContext};
 use crate::common::backoff::ObjectKey;
-use crate::common::error::{Error, Result};
+use crate::common::error::{Error, KubeContext as _, Result};
 use crate::common::metrics::SyncLabel;
 use crate::common::secret_watch::SecretVersion;
 use crate::common::secret_writer::{Claim, Mode, Refusal, Written};
@@ -159,6 +160,8 @@ impl From<ValueError> for Failure {
 struct Synced {
     wrote: bool,
     deleted: bool,
+    /// A `CreatedOnce` first sync took over an earlier ExternalSecret's Secret as it was.
+    adopted: bool,
     versions: BTreeMap<String, String>,
     /// The Secret's resourceVersion once it held what was written.
     secret_version: Option<SecretVersion>,
@@ -180,8 +183,11 @@ pub async fn reconcile(obj: Arc<ExternalSecret>, ctx: Arc<SyncContext>) -> Resul
     let key = object_key(&obj);
     let _refreshing = ctx.refreshing(&key).await;
     let force = obj.annotations().get(FORCE_SYNC_ANNOTATION).cloned();
+    let policy = obj.spec.refresh_policy_or_default();
     let interval = match obj.spec.refresh_interval_duration() {
-        Ok(interval) => interval,
+        // Only Periodic reads again on its own.
+        Ok(interval) if policy == RefreshPolicy::Periodic => interval,
+        Ok(_) => None,
         Err(message) => {
             let failure = Failure::new(SyncReason::InvalidSpec, message);
             return finish_failed(&obj, &ctx, key, None, failure).await;
@@ -198,6 +204,10 @@ pub async fn reconcile(obj: Arc<ExternalSecret>, ctx: Arc<SyncContext>) -> Resul
         && let Some(wait) = ctx.not_due(&key, &obj, force.as_deref(), &job)
     {
         return Ok(Action::requeue(wait));
+    }
+    // A Rotation's refresh (`forced`) reaches every mirror, whatever its policy.
+    if forced.is_none() && ctx.synced_for_good(&obj, policy, force.as_deref(), &job) {
+        return Ok(Action::await_change());
     }
     let previous = ctx.schedule_of(&key);
     let bypass = previous.as_ref().is_some_and(|s| s.force != force);
@@ -279,6 +289,31 @@ impl SyncContext {
         kube::Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default())
     }
 
+    /// Whether an `OnChange` or `CreatedOnce` ExternalSecret has nothing to read: its
+    /// status says it synced this generation and force-sync value (OnChange; and the
+    /// Secret is there, as after a restart), or that it ever synced (CreatedOnce: later
+    /// changes, hand edits of the Secret included, are left as they are).
+    fn synced_for_good(
+        &self,
+        obj: &ExternalSecret,
+        policy: RefreshPolicy,
+        force: Option<&str>,
+        job: &Job<'_>,
+    ) -> bool {
+        let synced = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.synced_resource_version.as_deref());
+        match policy {
+            RefreshPolicy::Periodic => false,
+            RefreshPolicy::CreatedOnce => synced.is_some(),
+            RefreshPolicy::OnChange => {
+                synced == Some(synced_resource_version(obj, force).as_str())
+                    && self.secrets.seen(&job.namespace, &job.target).is_some()
+            }
+        }
+    }
+
     /// How long to wait when nothing asks for a refresh yet: same generation, same
     /// force-sync value, not due, and the Secret still holds what was written.
     fn not_due(
@@ -315,6 +350,9 @@ async fn sync(
     read_after: Option<Instant>,
     bypass: bool,
 ) -> Result<Result<Synced, Failure>> {
+    if let Some(adopted) = adopt_created_once(job, ctx).await? {
+        return Ok(Ok(adopted));
+    }
     let store = match resolve_store(job.obj, &job.namespace, ctx).await? {
         Ok(store) => store,
         Err(failure) => return Ok(Err(failure)),
@@ -383,6 +421,7 @@ async fn sync(
             return Ok(Ok(Synced {
                 wrote: removed,
                 deleted: true,
+                adopted: false,
                 versions: BTreeMap::new(),
                 secret_version: None,
                 held: now_held,
@@ -445,9 +484,84 @@ async fn sync(
     Ok(Ok(Synced {
         wrote,
         deleted: false,
+        adopted: false,
         versions,
         secret_version,
         held: now_held,
+    }))
+}
+
+/// A `CreatedOnce` ExternalSecret's first sync, when its target Secret was written by
+/// an earlier ExternalSecret of this name that no longer exists (deleted and applied
+/// again, e.g. by GitOps): the Secret is adopted as it is, its claim moved to this
+/// object, and neither the store is read nor the data written (ESO#6640 overwrote it).
+async fn adopt_created_once(job: &Job<'_>, ctx: &SyncContext) -> Result<Option<Synced>> {
+    let obj = job.obj;
+    let first = obj
+        .status
+        .as_ref()
+        .is_none_or(|s| s.synced_resource_version.is_none());
+    if obj.spec.refresh_policy_or_default() != RefreshPolicy::CreatedOnce || !first {
+        return Ok(None);
+    }
+    let api: kube::Api<Secret> = kube::Api::namespaced(ctx.client.clone(), &job.namespace);
+    let Some(existing) = api
+        .get_opt(&job.target)
+        .await
+        .during(|| format!("read Secret {}/{}", job.namespace, job.target))?
+    else {
+        return Ok(None);
+    };
+    let uid = obj.metadata.uid.clone().unwrap_or_default();
+    let Some(earlier) = existing
+        .annotations()
+        .get(OWNED_BY_ANNOTATION)
+        .filter(|_| {
+            existing
+                .labels()
+                .get(EXTERNAL_SECRET_LABEL)
+                .is_some_and(|v| v == "true")
+        })
+        .cloned()
+    else {
+        return Ok(None);
+    };
+    let alive = ctx
+        .externals
+        .state()
+        .iter()
+        .any(|es| es.metadata.uid.as_deref() == Some(earlier.as_str()));
+    if earlier == uid || alive {
+        return Ok(None);
+    }
+    let mut owners: Vec<_> = existing
+        .owner_references()
+        .iter()
+        .filter(|r| r.uid != earlier)
+        .cloned()
+        .collect();
+    if obj.creation_policy() == CreationPolicy::Owner {
+        owners.extend(obj.controller_owner_ref(&()));
+    }
+    let patch = serde_json::json!({"metadata": {
+        "annotations": {OWNED_BY_ANNOTATION: uid},
+        "ownerReferences": owners,
+        "resourceVersion": existing.resource_version(),
+    }});
+    api.patch(
+        &job.target,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(patch),
+    )
+    .await
+    .during(|| format!("adopt Secret {}/{}", job.namespace, job.target))?;
+    Ok(Some(Synced {
+        wrote: false,
+        deleted: false,
+        adopted: true,
+        versions: BTreeMap::new(),
+        secret_version: None,
+        held: Held::new(),
     }))
 }
 
@@ -553,6 +667,15 @@ fn assemble(
     }
 }
 
+/// `<generation>/<force-sync value>`: what a sync acted on.
+fn synced_resource_version(obj: &ExternalSecret, force: Option<&str>) -> String {
+    format!(
+        "{}/{}",
+        obj.metadata.generation.unwrap_or(0),
+        force.unwrap_or("")
+    )
+}
+
 fn claim_of(obj: &ExternalSecret) -> Claim<'_> {
     let uid = obj.metadata.uid.as_deref().unwrap_or_default();
     Claim {
@@ -636,7 +759,12 @@ async fn record_synced(
     job: &Job<'_>,
     synced: &Synced,
 ) -> Result<()> {
-    let message = if synced.deleted {
+    let message = if synced.adopted {
+        format!(
+            "Secret {}/{} was written by an earlier ExternalSecret of this name; refreshPolicy CreatedOnce took it over as it is, without reading the store",
+            job.namespace, job.target
+        )
+    } else if synced.deleted {
         format!(
             "every remote key is gone and deletionPolicy is Delete: Secret {}/{} {}",
             job.namespace,
@@ -667,6 +795,12 @@ async fn record_synced(
         binding: (!synced.deleted).then(|| SecretBinding {
             name: job.target.clone(),
         }),
+        synced_resource_version: Some(synced_resource_version(
+            obj,
+            obj.annotations()
+                .get(FORCE_SYNC_ANNOTATION)
+                .map(String::as_str),
+        )),
         conditions: conditions_of(obj, Health::Ready, SyncReason::SecretSynced, &message),
     };
     status::patch_status(ctx.api_of(obj), obj, previous, &status).await?;

@@ -29,6 +29,7 @@ use crate::common::watch::{cache_synced, scoped_api, watch_lean};
 pub mod cache;
 pub mod external;
 pub mod stores;
+mod template;
 pub mod values;
 
 pub use external::SyncReason;

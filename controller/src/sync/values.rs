@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use zeroize::{Zeroize as _, Zeroizing};
 
+use super::template::{self, RenderError};
+
 /// Secret data being assembled: key → value bytes, wiped when dropped.
 pub(crate) type Data = BTreeMap<String, Zeroizing<Vec<u8>>>;
 
@@ -97,63 +99,22 @@ pub(crate) fn extract(key: &str, bytes: &[u8], property: Option<&str>) -> Result
     Ok(map.iter().map(|(k, v)| (k.clone(), leaf(v))).collect())
 }
 
-/// Renders one template text with `data` (the fetched keys by name).
+/// Renders one template text with `data` (the fetched keys by name) as the dot.
 pub(crate) fn render(
     template_key: &str,
     text: &str,
     data: &Data,
 ) -> Result<Zeroizing<Vec<u8>>, ValueError> {
-    let mut out = Zeroizing::new(Vec::with_capacity(text.len()));
-    let mut rest = text;
-    while let Some(open) = rest.find("{{") {
-        let mut literal = &rest[..open];
-        let mut action = &rest[open + 2..];
-        if let Some(trimmed) = action.strip_prefix('-') {
-            literal = literal.trim_end();
-            action = trimmed;
-        }
-        out.extend_from_slice(literal.as_bytes());
-        let Some(close) = action.find("}}") else {
-            return Err(ValueError::Template(format!(
-                "template.data `{template_key}`: `{{{{` without a closing `}}}}`"
-            )));
-        };
-        let (mut inner, after) = (&action[..close], &action[close + 2..]);
-        let trim_after = inner.ends_with('-');
-        if trim_after {
-            inner = &inner[..inner.len() - 1];
-        }
-        let name = field_name(inner.trim()).ok_or_else(|| {
-            ValueError::Template(format!(
-                "template.data `{template_key}`: `{{{{{inner}}}}}` is not supported; use `{{{{ .key }}}}` or `{{{{ index . \"key\" }}}}` with a key from data or dataFrom"
-            ))
-        })?;
-        let value = data.get(name).ok_or_else(|| {
-            ValueError::PropertyNotFound(format!(
+    let dot = template::dot(data.iter().map(|(k, v)| (k, v.as_slice())));
+    template::render(&format!("template.data `{template_key}`"), text, &dot)
+        .map(|out| Zeroizing::new(out.into_bytes()))
+        .map_err(|err| match err {
+            RenderError::MissingKey(name) => ValueError::PropertyNotFound(format!(
                 "template.data `{template_key}` uses `{name}`, which is not among the fetched keys ({}); add it to data or dataFrom",
                 data.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-        })?;
-        out.extend_from_slice(value);
-        rest = if trim_after {
-            after.trim_start()
-        } else {
-            after
-        };
-    }
-    out.extend_from_slice(rest.as_bytes());
-    Ok(out)
-}
-
-fn field_name(action: &str) -> Option<&str> {
-    if let Some(name) = action.strip_prefix('.') {
-        let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        return ok.then_some(name);
-    }
-    let args = action.strip_prefix("index")?.trim_start();
-    let quoted = args.strip_prefix('.')?.trim();
-    let name = quoted.strip_prefix('"')?.strip_suffix('"')?;
-    (!name.is_empty() && !name.contains('"')).then_some(name)
+            )),
+            RenderError::Other(message) => ValueError::Template(message),
+        })
 }
 
 #[cfg(test)]
@@ -232,8 +193,8 @@ mod tests {
             matches!(&missing, ValueError::PropertyNotFound(m) if m.contains("`user`") && !m.contains("pw-value"))
         );
         assert!(matches!(
-            render("URL", "{{ .password | upper }}", &d),
-            Err(ValueError::Template(m)) if m.contains("URL")
+            render("URL", "{{ .password | nosuchfunction }}", &d),
+            Err(ValueError::Template(m)) if m.contains("URL") && m.contains("nosuchfunction")
         ));
         assert!(matches!(
             render("URL", "{{ .password ", &d),
