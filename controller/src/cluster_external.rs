@@ -16,7 +16,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, Preconditions};
@@ -77,8 +77,11 @@ pub(crate) struct CesContext {
     /// (ClusterExternalSecret UID, namespace) → hash of the labels, annotations and spec
     /// last applied there. Labels and annotations of others may sit beside ours, so
     /// the object alone cannot say that one of ours was dropped from the spec since.
-    applied: Mutex<HashMap<(String, String), u64>>,
+    applied: Arc<Applied>,
 }
+
+/// (ClusterExternalSecret UID, namespace) → hash of what was last applied there.
+type Applied = Mutex<HashMap<(String, String), u64>>;
 
 crate::common::context::shares_context!(CesContext);
 
@@ -119,6 +122,8 @@ async fn serve(
     .predicate_filter(namespace_choice, Default::default())
     .filter_map(|changed| async move { changed.ok().map(|_| ()) });
     let (owned, writer) = reflector::store();
+    let applied = Arc::new(Applied::default());
+    let forget = applied.clone();
     let owned_changes = watcher(
         Api::<ExternalSecret>::all(client),
         initial
@@ -128,6 +133,18 @@ async fn serve(
     .default_backoff()
     .modify(forget_bookkeeping)
     .reflect(writer)
+    .inspect_ok(move |event| {
+        // Whatever removed it (a namespace that stopped matching, the garbage collector
+        // after its ClusterExternalSecret), what was applied there is history.
+        if let watcher::Event::Delete(es) = event {
+            if let Some(owner) = controller_owner(es) {
+                forget
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(owner.uid.clone(), es.namespace().unwrap_or_default()));
+            }
+        }
+    })
     .touched_objects();
     let concurrency = shared.config.concurrency;
     let context = Arc::new(CesContext {
@@ -135,7 +152,7 @@ async fn serve(
         namespaces,
         owned,
         backoff: Backoff::default(),
-        applied: Mutex::default(),
+        applied,
     });
     Controller::for_stream(changes, cluster_externals)
         // The owner is cluster-scoped: kube's `owns` would look it up in the
@@ -271,10 +288,6 @@ async fn reconcile(ces: Arc<ClusterExternalSecret>, ctx: Arc<CesContext>) -> Res
         // A terminating namespace takes its ExternalSecrets with it.
         if !wanted && !terminating.contains(&namespace) {
             remove(&ctx, es).await?;
-            ctx.applied
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&(uid.clone(), namespace));
         }
     }
 
