@@ -74,14 +74,13 @@ pub(crate) struct CesContext {
     /// The ExternalSecrets labelled as written by a ClusterExternalSecret.
     owned: Store<ExternalSecret>,
     backoff: Backoff,
-    /// (ClusterExternalSecret UID, namespace) → hash of the labels, annotations and spec
-    /// last applied there. Labels and annotations of others may sit beside ours, so
+    /// Hash of the labels, annotations and spec last applied to each ExternalSecret. Labels and annotations of others may sit beside ours, so
     /// the object alone cannot say that one of ours was dropped from the spec since.
     applied: Arc<Applied>,
 }
 
-/// (ClusterExternalSecret UID, namespace) → hash of what was last applied there.
-type Applied = Mutex<HashMap<(String, String), u64>>;
+/// (ClusterExternalSecret UID, namespace, name) → hash of what was last applied there.
+type Applied = Mutex<HashMap<(String, String, String), u64>>;
 
 crate::common::context::shares_context!(CesContext);
 
@@ -138,10 +137,11 @@ async fn serve(
         // after its ClusterExternalSecret), what was applied there is history.
         if let watcher::Event::Delete(es) = event {
             if let Some(owner) = controller_owner(es) {
-                forget
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&(owner.uid.clone(), es.namespace().unwrap_or_default()));
+                forget.lock().unwrap_or_else(|e| e.into_inner()).remove(&(
+                    owner.uid.clone(),
+                    es.namespace().unwrap_or_default(),
+                    es.name_any(),
+                ));
             }
         }
     })
@@ -451,6 +451,7 @@ fn holds(
     let key = (
         ces.uid().unwrap_or_default(),
         es.namespace().unwrap_or_default(),
+        es.name_any(),
     );
     let applied = ctx
         .applied
@@ -526,7 +527,10 @@ async fn provision(
             ctx.applied
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert((uid, namespace.to_owned()), fingerprint(&want));
+                .insert(
+                    (uid, namespace.to_owned(), name.to_owned()),
+                    fingerprint(&want),
+                );
             Ok(())
         }
         Err(kube::Error::Api(status)) if status.code == 409 => Err(format!(
@@ -714,6 +718,7 @@ mod tests {
             rollout_deadline: Duration::from_secs(1),
             rollout_timeout: Duration::from_secs(1),
             min_rotation_interval: Duration::from_secs(1),
+            max_keys_per_find: 1000,
             reload_debounce: Duration::from_secs(1),
             initial_list: None,
             store_tokens_need_opt_in: false,
