@@ -135,14 +135,14 @@ async fn serve(
     .inspect_ok(move |event| {
         // Whatever removed it (a namespace that stopped matching, the garbage collector
         // after its ClusterExternalSecret), what was applied there is history.
-        if let watcher::Event::Delete(es) = event {
-            if let Some(owner) = controller_owner(es) {
-                forget.lock().unwrap_or_else(|e| e.into_inner()).remove(&(
-                    owner.uid.clone(),
-                    es.namespace().unwrap_or_default(),
-                    es.name_any(),
-                ));
-            }
+        if let watcher::Event::Delete(es) = event
+            && let Some(owner) = controller_owner(es)
+        {
+            forget.lock().unwrap_or_else(|e| e.into_inner()).remove(&(
+                owner.uid.clone(),
+                es.namespace().unwrap_or_default(),
+                es.name_any(),
+            ));
         }
     })
     .touched_objects();
