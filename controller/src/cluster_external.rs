@@ -55,13 +55,13 @@ enum Mode {
     Report(String),
 }
 
-fn mode(config: &crate::common::Config) -> Option<Mode> {
-    match (config.cluster_external_secrets, &config.watch_namespace) {
+fn mode(flag: ClusterExternalSecrets, watch_namespace: Option<&str>) -> Option<Mode> {
+    match (flag, watch_namespace) {
         (ClusterExternalSecrets::Off, _) => None,
         (ClusterExternalSecrets::Serve, _) | (ClusterExternalSecrets::Auto, None) => {
             Some(Mode::Serve)
         }
-        (ClusterExternalSecrets::Auto, Some(namespace)) => Some(Mode::Report(namespace.clone())),
+        (ClusterExternalSecrets::Auto, Some(namespace)) => Some(Mode::Report(namespace.to_owned())),
     }
 }
 
@@ -90,7 +90,10 @@ pub(crate) fn run(
     shared: Arc<Context>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let mode = mode(&shared.config);
+    let mode = mode(
+        shared.config.cluster_external_secrets,
+        shared.config.watch_namespace.as_deref(),
+    );
     async move {
         match mode {
             None => {}
@@ -699,43 +702,13 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-    fn config(watch: Option<&str>, flag: ClusterExternalSecrets) -> crate::common::Config {
-        crate::common::Config {
-            namespace: "sigil-system".into(),
-            cluster_name: None,
-            key_renewal_period: Duration::from_secs(1),
-            concurrency: 1,
-            http_addr: ([127, 0, 0, 1], 0).into(),
-            leader_election: false,
-            lease_name: "l".into(),
-            lease_duration: Duration::from_secs(1),
-            identity: "i".into(),
-            watch_namespace: watch.map(str::to_owned),
-            cluster_secret_stores: true,
-            cluster_external_secrets: flag,
-            rotation_propagation_timeout: Duration::from_secs(1),
-            max_concurrent_restarts: 1,
-            rollout_deadline: Duration::from_secs(1),
-            rollout_timeout: Duration::from_secs(1),
-            min_rotation_interval: Duration::from_secs(1),
-            max_keys_per_find: 1000,
-            reload_debounce: Duration::from_secs(1),
-            initial_list: None,
-            store_tokens_need_opt_in: false,
-            api_service_account: "sigil-system/sigil-api".into(),
-        }
-    }
-
     #[test]
     fn confined_controllers_report_unless_told_to_serve() {
         use ClusterExternalSecrets::*;
-        assert_eq!(mode(&config(None, Auto)), Some(Mode::Serve));
-        assert_eq!(
-            mode(&config(Some("a"), Auto)),
-            Some(Mode::Report("a".into()))
-        );
-        assert_eq!(mode(&config(Some("a"), Serve)), Some(Mode::Serve));
-        assert_eq!(mode(&config(None, Off)), None);
+        assert_eq!(mode(Auto, None), Some(Mode::Serve));
+        assert_eq!(mode(Auto, Some("a")), Some(Mode::Report("a".into())));
+        assert_eq!(mode(Serve, Some("a")), Some(Mode::Serve));
+        assert_eq!(mode(Off, None), None);
     }
 
     fn namespace(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
