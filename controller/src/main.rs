@@ -71,6 +71,10 @@ struct Args {
     /// refused (`InvalidSpec`).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     min_rotation_interval: Duration,
+    /// The most remote keys one `dataFrom.find` may copy; a find that matches more
+    /// fails (`InvalidSpec`) and the Secret is left as it was.
+    #[arg(long, default_value_t = 1000)]
+    max_keys_per_find: usize,
     /// Workloads annotated `sigil.dev/reload: "true"` restart once a Secret they consume
     /// has stayed unchanged this long after a change.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
         rollout_deadline: args.rollout_deadline,
         rollout_timeout: args.rollout_timeout,
         min_rotation_interval: args.min_rotation_interval,
+        max_keys_per_find: args.max_keys_per_find,
         reload_debounce: args.reload_debounce,
         store_tokens_need_opt_in: args.store_tokens_need_opt_in,
         api_service_account,

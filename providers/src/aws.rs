@@ -364,6 +364,80 @@ impl AwsSession {
         crate::report(&*self.observer, AWS, Operation::Read, started, result)
     }
 
+    /// The names of the secrets whose name starts with `prefix` (when given) and that
+    /// carry every one of `tags` with exactly its value, through ListSecrets (its `name`,
+    /// `tag-key` and `tag-value` filters narrow the pages; the tags are then compared
+    /// exactly, since AWS matches keys and values apart and by prefix), one request per
+    /// page (reported as [`Operation::List`]); stops once more than `limit` are found.
+    pub async fn list(
+        &self,
+        prefix: Option<&str>,
+        tags: &std::collections::BTreeMap<String, String>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+        let mut filters = Vec::new();
+        if let Some(prefix) = prefix.filter(|p| !p.is_empty()) {
+            filters.push(
+                Filter::builder()
+                    .key(FilterNameStringType::Name)
+                    .values(prefix)
+                    .build(),
+            );
+        }
+        for (key, value) in tags {
+            filters.push(
+                Filter::builder()
+                    .key(FilterNameStringType::TagKey)
+                    .values(key)
+                    .build(),
+            );
+            filters.push(
+                Filter::builder()
+                    .key(FilterNameStringType::TagValue)
+                    .values(value)
+                    .build(),
+            );
+        }
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let started = Instant::now();
+            let page = self
+                .client
+                .list_secrets()
+                .set_filters((!filters.is_empty()).then(|| filters.clone()))
+                .set_next_token(token.take())
+                .max_results(100)
+                .send()
+                .await
+                .map_err(|e| map_sdk_error(e, Operation::List, prefix.unwrap_or(""), None));
+            let page = crate::report(&*self.observer, AWS, Operation::List, started, page)?;
+            for secret in page.secret_list() {
+                let Some(name) = secret.name() else { continue };
+                let carries = |key: &String, value: &String| {
+                    secret
+                        .tags()
+                        .iter()
+                        .any(|t| t.key() == Some(key.as_str()) && t.value() == Some(value.as_str()))
+                };
+                let under = prefix.is_none_or(|p| name.starts_with(p));
+                if under && tags.iter().all(|(k, v)| carries(k, v)) {
+                    found.push(name.to_owned());
+                }
+            }
+            if found.len() > limit {
+                return Ok(found);
+            }
+            match page.next_token() {
+                Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
     /// Reads many secrets (names or ARNs) at their `AWSCURRENT` version with
     /// BatchGetSecretValue, at most [`BATCH_LIMIT`] ids per call.
     ///

@@ -111,11 +111,15 @@ pub enum Operation {
     /// Moving an AWS staging label from one version to another
     /// (UpdateSecretVersionStage).
     Stage,
+    /// Listing the secrets a `find` may match (Vault `LIST <mount>/metadata/<path>`, one
+    /// per folder; AWS ListSecrets, one per page).
+    List,
 }
 
 impl Operation {
     /// A stable lowercase name, e.g. for a metric label: `"login"`, `"renew"`,
-    /// `"read"`, `"batch_read"`, `"check"`, `"describe"`, `"write"` or `"stage"`.
+    /// `"read"`, `"batch_read"`, `"check"`, `"describe"`, `"write"`, `"stage"` or
+    /// `"list"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::Login => "login",
@@ -126,6 +130,7 @@ impl Operation {
             Operation::Describe => "describe",
             Operation::Write => "write",
             Operation::Stage => "stage",
+            Operation::List => "list",
         }
     }
 }
@@ -141,6 +146,7 @@ impl fmt::Display for Operation {
             Operation::Describe => "metadata read",
             Operation::Write => "write",
             Operation::Stage => "stage move",
+            Operation::List => "list",
         })
     }
 }

@@ -1,6 +1,8 @@
 //! One session per store, whichever provider it talks to: what sync reads through and
 //! what a rotation writes through, without either asking which provider it is.
 
+use std::collections::BTreeMap;
+
 use zeroize::Zeroizing;
 
 use crate::aws::AwsSession;
@@ -66,6 +68,55 @@ impl Session {
         match self {
             Session::Vault(vault) => vault.check().await,
             Session::Aws(aws) => aws.check().await,
+        }
+    }
+
+    /// The remote keys a `find` matches: under `path`, whose name `matches` (the key
+    /// below the mount on Vault, the secret's name on AWS), carrying every one of `tags`
+    /// (Vault: in `custom_metadata`, one metadata read per candidate; AWS: its tags).
+    /// Name and tags must both match. Returns at most `limit` + 1 keys, so that a caller
+    /// sees its bound passed; the listing itself stops at ten times `limit`.
+    pub async fn find(
+        &self,
+        path: Option<&str>,
+        matches: &(dyn Fn(&str) -> bool + Sync),
+        tags: &BTreeMap<String, String>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let listing_bound = limit.saturating_mul(10);
+        match self {
+            Session::Vault(vault) => {
+                let mut found = Vec::new();
+                for key in vault.list(path.unwrap_or(""), listing_bound).await? {
+                    if !matches(&key) {
+                        continue;
+                    }
+                    if !tags.is_empty() {
+                        let meta = vault.metadata(&key).await?;
+                        if !tags
+                            .iter()
+                            .all(|(k, v)| meta.custom_metadata.get(k) == Some(v))
+                        {
+                            continue;
+                        }
+                    }
+                    found.push(key);
+                    if found.len() > limit {
+                        break;
+                    }
+                }
+                Ok(found)
+            }
+            Session::Aws(aws) => {
+                let mut found: Vec<String> = aws
+                    .list(path, tags, listing_bound)
+                    .await?
+                    .into_iter()
+                    .filter(|name| matches(name))
+                    .collect();
+                found.truncate(limit + 1);
+                Ok(found)
+            }
         }
     }
 

@@ -29,7 +29,9 @@ use rustify::enums::{RequestMethod, RequestType, ResponseType};
 use rustify::errors::ClientError as RestError;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use vaultrs::api::kv2::requests::{ReadSecretMetadataRequest, ReadSecretRequest};
+use vaultrs::api::kv2::requests::{
+    ListSecretsRequest, ReadSecretMetadataRequest, ReadSecretRequest,
+};
 use vaultrs::api::{EndpointError, EndpointMiddleware};
 use vaultrs::client::{VaultClient, VaultClientSettings};
 use vaultrs::error::ClientError;
@@ -433,6 +435,54 @@ impl VaultSession {
             })
         })
         .await
+    }
+
+    /// Every key below `path` (below the mount; all of them when empty), folders walked
+    /// recursively, one `LIST <mount>/metadata/<folder>` each (reported as
+    /// [`Operation::List`]); stops once more than `limit` are found. A folder that does
+    /// not exist has no keys.
+    pub async fn list(&self, path: &str, limit: usize) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        let mut folders = vec![clean_path(path)];
+        while let Some(folder) = folders.pop() {
+            let listed = self
+                .with_token(Operation::List, |client| {
+                    let folder = folder.clone();
+                    async move {
+                        let endpoint = ListSecretsRequest::builder()
+                            .mount(self.mount.as_str())
+                            .path(folder.as_str())
+                            .build()
+                            .map_err(unformable)?;
+                        vaultrs::api::exec_with_result(&client.0, endpoint)
+                            .await
+                            .map(|answer| answer.keys)
+                            .map_err(|e| map_client_error(e, Operation::List, &folder, None))
+                    }
+                })
+                .await;
+            let entries = match listed {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let full = if folder.is_empty() {
+                    entry
+                } else {
+                    format!("{folder}/{entry}")
+                };
+                match full.strip_suffix('/') {
+                    Some(sub) => folders.push(sub.to_owned()),
+                    None => found.push(full),
+                }
+                if found.len() > limit {
+                    return Ok(found);
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
     }
 
     /// Sets `entries` in `key`'s `custom_metadata` and keeps every other entry

@@ -50,6 +50,8 @@ pub struct Config {
     pub rollout_timeout: Duration,
     /// The shortest `schedule.every` a RotationPolicy may ask for.
     pub min_rotation_interval: Duration,
+    /// The most remote keys one `dataFrom.find` may copy.
+    pub max_keys_per_find: usize,
     /// How long a Secret must stay unchanged before opted-in workloads are reloaded.
     pub reload_debounce: Duration,
     /// How watches learn what exists; `None`: by the API server's version.

@@ -18,11 +18,12 @@ use kube::{Resource, ResourceExt};
 use sigil_providers::{Error as ProviderError, ErrorKind};
 use sigil_types::{
     CreationPolicy, DeletionPolicy, ExternalSecret, ExternalSecretStatus, RefreshPolicy,
-    SecretBinding, StoreKind,
+    SecretBinding, StoreKind, TemplateMergePolicy, TemplateScope, TemplateTarget,
 };
 use tokio::time::Instant;
 
 use super::cache::{CacheKey, Fetch};
+use super::find::{FindError, FindKey};
 use super::stores::{StoreObject, StoreProblem, StoreRef};
 use super::values::{self, Data, ValueError};
 use super::{Held, Scheduled, SyncContext};
@@ -151,7 +152,9 @@ impl From<ValueError> for Failure {
     fn from(err: ValueError) -> Self {
         match err {
             ValueError::PropertyNotFound(m) => Failure::new(SyncReason::PropertyNotFound, m),
-            ValueError::Template(m) => Failure::new(SyncReason::InvalidSpec, m),
+            ValueError::Template(m) | ValueError::Keys(m) => {
+                Failure::new(SyncReason::InvalidSpec, m)
+            }
         }
     }
 }
@@ -367,7 +370,17 @@ async fn sync(
         }
     };
     let spec = &job.obj.spec;
-    let wanted: BTreeSet<(String, Option<String>)> = spec
+    if spec.data.is_empty() && spec.data_from.is_empty() {
+        return Ok(Err(Failure::new(
+            SyncReason::InvalidSpec,
+            "spec.data and spec.dataFrom are both empty: list the remote keys to copy",
+        )));
+    }
+    let found = match find_keys(job, ctx, &store, &identity, &session, read_after, bypass).await {
+        Ok(found) => found,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let named: BTreeSet<(String, Option<String>)> = spec
         .data
         .iter()
         .map(|d| (d.remote_ref.key.clone(), d.remote_ref.version.clone()))
@@ -378,12 +391,15 @@ async fn sync(
                 .map(|e| (e.key.clone(), e.version.clone())),
         )
         .collect();
-    if wanted.is_empty() {
-        return Ok(Err(Failure::new(
-            SyncReason::InvalidSpec,
-            "spec.data and spec.dataFrom are both empty: list the remote keys to copy",
-        )));
-    }
+    let wanted: BTreeSet<(String, Option<String>)> = named
+        .iter()
+        .cloned()
+        .chain(
+            found
+                .values()
+                .flat_map(|keys| keys.iter().map(|k| (k.clone(), None))),
+        )
+        .collect();
     let pinned = ctx.pinned_at_base(&store).await;
     let reads = futures::future::join_all(wanted.iter().map(|(key, version)| {
         let cache_key = CacheKey {
@@ -405,6 +421,10 @@ async fn sync(
         results.insert(wanted, result);
     }
 
+    // A key a find listed that is gone by the time it is read is no longer found.
+    results.retain(|wanted, r| {
+        named.contains(wanted) || !r.as_ref().is_err_and(|e| e.kind() == ErrorKind::NotFound)
+    });
     let errors: Vec<&Arc<ProviderError>> =
         results.values().filter_map(|r| r.as_ref().err()).collect();
     if !errors.is_empty() {
@@ -452,7 +472,11 @@ async fn sync(
         return Ok(Err(Failure::new(SyncReason::of_provider(worst), message)));
     }
 
-    let data = match assemble(job, &results) {
+    let sources = match template_sources(job, ctx).await? {
+        Ok(sources) => sources,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let rendered = match assemble(job, &results, &found, &sources) {
         Ok(data) => data,
         Err(failure) => return Ok(Err(failure)),
     };
@@ -467,7 +491,7 @@ async fn sync(
             Some((name, value.version().to_owned()))
         })
         .collect();
-    let desired = desired_secret(job, &data);
+    let desired = desired_secret(job, &rendered);
     let claim = claim_of(job.obj);
     let (wrote, secret_version) = match ctx.writer().write(&desired, &claim).await? {
         Written::Unchanged(version) => (false, version),
@@ -625,46 +649,278 @@ pub(crate) async fn resolve_store(
     Ok(Ok(store))
 }
 
-/// The Secret's data: `dataFrom` first, then `data[]` (which wins on equal keys), then,
-/// when the template has data, only the template's keys rendered from those.
+/// The keys each `dataFrom[].find` matches, by entry index, listed through the shared
+/// find cache (a forced refresh lists again).
+async fn find_keys(
+    job: &Job<'_>,
+    ctx: &SyncContext,
+    store: &StoreObject,
+    identity: &Arc<str>,
+    session: &sigil_providers::Session,
+    read_after: Option<Instant>,
+    bypass: bool,
+) -> Result<BTreeMap<usize, Arc<Vec<String>>>, Failure> {
+    let limit = ctx.config.max_keys_per_find;
+    let mut found = BTreeMap::new();
+    for (i, from) in job.obj.spec.data_from.iter().enumerate() {
+        let Some(find) = &from.find else { continue };
+        let since = if bypass {
+            Instant::now()
+        } else {
+            read_after.unwrap_or_else(|| {
+                let window = job.interval.map_or(Duration::from_secs(10), |i| i / 2);
+                Instant::now()
+                    .checked_sub(window)
+                    .unwrap_or_else(Instant::now)
+            })
+        };
+        let key = FindKey::new(identity.clone(), find);
+        match ctx.finds.keys(session, key, since, limit).await {
+            Ok(listing) if listing.keys.len() > limit => {
+                return Err(Failure::new(
+                    SyncReason::InvalidSpec,
+                    format!(
+                        "dataFrom[{i}].find matches more than {limit} remote keys through {}; nothing was written. Narrow its path, name or tags, or raise the controller's --max-keys-per-find",
+                        store.store
+                    ),
+                ));
+            }
+            Ok(listing) => {
+                found.insert(i, listing.keys);
+            }
+            Err(FindError::Regexp(message)) => {
+                return Err(Failure::new(
+                    SyncReason::InvalidSpec,
+                    format!("dataFrom[{i}]: {message}"),
+                ));
+            }
+            Err(FindError::Provider(err)) => {
+                return Err(Failure::new(
+                    SyncReason::of_provider(&err),
+                    format!("dataFrom[{i}].find through {}: {err}", store.store),
+                ));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// One template of `templateFrom`, with where its output goes.
+struct TemplateText {
+    /// How errors name it, e.g. `templateFrom[0].configMap tpl key url`.
+    what: String,
+    /// The Secret key (or label, annotation) of a `Values` template.
+    key: String,
+    text: String,
+    scope: TemplateScope,
+    target: TemplateTarget,
+}
+
+/// The texts of `templateFrom`, each entry's ConfigMap items, then Secret items, then
+/// literal, read from the ExternalSecret's own namespace only.
+async fn template_sources(
+    job: &Job<'_>,
+    ctx: &SyncContext,
+) -> Result<Result<Vec<TemplateText>, Failure>> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let Some(template) = job
+        .obj
+        .spec
+        .target
+        .as_ref()
+        .and_then(|t| t.template.as_ref())
+    else {
+        return Ok(Ok(Vec::new()));
+    };
+    let mut texts = Vec::new();
+    for (i, from) in template.template_from.iter().enumerate() {
+        let target = from.target.unwrap_or_default();
+        for (kind, source) in [("configMap", &from.config_map), ("secret", &from.secret)] {
+            let Some(source) = source else { continue };
+            let held: Option<BTreeMap<String, Vec<u8>>> = if kind == "configMap" {
+                let api: kube::Api<ConfigMap> =
+                    kube::Api::namespaced(ctx.client.clone(), &job.namespace);
+                api.get_opt(&source.name)
+                    .await
+                    .during(|| format!("read ConfigMap {}/{}", job.namespace, source.name))?
+                    .map(|cm| {
+                        cm.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.into_bytes()))
+                            .collect()
+                    })
+            } else {
+                let api: kube::Api<Secret> =
+                    kube::Api::namespaced(ctx.client.clone(), &job.namespace);
+                api.get_opt(&source.name)
+                    .await
+                    .during(|| format!("read Secret {}/{}", job.namespace, source.name))?
+                    .map(|s| {
+                        s.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0))
+                            .collect()
+                    })
+            };
+            let Some(held) = held else {
+                return Ok(Err(Failure::new(
+                    SyncReason::InvalidSpec,
+                    format!(
+                        "templateFrom[{i}].{kind} `{}` does not exist in namespace {}; create it there (templates are read from the ExternalSecret's own namespace)",
+                        source.name, job.namespace
+                    ),
+                )));
+            };
+            for item in &source.items {
+                let what = format!("templateFrom[{i}].{kind} {} key {}", source.name, item.key);
+                let Some(text) = held.get(&item.key) else {
+                    return Ok(Err(Failure::new(
+                        SyncReason::InvalidSpec,
+                        format!("{what}: no such key; add it, or fix items[].key"),
+                    )));
+                };
+                let Ok(text) = String::from_utf8(text.clone()) else {
+                    return Ok(Err(Failure::new(
+                        SyncReason::InvalidSpec,
+                        format!("{what}: not UTF-8 text"),
+                    )));
+                };
+                texts.push(TemplateText {
+                    what,
+                    key: item.key.clone(),
+                    text,
+                    scope: item.template_as.unwrap_or_default(),
+                    target,
+                });
+            }
+        }
+        if let Some(literal) = &from.literal {
+            texts.push(TemplateText {
+                what: format!("templateFrom[{i}].literal"),
+                key: String::new(),
+                text: literal.clone(),
+                scope: TemplateScope::KeysAndValues,
+                target,
+            });
+        }
+    }
+    Ok(Ok(texts))
+}
+
+/// What the templates made: the Secret's data, and labels and annotations for it.
+#[derive(Default)]
+struct Rendered {
+    data: Data,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+}
+
+/// The Secret's data: `dataFrom` first, each entry's keys rewritten, converted and
+/// decoded, then `data[]` (which wins on equal keys). With templates (`templateFrom`,
+/// then `template.data`, which wins), only their keys, unless `mergePolicy: Merge`
+/// keeps the values read beside them.
 fn assemble(
     job: &Job<'_>,
     results: &BTreeMap<(String, Option<String>), Fetch>,
-) -> Result<Data, Failure> {
+    found: &BTreeMap<usize, Arc<Vec<String>>>,
+    sources: &[TemplateText],
+) -> Result<Rendered, Failure> {
     let value_of = |key: &str, version: &Option<String>| {
         results
             .get(&(key.to_owned(), version.clone()))
             .and_then(|r| r.as_ref().ok())
-            .expect("every remote key was read successfully")
+    };
+    let read = |key: &str, version: &Option<String>| {
+        value_of(key, version).expect("every named remote key was read successfully")
     };
     let spec = &job.obj.spec;
     let mut data = Data::new();
-    for extract in spec.data_from.iter().filter_map(|d| d.extract.as_ref()) {
-        let value = value_of(&extract.key, &extract.version);
-        data.extend(values::extract(
-            &extract.key,
-            value.bytes(),
-            extract.property.as_deref(),
+    for (i, from) in spec.data_from.iter().enumerate() {
+        let (raw, conversion, decoding) = if let Some(extract) = &from.extract {
+            let value = read(&extract.key, &extract.version);
+            let raw = values::extract(&extract.key, value.bytes(), extract.property.as_deref())?;
+            (raw, extract.conversion_strategy, extract.decoding_strategy)
+        } else if let Some(find) = &from.find {
+            let raw: Data = found
+                .get(&i)
+                .iter()
+                .flat_map(|keys| keys.iter())
+                .filter_map(|key| {
+                    let value = value_of(key, &None)?;
+                    Some((key.clone(), zeroize::Zeroizing::new(value.bytes().to_vec())))
+                })
+                .collect();
+            (raw, find.conversion_strategy, find.decoding_strategy)
+        } else {
+            continue;
+        };
+        let entry = format!("dataFrom[{i}]");
+        data.extend(values::shape_keys(
+            &entry,
+            raw,
+            &from.rewrite,
+            conversion,
+            decoding,
         )?);
     }
     for entry in &spec.data {
         let remote = &entry.remote_ref;
-        let value = value_of(&remote.key, &remote.version);
-        data.insert(
-            entry.secret_key.clone(),
-            values::property(&remote.key, value.bytes(), remote.property.as_deref())?,
-        );
+        let value = read(&remote.key, &remote.version);
+        let value = values::property(&remote.key, value.bytes(), remote.property.as_deref())?;
+        let value = values::decode(
+            &format!("data[{}]", entry.secret_key),
+            &entry.secret_key,
+            value,
+            remote.decoding_strategy.unwrap_or_default(),
+        )?;
+        data.insert(entry.secret_key.clone(), value);
     }
     let template = spec.target.as_ref().and_then(|t| t.template.as_ref());
-    match template {
-        Some(template) if !template.data.is_empty() => template
-            .data
-            .iter()
-            .map(|(key, text)| Ok((key.clone(), values::render(key, text, &data)?)))
-            .collect::<Result<Data, ValueError>>()
-            .map_err(Failure::from),
-        _ => Ok(data),
+    let Some(template) = template.filter(|t| !t.data.is_empty() || !sources.is_empty()) else {
+        return Ok(Rendered {
+            data,
+            ..Rendered::default()
+        });
+    };
+    let mut out = Rendered::default();
+    if template.merge_policy.unwrap_or_default() == TemplateMergePolicy::Merge {
+        out.data = data.clone();
     }
+    for source in sources {
+        let rendered = values::render_as(&source.what, &source.text, &data)?;
+        let pairs = match source.scope {
+            TemplateScope::Values => Data::from([(source.key.clone(), rendered)]),
+            TemplateScope::KeysAndValues => values::keys_and_values(&source.what, &rendered)?,
+        };
+        for (key, value) in pairs {
+            let text = || {
+                String::from_utf8(value.to_vec()).map_err(|_| {
+                    Failure::new(
+                        SyncReason::InvalidSpec,
+                        format!("{}: a label or annotation must be UTF-8 text", source.what),
+                    )
+                })
+            };
+            match source.target {
+                TemplateTarget::Data => {
+                    out.data.insert(key, value);
+                }
+                TemplateTarget::Labels => {
+                    out.labels.insert(key, text()?);
+                }
+                TemplateTarget::Annotations => {
+                    out.annotations.insert(key, text()?);
+                }
+            }
+        }
+    }
+    for (key, text) in &template.data {
+        out.data
+            .insert(key.clone(), values::render(key, text, &data)?);
+    }
+    Ok(out)
 }
 
 /// `<generation>/<force-sync value>`: what a sync acted on.
@@ -690,14 +946,17 @@ fn claim_of(obj: &ExternalSecret) -> Claim<'_> {
     }
 }
 
-fn desired_secret(job: &Job<'_>, data: &Data) -> Secret {
+fn desired_secret(job: &Job<'_>, rendered: &Rendered) -> Secret {
     let obj = job.obj;
+    let data = &rendered.data;
     let target = obj.spec.target.clone().unwrap_or_default();
     let template = target.template.unwrap_or_default();
     let meta = template.metadata.unwrap_or_default();
     let mut labels = meta.labels;
+    labels.extend(rendered.labels.clone());
     labels.insert(EXTERNAL_SECRET_LABEL.to_owned(), "true".to_owned());
     let mut annotations = meta.annotations;
+    annotations.extend(rendered.annotations.clone());
     let policy = obj.creation_policy();
     if policy != CreationPolicy::Merge {
         annotations.insert(
@@ -870,9 +1129,12 @@ pub(crate) fn targets_of(
         .collect()
 }
 
-/// Whether `obj` reads `key` at its current version (pinned versions never change).
+/// Whether `obj` reads `key` at its current version (pinned versions never change):
+/// named in `data[]` or `extract`, or among the keys its last `find` returned (its
+/// status lists every key it synced).
 pub(crate) fn reads_current(obj: &ExternalSecret, key: &str) -> bool {
     let same = |k: &str| k.trim_matches('/') == key.trim_matches('/');
+    let finds = obj.spec.data_from.iter().any(|d| d.find.is_some());
     obj.spec
         .data
         .iter()
@@ -883,6 +1145,11 @@ pub(crate) fn reads_current(obj: &ExternalSecret, key: &str) -> bool {
             .iter()
             .filter_map(|d| d.extract.as_ref())
             .any(|e| e.version.is_none() && same(&e.key))
+        || (finds
+            && obj
+                .status
+                .as_ref()
+                .is_some_and(|s| s.synced_versions.keys().any(|k| same(k))))
 }
 
 /// Every ExternalSecret that reads `key` at its current version through a store on

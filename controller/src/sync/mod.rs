@@ -28,6 +28,7 @@ use crate::common::watch::{cache_synced, scoped_api, watch_lean};
 
 pub mod cache;
 pub mod external;
+mod find;
 pub mod stores;
 mod template;
 pub mod values;
@@ -58,6 +59,8 @@ pub struct SyncContext {
     pub(crate) shared: Arc<Context>,
     pub(crate) stores: stores::Stores,
     pub(crate) cache: Arc<cache::ReadCache>,
+    /// What each store's finds listed.
+    pub(crate) finds: find::FindCache,
     pub(crate) backoff: Backoff,
     pub(crate) store_backoff: Backoff,
     /// The Secrets ExternalSecrets write.
@@ -312,6 +315,7 @@ pub(crate) fn start(
             config.store_tokens_need_opt_in,
         ),
         cache: cache::ReadCache::new(metrics.clone()),
+        finds: find::FindCache::default(),
         backoff: Backoff::default(),
         store_backoff: Backoff::default(),
         // `not_due` reads what the Secret watch shows: a Secret deleted by hand is
@@ -449,6 +453,7 @@ async fn housekeeping(ctx: Arc<SyncContext>) {
         ctx.stores
             .retain(|store| exists(store.kind, &store.namespace, &store.name));
         ctx.cache.sweep(&|identity| ctx.stores.is_live(identity));
+        ctx.finds.sweep(&|identity| ctx.stores.is_live(identity));
         let exists = |(_, namespace, name): &ObjectKey| {
             externals
                 .get(&ObjectRef::new(name).within(namespace))
