@@ -5,7 +5,9 @@
 //! that says how to fix it.
 //!
 //! The manifests are `shared/testdata/eso-compat/*.yaml`, written as ESO users write
-//! them. Nothing is stored: every request is a dry run.
+//! them, and this repository's `tests/compat/*.yaml`, which use the features ESO's
+//! documentation shows (`find`, `rewrite`, `refreshPolicy`, templates v2,
+//! `ClusterExternalSecret`). Nothing is stored: every request is a dry run.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +22,10 @@ use sigil_types::{
     AwsService, CaProviderType, ClusterSecretStore, CreationPolicy, DeletionPolicy, ExternalSecret,
     ProviderRef, SecretStore, StoreKind, VaultAuthMethod, VaultKvVersion,
 };
+use sigil_types::{
+    ClusterExternalSecret, ConversionStrategy, DecodingStrategy, RefreshPolicy,
+    TemplateMergePolicy, TemplateScope, TemplateTarget,
+};
 
 /// Field manager of the dry runs.
 const MANAGER: &str = "sigil-compat-test";
@@ -27,20 +33,26 @@ const MANAGER: &str = "sigil-compat-test";
 const ESO_NAMESPACE: &str = "team-a";
 
 /// Where the ESO manifests live.
-fn testdata() -> PathBuf {
-    repo_root().join("../shared/testdata/eso-compat")
+fn testdata() -> [PathBuf; 2] {
+    [
+        repo_root().join("../shared/testdata/eso-compat"),
+        repo_root().join("tests/compat"),
+    ]
 }
 
 /// Every YAML document of every file in the testdata, in file order: (file, document).
 fn eso_documents() -> Result<Vec<(String, Value)>> {
-    let dir = testdata();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    files.retain(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"));
-    files.sort();
-    ensure!(!files.is_empty(), "no YAML files in {}", dir.display());
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in testdata() {
+        let mut here: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        here.retain(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"));
+        here.sort();
+        ensure!(!here.is_empty(), "no YAML files in {}", dir.display());
+        files.extend(here);
+    }
     let mut docs = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file)?;
@@ -85,6 +97,7 @@ async fn dry_run(ctx: &TestContext, doc: &Value) -> Result<Value, kube::Error> {
         "SecretStore" => (ApiResource::erase::<SecretStore>(&()), true),
         "ClusterSecretStore" => (ApiResource::erase::<ClusterSecretStore>(&()), false),
         "ExternalSecret" => (ApiResource::erase::<ExternalSecret>(&()), true),
+        "ClusterExternalSecret" => (ApiResource::erase::<ClusterExternalSecret>(&()), false),
         other => panic!("the testdata holds a kind this test does not know: {other}"),
     };
     let api: Api<DynamicObject> = if namespaced {
@@ -169,10 +182,15 @@ async fn eso_manifests_are_accepted_unchanged() -> Result<()> {
 async fn eso_manifests_mean_the_same_in_sigil() -> Result<()> {
     let (_ctx, docs) = setup("eso_manifests_mean_the_same_in_sigil").await?;
     let expected: Vec<(&str, &str)> = vec![
+        ("ClusterExternalSecret", "shared-db"),
         ("ClusterSecretStore", "aws-irsa"),
         ("ClusterSecretStore", "vault-approle"),
         ("ExternalSecret", "app-config"),
+        ("ExternalSecret", "bootstrap"),
         ("ExternalSecret", "database-credentials"),
+        ("ExternalSecret", "find-by-name"),
+        ("ExternalSecret", "find-by-tags"),
+        ("ExternalSecret", "on-change"),
         ("ExternalSecret", "tls-once"),
         ("SecretStore", "aws-static"),
         ("SecretStore", "vault-kubernetes"),
@@ -428,11 +446,87 @@ async fn eso_manifests_mean_the_same_in_sigil() -> Result<()> {
     assert_eq!(template.type_.as_deref(), Some("kubernetes.io/tls"));
     assert!(template.data.is_empty());
 
+    // find by path and name, keys renamed by a regexp.
+    let by_name = external("find-by-name");
+    let from = &by_name.spec.data_from[0];
+    let find = from.find.as_ref().unwrap();
+    assert_eq!(find.path.as_deref(), Some("app"));
+    assert_eq!(find.name.as_ref().unwrap().regexp, "^app/.*");
+    assert_eq!(find.conversion_strategy, Some(ConversionStrategy::Default));
+    assert_eq!(find.decoding_strategy, Some(DecodingStrategy::None));
+    let regexp = from.rewrite[0].regexp.as_ref().unwrap();
+    assert_eq!(
+        (regexp.source.as_str(), regexp.target.as_str()),
+        ("app/(.*)", "$1")
+    );
+
+    // find by tags (both must match), keys lowercased by a template.
+    let by_tags = external("find-by-tags");
+    assert_eq!(by_tags.spec.refresh_policy, Some(RefreshPolicy::Periodic));
+    let from = &by_tags.spec.data_from[0];
+    let find = from.find.as_ref().unwrap();
+    assert_eq!(find.tags.len(), 2);
+    assert_eq!(find.tags["team"], "payments");
+    assert_eq!(find.conversion_strategy, Some(ConversionStrategy::Unicode));
+    assert_eq!(
+        from.rewrite[0].transform.as_ref().unwrap().template,
+        "{{ .value | lower }}"
+    );
+
+    // Created once, templated: data, a ConfigMap's template, a literal to annotations.
+    let bootstrap = external("bootstrap");
+    assert_eq!(
+        bootstrap.spec.refresh_policy,
+        Some(RefreshPolicy::CreatedOnce)
+    );
+    assert_eq!(
+        bootstrap.spec.data[0].remote_ref.decoding_strategy,
+        Some(DecodingStrategy::Base64)
+    );
+    let template = bootstrap
+        .spec
+        .target
+        .as_ref()
+        .unwrap()
+        .template
+        .as_ref()
+        .unwrap();
+    assert_eq!(template.merge_policy, Some(TemplateMergePolicy::Merge));
+    assert!(template.data["config.json"].contains("toJson"));
+    let config_map = template.template_from[0].config_map.as_ref().unwrap();
+    assert_eq!(config_map.name, "app-templates");
+    assert_eq!(config_map.items[0].template_as, Some(TemplateScope::Values));
+    assert_eq!(
+        template.template_from[1].target,
+        Some(TemplateTarget::Annotations)
+    );
+    assert!(template.template_from[1].literal.is_some());
+
+    let on_change = external("on-change");
+    assert_eq!(on_change.spec.refresh_policy, Some(RefreshPolicy::OnChange));
+    let extract = on_change.spec.data_from[0].extract.as_ref().unwrap();
+    assert_eq!(extract.decoding_strategy, Some(DecodingStrategy::Auto));
+
+    // One ExternalSecret stamped into the namespaces a selector or the list names.
+    let shared: ClusterExternalSecret =
+        serde_json::from_value(doc(&docs, "ClusterExternalSecret", "shared-db").clone())?;
+    assert_eq!(shared.spec.external_secret_name.as_deref(), Some("db"));
+    assert_eq!(shared.spec.namespace_selectors.len(), 1);
+    assert_eq!(shared.spec.namespaces, ["billing"]);
+    assert_eq!(shared.spec.refresh_time.as_deref(), Some("1m"));
+    assert_eq!(
+        shared.spec.external_secret_spec.secret_store_ref.kind,
+        Some(StoreKind::ClusterSecretStore)
+    );
+
     // What Sigil writes back out is what the user wrote.
     for ((kind, name), doc) in &docs {
         let spec = match kind.as_str() {
             "SecretStore" => serde_json::to_value(store(name).spec)?,
             "ClusterSecretStore" => serde_json::to_value(cluster_store(name).spec)?,
+            "ClusterExternalSecret" => serde_json::to_value(
+                serde_json::from_value::<ClusterExternalSecret>(doc.clone())?.spec,
+            )?,
             _ => serde_json::to_value(external(name).spec)?,
         };
         assert_eq!(spec, doc["spec"], "{kind} {name} does not round-trip");
@@ -492,11 +586,29 @@ async fn what_sigil_cannot_do_is_refused_with_a_fix() -> Result<()> {
     no_extract["spec"]["dataFrom"] = json!([{"extract": {"key": "app/flags"}}, {}]);
     assert_refused(
         &ctx,
-        "a dataFrom entry without extract",
+        "a dataFrom entry without extract or find",
         &no_extract,
-        "each dataFrom entry needs `extract`",
+        "each dataFrom entry needs exactly one of `extract` (one remote key) or `find`",
     )
     .await?;
+
+    let mut find_all = app_config.clone();
+    find_all["spec"]["dataFrom"] = json!([{"find": {"conversionStrategy": "Default"}}]);
+    assert_refused(
+        &ctx,
+        "a find of everything",
+        &find_all,
+        "find needs `name.regexp`, `tags` or `path`",
+    )
+    .await?;
+
+    let mut merge = app_config.clone();
+    merge["spec"]["dataFrom"] = json!([{"extract": {"key": "app/flags"},
+        "rewrite": [{"merge": {"into": "config.json"}}]}]);
+    match dry_run(&ctx, &merge).await {
+        Err(kube::Error::Api(status)) if status.message.contains("merge") => {}
+        other => bail!("rewrite.merge: expected a refusal naming merge, got {other:?}"),
+    }
 
     let mut soon = app_config.clone();
     soon["spec"]["refreshInterval"] = json!("soon");
@@ -567,14 +679,15 @@ async fn what_sigil_cannot_do_is_refused_with_a_fix() -> Result<()> {
 
     // ESO features Sigil lacks are unknown fields, refused by strict validation rather
     // than silently dropped.
-    let mut find = app_config.clone();
-    find["spec"]["dataFrom"] = json!([{"find": {"name": {"regexp": ".*"}}}]);
-    match dry_run(&ctx, &find).await {
+    let mut generator = app_config.clone();
+    generator["spec"]["dataFrom"] = json!([{"sourceRef": {"generatorRef": {
+        "apiVersion": "generators.external-secrets.io/v1alpha1", "kind": "Password", "name": "pw"}}}]);
+    match dry_run(&ctx, &generator).await {
         Err(kube::Error::Api(status))
             if status
                 .message
-                .contains(".spec.dataFrom[0].find: field not declared in schema") => {}
-        other => bail!("dataFrom.find: expected an undeclared-field error, got {other:?}"),
+                .contains(".spec.dataFrom[0].sourceRef: field not declared in schema") => {}
+        other => bail!("dataFrom.sourceRef: expected an undeclared-field error, got {other:?}"),
     }
     Ok(())
 }
