@@ -5,6 +5,7 @@ mod api;
 mod cluster;
 mod cluster_external;
 mod credential;
+mod eso;
 mod flood;
 mod ha;
 mod health;
