@@ -17,6 +17,11 @@
 #                   namespace (credentials in the controller's namespace), so one read can
 #                   serve all namespaces; namespaced: one SecretStore per provider in every
 #                   namespace (sessions and the read cache are per store)
+#   --find          the ExternalSecrets find their keys instead of naming them (default
+#                   -n 100): every Vault one a `find` of the run's path (its 50 keys),
+#                   every AWS one a `find` of the run's tag; prints the listings per store
+#                   and interval beside the reads (target: <= 2 listings per store, <= 1.1
+#                   reads per key per interval)
 #   --cold          create every object first, then start the controller and time from
 #                   its start (default: the controller runs and its stores are Ready
 #                   before the ExternalSecrets arrive; time from the first create)
@@ -31,7 +36,7 @@
 # made (objects, stores, remote keys under bench/<run>/, the AppRole role) is removed at
 # the end; BENCH_KEEP=1 keeps the temporary directory (logs) instead of removing it.
 set -euo pipefail
-n=1000 namespaces=10 keys=50 interval=60 intervals=3 layout=cluster cold=0 envmode=private
+n= namespaces=10 keys=50 interval=60 intervals=3 layout=cluster cold=0 envmode=private find=0
 while (($#)); do
   case $1 in
     -n) n=$2; shift 2 ;;
@@ -41,12 +46,14 @@ while (($#)); do
     --intervals) intervals=$2; shift 2 ;;
     --layout) layout=$2; shift 2 ;;
     --cold) cold=1; shift ;;
+    --find) find=1; shift ;;
     --env) envmode=$2; shift 2 ;;
     --) shift; break ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+n=${n:-$((find ? 100 : 1000))}
 for v in "$n" "$namespaces" "$keys" "$interval" "$intervals"; do
   [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "bench: counts and the interval are whole numbers > 0" >&2; exit 2; }
 done
@@ -61,7 +68,7 @@ bench_build
 bench_init
 bench_env
 export BENCH_N=$n BENCH_NS=$namespaces BENCH_KEYS=$keys BENCH_INTERVAL=$interval \
-  BENCH_INTERVALS=$intervals BENCH_LAYOUT=$layout BENCH_COLD=$cold BENCH_FLAGS="$*"
+  BENCH_INTERVALS=$intervals BENCH_LAYOUT=$layout BENCH_COLD=$cold BENCH_FLAGS="$*" BENCH_FIND=$find
 bench_pylib
 
 cat >"$work/bench.py" <<'PY'
@@ -81,6 +88,8 @@ from benchlib import (E, LABEL, RUN, SELECTOR, WORKERS, alive, approle_role, app
 
 N, M, K = int(E["BENCH_N"]), int(E["BENCH_NS"]), int(E["BENCH_KEYS"])
 T, I, LAYOUT = float(E["BENCH_INTERVAL"]), int(E["BENCH_INTERVALS"]), E["BENCH_LAYOUT"]
+FIND = E.get("BENCH_FIND") == "1"
+TAG = "sigil-bench"  # with --find, every AWS secret of the run carries TAG=RUN
 CTL_NS = f"bench-sync-{RUN}"
 NAMESPACES = [f"bench-sync-{RUN}-{i}" for i in range(M)]
 ROLE = f"sigil-bench-{RUN}"
@@ -155,7 +164,9 @@ def setup():
     state["keys"] = True
     save_state(state)
     par(lambda k: vault.call("POST", f"/v1/secret/data/{key_name(k)}", {"data": value(k)}), range(K))
-    par(lambda k: aws("CreateSecret", {"Name": key_name(k), "SecretString": json.dumps(value(k))}), range(K))
+    tags = [{"Key": TAG, "Value": RUN}] if FIND else []
+    par(lambda k: aws("CreateSecret", {"Name": key_name(k), "SecretString": json.dumps(value(k)), "Tags": tags}),
+        range(K))
 
     apply_crds()
     labels = {LABEL: RUN}
@@ -198,9 +209,13 @@ def create_es():
         kube.call("POST", f"/apis/sigil.dev/v1/namespaces/{ns}/externalsecrets",
                   {"apiVersion": "sigil.dev/v1", "kind": "ExternalSecret",
                    "metadata": {"name": name, "labels": {LABEL: RUN}},
-                   "spec": {"refreshInterval": interval, "secretStoreRef": {"name": store, "kind": kind},
-                            "data": [{"secretKey": "password",
-                                      "remoteRef": {"key": key_name(k), "property": "password"}}]}})
+                   "spec": {"refreshInterval": interval, "secretStoreRef": {"name": store, "kind": kind}, **source(p, k)}})
+
+    def source(p, k):
+        if not FIND:
+            return {"data": [{"secretKey": "password", "remoteRef": {"key": key_name(k), "property": "password"}}]}
+        find = {"path": PREFIX} if p == "vault" else {"path": PREFIX, "tags": {TAG: RUN}}
+        return {"dataFrom": [{"find": find}]}
 
     t = time.time()
     par(create, list(externals()))
@@ -259,6 +274,8 @@ def vault_calls(start, end, state):
                 per_key[path[len(read_prefix):]] += 1
                 # Each store's session has its own token: its accessor stands for the store.
                 pairs_read.add(((entry.get("auth") or {}).get("accessor"), path))
+            elif mine and req.get("operation") == "list":
+                kinds["list"] += 1
             elif mine:
                 kinds[{"auth/token/renew-self": "renew", "auth/token/lookup-self": "check"}.get(path, "other")] += 1
     return kinds, per_key, pairs_read
@@ -300,8 +317,11 @@ def api_counts():
                 if c["type"] == "Ready" and c["status"] == "True")
     wanted = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in items}
     written = kube.json("GET", "/api/v1/secrets?labelSelector=sigil.dev%2Fexternal-secret")["items"]
+    def holds(data):
+        return len(data) == K if FIND else "password" in data
+
     have = sum(1 for s in written if (s["metadata"]["namespace"], s["metadata"]["name"]) in wanted
-               and "password" in (s.get("data") or {}))
+               and holds(s.get("data") or {}))
     return ready, have
 
 
@@ -371,6 +391,8 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
     logins_run = vault_calls(state["audit0"], snaps[-1][1]["audit"], state)[0]["login"]
     worst_pairs = min(r["pairs"] for r in window)
     aws_ids = sum(r["ids"] for r in window) / I
+    vault_lists = sum(r["vault"]["list"] for r in window) / I
+    aws_lists = sum(r["aws"]["ListSecrets"] for r in window) / I
     logins_window = sum(r["vault"]["login"] for r in window)
     rss = hwm_kib / 1024
 
@@ -398,6 +420,9 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
           f"each key used by {es_per_key} ExternalSecrets")
     print(f"  layout {layout}: {stores_v} + {stores_a} stores, {len(nv)} + {len(na)} (store, key) pairs, "
           f"{N // 2 // len(nv)} ExternalSecrets per pair")
+    if FIND:
+        print(f"  --find: every ExternalSecret finds all {K} keys of its provider (Vault: find.path {PREFIX}; "
+              f"AWS: find.path and tag {TAG}={RUN}), so each key is used by {N // 2} ExternalSecrets")
     print(f"  refreshInterval {int(T)}s (standing for 1h); {I} intervals measured after the first full sync")
     print(f"  {how}")
     print()
@@ -416,6 +441,12 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
         ("Vault logins: whole run / in the intervals", f"{logins_run} / {logins_window}",
          f"{stores_v} / 0", "ok" if (logins_run, logins_window) == (stores_v, 0) else "MISSED"),
         ("controller peak RSS, VmHWM (MiB)", f"{rss:.1f}", "<= 64", verdict(rss, 64)),
+    ] + ([
+        (f"Vault LISTs / store / interval", f"{vault_lists / stores_v:.2f}", "<= 2",
+         verdict(vault_lists / stores_v, 2)),
+        (f"AWS ListSecrets / store / interval", f"{aws_lists / stores_a:.2f}", "<= 2",
+         verdict(aws_lists / stores_a, 2)),
+    ] if FIND else []) + [
         ("failed syncs: first sync / in the intervals", f"{failed_first:.0f} / {failed_window:.0f}", "0 / 0",
          "ok" if failed_first + failed_window == 0 else "MISSED"),
     ]
@@ -431,7 +462,7 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
     print("Provider calls counted by the servers: OpenBao audit log (this run's AppRole role; KV reads under "
           f"secret/data/{PREFIX}/), moto's recorder (access key {AKID}, by X-Amz-Target)")
     aws_ops = sorted({op for r in rows for op in r["aws"]})
-    head = (f"{'window':<12}{'s':>6} | {'KV read':>7}{'pairs':>6}{'max/key':>8}{'login':>6}{'renew':>6}{'check':>6}{'other':>6} |"
+    head = (f"{'window':<12}{'s':>6} | {'KV read':>7}{'pairs':>6}{'max/key':>8}{'LIST':>6}{'login':>6}{'renew':>6}{'check':>6}{'other':>6} |"
             + "".join(f"{op:>{max(len(op), 5) + 1}}" for op in aws_ops) + f"{'total':>6}{'ids':>6} | {'moto.log POST':>13}")
     print(head)
     for r in rows + [None]:
@@ -439,7 +470,8 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
             if I < 2:
                 break
             name = f"mean of {I}"
-            vk = Counter({k: sum(x["vault"][k] for x in window) / I for k in ("read", "login", "renew", "check", "other")})
+            vk = Counter({k: sum(x["vault"][k] for x in window) / I
+                          for k in ("read", "list", "login", "renew", "check", "other")})
             mx = max(max(x["per_key"].values(), default=0) for x in window)
             npairs = sum(x["pairs"] for x in window) / I
             nids = sum(x["ids"] for x in window) / I
@@ -452,7 +484,7 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
             mx = max(r["per_key"].values(), default=0)
             npairs, nids = r["pairs"], r["ids"]
             fmt = lambda v: f"{v:.0f}"
-        print(f"{name:<12}{length:>6.1f} | {fmt(vk['read']):>7}{fmt(npairs):>6}{mx:>8}{fmt(vk['login']):>6}{fmt(vk['renew']):>6}"
+        print(f"{name:<12}{length:>6.1f} | {fmt(vk['read']):>7}{fmt(npairs):>6}{mx:>8}{fmt(vk['list']):>6}{fmt(vk['login']):>6}{fmt(vk['renew']):>6}"
               f"{fmt(vk['check']):>6}{fmt(vk['other']):>6} |"
               + "".join(f"{fmt(ak[op]):>{max(len(op), 5) + 1}}" for op in aws_ops)
               + f"{fmt(sum(ak[op] for op in aws_ops)):>6}{fmt(nids):>6} | {fmt(ml):>13}")
