@@ -18,10 +18,11 @@
 #                   serve all namespaces; namespaced: one SecretStore per provider in every
 #                   namespace (sessions and the read cache are per store)
 #   --find          the ExternalSecrets find their keys instead of naming them (default
-#                   -n 100): every Vault one a `find` of the run's path (its 50 keys),
-#                   every AWS one a `find` of the run's tag; prints the listings per store
-#                   and interval beside the reads (target: <= 2 listings per store, <= 1.1
-#                   reads per key per interval)
+#                   -n 100): every Vault one a `find` of the run's path and tag (its 50
+#                   keys, each tagged in custom_metadata), every AWS one a `find` of the
+#                   run's tag; prints the listings per store and interval, and Vault's
+#                   metadata reads for the tags, beside the reads (target: <= 2 listings
+#                   per store, <= 1.1 reads per key per interval)
 #   --cold          create every object first, then start the controller and time from
 #                   its start (default: the controller runs and its stores are Ready
 #                   before the ExternalSecrets arrive; time from the first create)
@@ -164,6 +165,9 @@ def setup():
     state["keys"] = True
     save_state(state)
     par(lambda k: vault.call("POST", f"/v1/secret/data/{key_name(k)}", {"data": value(k)}), range(K))
+    if FIND:
+        par(lambda k: vault.call("POST", f"/v1/secret/metadata/{key_name(k)}", {"custom_metadata": {TAG: RUN}}),
+            range(K))
     tags = [{"Key": TAG, "Value": RUN}] if FIND else []
     par(lambda k: aws("CreateSecret", {"Name": key_name(k), "SecretString": json.dumps(value(k)), "Tags": tags}),
         range(K))
@@ -214,7 +218,7 @@ def create_es():
     def source(p, k):
         if not FIND:
             return {"data": [{"secretKey": "password", "remoteRef": {"key": key_name(k), "property": "password"}}]}
-        find = {"path": PREFIX} if p == "vault" else {"path": PREFIX, "tags": {TAG: RUN}}
+        find = {"path": PREFIX, "tags": {TAG: RUN}}
         return {"dataFrom": [{"find": find}]}
 
     t = time.time()
@@ -276,6 +280,8 @@ def vault_calls(start, end, state):
                 pairs_read.add(((entry.get("auth") or {}).get("accessor"), path))
             elif mine and req.get("operation") == "list":
                 kinds["list"] += 1
+            elif mine and path.startswith("secret/metadata/") and req.get("operation") == "read":
+                kinds["meta"] += 1
             elif mine:
                 kinds[{"auth/token/renew-self": "renew", "auth/token/lookup-self": "check"}.get(path, "other")] += 1
     return kinds, per_key, pairs_read
@@ -392,6 +398,7 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
     worst_pairs = min(r["pairs"] for r in window)
     aws_ids = sum(r["ids"] for r in window) / I
     vault_lists = sum(r["vault"]["list"] for r in window) / I
+    vault_meta = sum(r["vault"]["meta"] for r in window) / I
     aws_lists = sum(r["aws"]["ListSecrets"] for r in window) / I
     logins_window = sum(r["vault"]["login"] for r in window)
     rss = hwm_kib / 1024
@@ -421,8 +428,8 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
     print(f"  layout {layout}: {stores_v} + {stores_a} stores, {len(nv)} + {len(na)} (store, key) pairs, "
           f"{N // 2 // len(nv)} ExternalSecrets per pair")
     if FIND:
-        print(f"  --find: every ExternalSecret finds all {K} keys of its provider (Vault: find.path {PREFIX}; "
-              f"AWS: find.path and tag {TAG}={RUN}), so each key is used by {N // 2} ExternalSecrets")
+        print(f"  --find: every ExternalSecret finds all {K} keys of its provider (find.path {PREFIX} and tag "
+              f"{TAG}={RUN}), so each key is used by {N // 2} ExternalSecrets")
     print(f"  refreshInterval {int(T)}s (standing for 1h); {I} intervals measured after the first full sync")
     print(f"  {how}")
     print()
@@ -446,6 +453,7 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
          verdict(vault_lists / stores_v, 2)),
         (f"AWS ListSecrets / store / interval", f"{aws_lists / stores_a:.2f}", "<= 2",
          verdict(aws_lists / stores_a, 2)),
+        ("Vault metadata reads (tags) / key / interval", f"{vault_meta / K:.2f}", "", ""),
     ] if FIND else []) + [
         ("failed syncs: first sync / in the intervals", f"{failed_first:.0f} / {failed_window:.0f}", "0 / 0",
          "ok" if failed_first + failed_window == 0 else "MISSED"),
@@ -462,7 +470,7 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
     print("Provider calls counted by the servers: OpenBao audit log (this run's AppRole role; KV reads under "
           f"secret/data/{PREFIX}/), moto's recorder (access key {AKID}, by X-Amz-Target)")
     aws_ops = sorted({op for r in rows for op in r["aws"]})
-    head = (f"{'window':<12}{'s':>6} | {'KV read':>7}{'pairs':>6}{'max/key':>8}{'LIST':>6}{'login':>6}{'renew':>6}{'check':>6}{'other':>6} |"
+    head = (f"{'window':<12}{'s':>6} | {'KV read':>7}{'pairs':>6}{'max/key':>8}{'LIST':>6}{'meta':>6}{'login':>6}{'renew':>6}{'check':>6}{'other':>6} |"
             + "".join(f"{op:>{max(len(op), 5) + 1}}" for op in aws_ops) + f"{'total':>6}{'ids':>6} | {'moto.log POST':>13}")
     print(head)
     for r in rows + [None]:
@@ -471,7 +479,7 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
                 break
             name = f"mean of {I}"
             vk = Counter({k: sum(x["vault"][k] for x in window) / I
-                          for k in ("read", "list", "login", "renew", "check", "other")})
+                          for k in ("read", "list", "meta", "login", "renew", "check", "other")})
             mx = max(max(x["per_key"].values(), default=0) for x in window)
             npairs = sum(x["pairs"] for x in window) / I
             nids = sum(x["ids"] for x in window) / I
@@ -484,7 +492,7 @@ def report(state, t0, t_sync, snaps, hwm_kib, end_counts):
             mx = max(r["per_key"].values(), default=0)
             npairs, nids = r["pairs"], r["ids"]
             fmt = lambda v: f"{v:.0f}"
-        print(f"{name:<12}{length:>6.1f} | {fmt(vk['read']):>7}{fmt(npairs):>6}{mx:>8}{fmt(vk['list']):>6}{fmt(vk['login']):>6}{fmt(vk['renew']):>6}"
+        print(f"{name:<12}{length:>6.1f} | {fmt(vk['read']):>7}{fmt(npairs):>6}{mx:>8}{fmt(vk['list']):>6}{fmt(vk['meta']):>6}{fmt(vk['login']):>6}{fmt(vk['renew']):>6}"
               f"{fmt(vk['check']):>6}{fmt(vk['other']):>6} |"
               + "".join(f"{fmt(ak[op]):>{max(len(op), 5) + 1}}" for op in aws_ops)
               + f"{fmt(sum(ak[op] for op in aws_ops)):>6}{fmt(nids):>6} | {fmt(ml):>13}")
