@@ -322,6 +322,8 @@ async fn rendered_chart_is_accepted_by_the_apiserver() -> Result<()> {
             "CustomResourceDefinition",
             "CustomResourceDefinition",
             "CustomResourceDefinition",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Deployment",
             "Deployment",
             "PodDisruptionBudget",
