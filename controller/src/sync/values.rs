@@ -263,10 +263,7 @@ pub(crate) fn render_as(
 
 /// The `key: value` lines a `KeysAndValues` template rendered; the error names the
 /// template, never its output.
-pub(crate) fn keys_and_values(
-    what: &str,
-    rendered: &[u8],
-) -> Result<Data, ValueError> {
+pub(crate) fn keys_and_values(what: &str, rendered: &[u8]) -> Result<Data, ValueError> {
     let text = std::str::from_utf8(rendered)
         .map_err(|_| ValueError::Template(format!("{what}: the output is not UTF-8 text")))?;
     let map: BTreeMap<String, serde_json::Value> = serde_saphyr::from_str(text).map_err(|_| {
