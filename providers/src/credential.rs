@@ -8,11 +8,33 @@ pub mod postgres;
 pub mod webhook;
 
 use std::fmt;
+use std::net::IpAddr;
 
 use jiff::Timestamp;
 
 pub use postgres::Postgres;
 pub use webhook::Webhook;
+
+/// Whether `host` (an IP literal, bracketed or not) is a link-local address, where a
+/// cloud's metadata service answers: the controller never connects there on a
+/// tenant's behalf. Host names are not resolved here.
+pub(crate) fn is_link_local(host: &str) -> bool {
+    let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    else {
+        return false;
+    };
+    match ip {
+        IpAddr::V4(ip) => ip.is_link_local(),
+        IpAddr::V6(ip) => {
+            (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+                || ip.segments()[..4] == [0xfd00, 0x0ec2, 0, 0]
+        }
+    }
+}
 
 /// A username and its password. The password is never printed.
 #[derive(Clone, Copy)]

@@ -963,11 +963,19 @@ fn parse_server(server: &str) -> Result<Url> {
     Ok(url)
 }
 
-pub(crate) fn http_client(
+fn http_client(address: &Url, ca_pem: Option<&[u8]>, timeout: Duration) -> Result<reqwest::Client> {
+    http_client_builder(address, ca_pem, timeout)?
+        .build()
+        .map_err(|e| invalid("caBundle", &format!("cannot build the HTTPS client: {e}")))
+}
+
+/// An HTTP client for `address`, trusting `ca_pem` only when given (else the platform's
+/// roots), not yet built.
+pub(crate) fn http_client_builder(
     address: &Url,
     ca_pem: Option<&[u8]>,
     timeout: Duration,
-) -> Result<reqwest::Client> {
+) -> Result<reqwest::ClientBuilder> {
     let mut builder = reqwest::Client::builder()
         .tls_backend_rustls()
         .timeout(timeout)
@@ -986,9 +994,7 @@ pub(crate) fn http_client(
         }
         builder = builder.tls_certs_only(certs);
     }
-    builder
-        .build()
-        .map_err(|e| invalid("caBundle", &format!("cannot build the HTTPS client: {e}")))
+    Ok(builder)
 }
 
 fn auth_mount(path: &str, field: &'static str) -> Result<String> {

@@ -175,10 +175,26 @@ fn target_stop(
 pub(super) async fn set(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<Outcome, Stop> {
     let p = prepared(obj, ctx).await?;
     let uid = obj.uid().unwrap_or_default();
-    p.credential
-        .set(p.logins.change(&uid))
-        .await
-        .map_err(|e| target_stop(obj, ctx, &p.policy, StepName::Set, "SetFailed", e))?;
+    if let Err(err) = p.credential.set(p.logins.change(&uid)).await {
+        return Err(
+            match target_stop(obj, ctx, &p.policy, StepName::Set, "SetFailed", err) {
+                // The staged version must not become what the mirrors read (on Vault, once
+                // the pin lifts): it is taken back before the Rotation fails.
+                Stop::Fail(failure) => {
+                    let withdrawn = withdraw(&p, &uid).await?;
+                    fail(
+                        failure.reason,
+                        format!(
+                            "{}; {} {withdrawn}, so the store's current value is what it was before",
+                            failure.message,
+                            describe(&p.target)
+                        ),
+                    )
+                }
+                other => other,
+            },
+        );
+    }
     let keeps = if p.logins.new_username == p.logins.previous_username {
         " (the only role: its previous password no longer works)".to_owned()
     } else {
@@ -239,16 +255,7 @@ pub(super) async fn test(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<O
         .restore(change)
         .await
         .map_err(|e| target_stop(obj, ctx, &p.policy, StepName::Test, "TestFailed", e))?;
-    let mark = Mark {
-        token: &uid,
-        token_entry: ROTATION_CLAIM,
-        base_entry: ROTATION_BASE_CLAIM,
-    };
-    let withdrawn = p
-        .session
-        .withdraw(&p.target.key, &p.base, &p.new, mark)
-        .await
-        .map_err(|e| version_stop(&p.target, &p.base, e))?;
+    let withdrawn = withdraw(&p, &uid).await?;
     let restored = restored.map_or_else(String::new, |r| format!("; {r}"));
     Err(fail(
         "TestFailed",
@@ -257,6 +264,19 @@ pub(super) async fn test(obj: &Rotation, ctx: &Arc<RotationContext>) -> Result<O
             describe(&p.target)
         ),
     ))
+}
+
+/// Takes the staged version back (`Versioned::withdraw`); returns what was done.
+async fn withdraw(p: &Prepared, uid: &str) -> Result<String, Stop> {
+    let mark = Mark {
+        token: uid,
+        token_entry: ROTATION_CLAIM,
+        base_entry: ROTATION_BASE_CLAIM,
+    };
+    p.session
+        .withdraw(&p.target.key, &p.base, &p.new, mark)
+        .await
+        .map_err(|e| version_stop(&p.target, &p.base, e))
 }
 
 /// Makes the previous login useless, after every rollout completed.

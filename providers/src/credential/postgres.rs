@@ -79,6 +79,12 @@ pub struct Postgres {
 impl Postgres {
     /// A target for `config`; fails when the CA does not parse.
     pub fn new(config: &PostgresConfig<'_>) -> Result<Self, TargetError> {
+        if super::is_link_local(config.host) {
+            return Err(TargetError::Invalid(format!(
+                "postgres.host `{}` is a link-local address (a cloud metadata service lives there); the controller does not connect to it",
+                config.host
+            )));
+        }
         let tls = match config.tls {
             Tls::Disable => None,
             Tls::Require => Some(unverified_tls()),
@@ -452,6 +458,30 @@ mod tests {
         let verifier = scram_sha_256(b"secret");
         assert!(verifier.starts_with("SCRAM-SHA-256$4096:"));
         assert!(!verifier.contains("secret"));
+    }
+
+    #[test]
+    fn a_link_local_host_is_never_connected_to() {
+        let config = |host| PostgresConfig {
+            host,
+            port: 5432,
+            database: "app",
+            tls: Tls::Disable,
+            ca_pem: None,
+            admin: Login {
+                username: "admin",
+                password: b"x",
+            },
+            strategy: Strategy::SingleUser,
+            terminate_sessions: true,
+        };
+        for host in ["169.254.169.254", "fe80::1", "[fd00:ec2::254]"] {
+            let Err(TargetError::Invalid(message)) = Postgres::new(&config(host)) else {
+                panic!("{host} accepted");
+            };
+            assert!(message.contains("link-local"), "{message}");
+        }
+        assert!(Postgres::new(&config("db.team-a.svc")).is_ok());
     }
 
     #[test]

@@ -5,7 +5,6 @@
 //! when one is configured. 2xx means done, 409 means done already (calls are idempotent
 //! by the rotation's UID); anything else is an answer to retry.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -50,18 +49,20 @@ impl Webhook {
                 "webhook.url `{url}` is not https://: the request carries the new password"
             )));
         }
-        let link_local = parsed
-            .host_str()
-            .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
-            .and_then(|host| host.parse::<IpAddr>().ok())
-            .is_some_and(|ip| ip.is_link_local_or_metadata());
-        if link_local {
+        if parsed.host_str().is_some_and(super::is_link_local) {
             return Err(TargetError::Invalid(format!(
                 "webhook.url `{url}` is a link-local address (a cloud metadata service lives there); the controller does not call it"
             )));
         }
-        let http = crate::vault::http_client(&parsed, ca_pem, TIMEOUT)
-            .map_err(|e| TargetError::Invalid(format!("webhook.{e}")))?;
+        // A redirect would carry the password to wherever the endpoint says, past the
+        // checks above: a 3xx is an answer like any other, retried and then failed.
+        let http = crate::vault::http_client_builder(&parsed, ca_pem, TIMEOUT)
+            .map_err(|e| TargetError::Invalid(format!("webhook.{e}")))?
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| {
+                TargetError::Invalid(format!("webhook: cannot build the HTTPS client: {e}"))
+            })?;
         Ok(Self {
             url: parsed,
             http,
@@ -122,24 +123,6 @@ impl Webhook {
             "{} answered {status} to phase `{phase}`",
             self.describe()
         )))
-    }
-}
-
-/// Addresses the controller never calls on a tenant's behalf.
-trait LinkLocal {
-    fn is_link_local_or_metadata(&self) -> bool;
-}
-
-impl LinkLocal for IpAddr {
-    fn is_link_local_or_metadata(&self) -> bool {
-        match self {
-            IpAddr::V4(ip) => ip.is_link_local(),
-            IpAddr::V6(ip) => {
-                (ip.segments()[0] & 0xffc0) == 0xfe80
-                    || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
-                    || ip.segments()[..4] == [0xfd00, 0x0ec2, 0, 0]
-            }
-        }
     }
 }
 

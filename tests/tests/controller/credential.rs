@@ -702,8 +702,10 @@ async fn a_policy_rotation_on_aws_survives_a_crash_at_every_new_step() {
 type Calls = Arc<std::sync::Mutex<Vec<(Value, Option<String>)>>>;
 
 /// An HTTPS server on loopback with a fresh self-signed certificate: answers the first
-/// `set` with 503, `retire` with 409, every call of phase `broken` with 500 and the
-/// rest with 204. Returns its URL, CA and what it received.
+/// `set` with 503, `retire` with 409, every call of phase `broken` with 500 (with
+/// `broken` = `redirect`, every `set` with a 307 to `/elsewhere`, whose calls are
+/// recorded as phase `followed`) and the rest with 204. Returns its URL, CA and what it
+/// received.
 async fn webhook_server(broken: &'static str) -> (String, String, Calls) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
@@ -711,34 +713,54 @@ async fn webhook_server(broken: &'static str) -> (String, String, Calls) {
     let key_pem = certified.signing_key.serialize_pem();
     let calls: Calls = Arc::default();
     let seen = calls.clone();
-    let router = axum::Router::new().route(
-        "/rotate",
-        axum::routing::post(
-            move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
-                let seen = seen.clone();
-                async move {
-                    let token = headers
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    let mut calls = seen.lock().unwrap();
-                    let first_set =
-                        body["phase"] == "set" && !calls.iter().any(|(c, _)| c["phase"] == "set");
-                    let phase = body["phase"].clone();
-                    calls.push((body, token));
-                    if phase == broken {
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
-                    } else if first_set {
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE
-                    } else if phase == "retire" {
-                        axum::http::StatusCode::CONFLICT
-                    } else {
-                        axum::http::StatusCode::NO_CONTENT
+    let followed = calls.clone();
+    let router = axum::Router::new()
+        .route(
+            "/rotate",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+                    let seen = seen.clone();
+                    async move {
+                        let token = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let mut calls = seen.lock().unwrap();
+                        let first_set = body["phase"] == "set"
+                            && !calls.iter().any(|(c, _)| c["phase"] == "set");
+                        let phase = body["phase"].clone();
+                        calls.push((body, token));
+                        use axum::http::StatusCode;
+                        use axum::response::IntoResponse as _;
+                        if broken == "redirect" && phase == "set" {
+                            (StatusCode::TEMPORARY_REDIRECT, [("location", "/elsewhere")])
+                                .into_response()
+                        } else if phase == broken {
+                            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                        } else if first_set {
+                            StatusCode::SERVICE_UNAVAILABLE.into_response()
+                        } else if phase == "retire" {
+                            StatusCode::CONFLICT.into_response()
+                        } else {
+                            StatusCode::NO_CONTENT.into_response()
+                        }
                     }
+                },
+            ),
+        )
+        .route(
+            "/elsewhere",
+            axum::routing::post(move || {
+                let followed = followed.clone();
+                async move {
+                    followed
+                        .lock()
+                        .unwrap()
+                        .push((json!({"phase": "followed"}), None));
+                    axum::http::StatusCode::NO_CONTENT
                 }
-            },
-        ),
-    );
+            }),
+        );
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
         cert_pem.clone().into_bytes(),
         key_pem.into_bytes(),
@@ -1061,6 +1083,50 @@ async fn a_webhook_that_keeps_failing_fails_the_rotation_at_the_timeout_and_keep
         store_versions(&ctx, "vault").await,
         before + 2,
         "staged, then written back"
+    );
+    assert_eq!(
+        secret_data(&ctx, "app").await.unwrap()["password"],
+        "still-good"
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_redirect_is_not_followed_with_the_password() {
+    let ctx = TestContext::new("pg-webhook-redirect").await.unwrap();
+    install_crds(&ctx.kube).await;
+    vault_put(&ctx, "db", json!({"password": "still-good"})).await;
+    vault_token_store(&ctx, "store").await;
+    crate::rotation::password_mirror(&ctx, "app", "store", &format!("{}/db", ctx.vault_prefix))
+        .await;
+    let (url, ca, calls) = webhook_server("redirect").await;
+    apply_policy(
+        &ctx,
+        "vendor",
+        json!({"externalSecretRef": {"name": "app"}, "rolloutTimeout": "3s",
+               "webhook": {"url": url, "caBundle": ca}}),
+    )
+    .await;
+    let _controller = Controller::start(&ctx, "a", FLAGS);
+    wait_es(&ctx, "app", "SecretSynced").await;
+    kubectl_rotate(&ctx, "vendor-key");
+    let done = finished(&ctx, "vendor-key").await;
+    let (reason, message) = ready_reason(&done);
+    assert_eq!(reason, "SetFailed", "{message}");
+    assert!(message.contains("307"), "{message}");
+    let phases: Vec<Value> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(c, _)| c["phase"].clone())
+        .collect();
+    assert!(
+        phases.iter().all(|p| p == "set"),
+        "the redirect was followed: {phases:?}"
+    );
+    assert_eq!(
+        current_value(&ctx, "vault").await["password"],
+        "still-good",
+        "the staged version was taken back"
     );
     assert_eq!(
         secret_data(&ctx, "app").await.unwrap()["password"],
